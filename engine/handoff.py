@@ -1,0 +1,141 @@
+"""A generation job produced by a worker thread and consumed by an async task.
+
+Backends generate on a dedicated thread; the orchestrator reads events on the event loop.
+:class:`ThreadedJob` is the hand-off between the two. The worker appends events under a lock
+and wakes the consumer only when it is actually waiting, so while the consumer is busy tokens
+pile up and are handed over as one batch (consecutive deltas are merged into one).
+
+The wake-up goes through ``loop.call_soon_threadsafe``, which returns at once: anyio's
+``from_thread.run_sync`` would block the worker until the loop ran the callback, stalling
+generation whenever the loop is busy with other requests. This ties the consumer to the
+asyncio backend, which is what the server runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from .errors import EngineError
+from .protocol import Delta, Finish, GenerationRequest, JobEvent
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    error: EngineError
+
+
+class ThreadedJob:
+    """A :class:`~exloop.engine.protocol.GenerationJob` fed by a worker thread.
+
+    Worker side: :meth:`emit`, then exactly one of :meth:`finish` or :meth:`fail`; poll
+    :attr:`cancel_requested` before every token. Consumer side: :meth:`events` and
+    :meth:`cancel`.
+    """
+
+    def __init__(self, request: GenerationRequest, compiled_constraint: str | None) -> None:
+        self.request = request
+        #: The constraint as compiled by the engine's grammar compiler, when one is set.
+        self.compiled_constraint = compiled_constraint
+        self._lock = threading.Lock()
+        self._pending: list[JobEvent | _Failure] = []
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
+        self._closed = False
+        self._iterated = False
+        self._cancel_requested = False
+
+    # -- consumer side -------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Ask the worker to stop before its next token; idempotent."""
+        self._cancel_requested = True
+
+    async def events(self) -> AsyncIterator[JobEvent]:
+        """Deltas, then one :class:`Finish`; raises the job's :class:`EngineError` if it
+        failed. Leaving early (break, cancellation) cancels the job."""
+        if self._iterated:
+            raise RuntimeError("A generation job's events can be iterated only once.")
+        self._iterated = True
+        loop = asyncio.get_running_loop()
+        finished = False
+        try:
+            while True:
+                with self._lock:
+                    batch, self._pending = self._pending, []
+                    if not batch:
+                        waiter: asyncio.Future[None] = loop.create_future()
+                        self._waiter = (loop, waiter)
+                if not batch:
+                    await waiter
+                    continue
+                for item in _merge_deltas(batch):
+                    if isinstance(item, _Failure):
+                        finished = True
+                        raise item.error
+                    if isinstance(item, Finish):
+                        finished = True
+                        yield item
+                        return
+                    yield item
+        finally:
+            if not finished:
+                # The consumer went away (cancelled, or stopped iterating): free the worker.
+                self.cancel()
+
+    # -- worker side ---------------------------------------------------------------------
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
+    def emit(self, delta: Delta) -> None:
+        self._put(delta)
+
+    def finish(self, finish: Finish) -> None:
+        self._put(finish)
+        self._closed = True
+
+    def fail(self, error: EngineError) -> None:
+        self._put(_Failure(error))
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`finish` or :meth:`fail` was called."""
+        return self._closed
+
+    def _put(self, item: JobEvent | _Failure) -> None:
+        if self._closed:
+            raise RuntimeError("The job already ended.")
+        with self._lock:
+            self._pending.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            loop, future = waiter
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:
+                # The consumer's loop is closed; nobody is left to read the job.
+                self.cancel()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _merge_deltas(items: list[JobEvent | _Failure]) -> list[JobEvent | _Failure]:
+    """Consecutive deltas as one, so a batch costs the consumer one event."""
+    merged: list[JobEvent | _Failure] = []
+    for item in items:
+        last = merged[-1] if merged else None
+        if isinstance(item, Delta) and isinstance(last, Delta):
+            merged[-1] = Delta(
+                text=last.text + item.text,
+                token_ids=last.token_ids + item.token_ids,
+                logprobs=last.logprobs + item.logprobs,
+            )
+        else:
+            merged.append(item)
+    return merged
