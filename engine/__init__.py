@@ -1,0 +1,1 @@
+"""exloop.engine"""

@@ -1,0 +1,220 @@
+"""The engine protocol: the small typed surface the orchestrator drives.
+
+A backend (llama.cpp on CPU, ExLlamaV2 on GPU) implements :class:`Engine`. The orchestrator
+builds a :class:`GenerationRequest` (a prompt, sampling settings, an optional constraint),
+submits it, and reads the job's events: zero or more :class:`Delta` followed by exactly one
+:class:`Finish`. Nothing here knows about responses, HTTP or tools beyond their definitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeAlias
+
+from .sampling import SamplingParams
+
+#: A JSON Schema document, as the client sent it.
+JsonSchema: TypeAlias = Mapping[str, Any]
+
+Role: TypeAlias = Literal["system", "developer", "user", "assistant", "tool"]
+
+#: Why a job ended. ``stop``: a stop sequence matched (never emitted as text);
+#: ``length``: the token limit was reached; ``eos``: the model ended its turn (or a
+#: constraint was satisfied and can accept nothing more); ``cancelled``: :meth:`GenerationJob.cancel`.
+FinishReason: TypeAlias = Literal["stop", "length", "eos", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function tool the model may call, as the client defined it."""
+
+    name: str
+    description: str | None = None
+    parameters: JsonSchema = field(default_factory=dict)
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model made: ``arguments`` is the JSON text it generated."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One turn of a chat, before the model's template renders it.
+
+    ``tool_calls`` is only set on assistant turns; ``tool_call_id`` and ``name`` only on
+    ``tool`` turns (the result of a call).
+    """
+
+    role: Role
+    content: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """A prompt as messages, rendered by the model's own chat template.
+
+    ``assistant_prefix`` is text the assistant's new turn already holds: the orchestrator uses
+    it to continue a turn (for example under a tool-argument constraint) without re-rendering.
+    """
+
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    assistant_prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrompt:
+    """A prompt given as token ids, used as they are."""
+
+    token_ids: tuple[int, ...]
+
+
+Prompt: TypeAlias = Chat | TokenPrompt
+
+GrammarKind: TypeAlias = Literal["regex", "json_schema", "lark", "llguidance"]
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """A constraint on the generated text, enforced token by token with llguidance.
+
+    ``value`` is the pattern or grammar text, or for ``json_schema`` the schema (a mapping, or
+    its JSON text); for ``llguidance`` the grammar in llguidance's JSON format.
+    """
+
+    kind: GrammarKind
+    value: str | JsonSchema
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Everything one generation job needs."""
+
+    prompt: Prompt
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    constraint: Grammar | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One of the most likely tokens at a position."""
+
+    token: str
+    token_id: int
+    logprob: float
+    bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The chosen token at a position, its log probability and the top alternatives."""
+
+    token: str
+    token_id: int
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """New output: ``text`` may lag ``token_ids`` while a stop sequence or UTF-8 is pending."""
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token accounting of one job; ``cached_tokens`` were reused from the KV cache."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The last event of every job."""
+
+    reason: FinishReason
+    usage: Usage
+    #: The stop sequence that ended the job when ``reason == "stop"``.
+    stop_sequence: str | None = None
+
+
+JobEvent: TypeAlias = Delta | Finish
+
+
+class GenerationJob(Protocol):
+    """A submitted generation. Iterate :meth:`events` once; :meth:`cancel` is idempotent.
+
+    Cancelling takes effect before the next token: the stream then ends with
+    ``Finish(reason="cancelled")``. If the consuming task itself is cancelled, the job is
+    cancelled too (the backend frees its resources) and ``CancelledError`` propagates.
+    """
+
+    def events(self) -> AsyncIterator[JobEvent]: ...
+
+    def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the orchestrator and server need to know about the loaded model."""
+
+    #: Name reported by ``/v1/models`` unless ``--served-model-name`` overrides it.
+    name: str
+    backend: Literal["llama.cpp", "exllamav2"]
+    context_length: int
+    #: The Jinja chat template text the model ships (empty when it ships none).
+    chat_template: str
+    #: The tool-call format family detected from the template and vocabulary.
+    tool_call_format: str
+
+
+class Engine(Protocol):
+    """A loaded model that renders chats and runs generation jobs.
+
+    Jobs may be submitted concurrently; the backend queues or batches them. No method blocks
+    the event loop for longer than bookkeeping.
+    """
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def render(self, chat: Chat) -> str:
+        """The prompt text of ``chat`` under the model's chat template."""
+        ...
+
+    async def count_tokens(self, chat: Chat) -> int:
+        """How many tokens ``chat`` takes once rendered (for context-window checks)."""
+        ...
+
+    def check(self, request: GenerationRequest) -> None:
+        """Validate sampling settings and compile the constraint, without generating.
+
+        Raises :class:`~exloop.engine.errors.InvalidParameter` or
+        :class:`~exloop.engine.errors.InvalidGrammar`.
+        """
+        ...
+
+    def submit(self, request: GenerationRequest) -> GenerationJob:
+        """Validate (as :meth:`check`) and queue a job; generation starts when it is iterated
+        or at once, as the backend prefers."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop every job and free the model."""
+        ...
