@@ -1,0 +1,148 @@
+"""Conversation items, shaped and named exactly as the Responses API serializes them.
+
+The same types are input (what a client sends or replays) and output (what a response
+holds), so a client can send back any output item as input unchanged. The server decodes JSON
+into these with :data:`Item` as a tagged union on ``type``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Literal, TypeAlias
+
+import msgspec
+
+ItemStatus: TypeAlias = Literal["in_progress", "completed", "incomplete"]
+MessageRole: TypeAlias = Literal["user", "assistant", "system", "developer"]
+
+
+def new_id(prefix: str) -> str:
+    """An OpenAI-style id such as ``msg_…`` or ``fc_…`` (unguessable, 48 hex digits)."""
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+class TopLogprob(msgspec.Struct, frozen=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class Logprob(msgspec.Struct, frozen=True):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
+class UrlCitation(msgspec.Struct, tag="url_citation", tag_field="type", frozen=True):
+    """A source the answer cites: ``text[start_index:end_index]`` refers to ``url``."""
+
+    url: str
+    title: str
+    start_index: int
+    end_index: int
+
+
+class InputText(msgspec.Struct, tag="input_text", tag_field="type", frozen=True):
+    text: str
+
+
+class OutputText(msgspec.Struct, tag="output_text", tag_field="type", frozen=True):
+    text: str
+    annotations: list[UrlCitation] = []
+    logprobs: list[Logprob] = []
+
+
+class Refusal(msgspec.Struct, tag="refusal", tag_field="type", frozen=True):
+    refusal: str
+
+
+ContentPart: TypeAlias = InputText | OutputText | Refusal
+
+
+class Message(msgspec.Struct, tag="message", tag_field="type", frozen=True):
+    role: MessageRole
+    content: list[ContentPart]
+    id: str | None = None
+    status: ItemStatus | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text parts joined (refusals read as their text)."""
+        return "".join(
+            part.refusal if isinstance(part, Refusal) else part.text for part in self.content
+        )
+
+
+class FunctionCall(msgspec.Struct, tag="function_call", tag_field="type", frozen=True):
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class FunctionCallOutput(
+    msgspec.Struct, tag="function_call_output", tag_field="type", frozen=True
+):
+    call_id: str
+    output: str
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class SummaryText(msgspec.Struct, tag="summary_text", tag_field="type", frozen=True):
+    text: str
+
+
+class ReasoningText(msgspec.Struct, tag="reasoning_text", tag_field="type", frozen=True):
+    text: str
+
+
+class Reasoning(msgspec.Struct, tag="reasoning", tag_field="type", frozen=True):
+    """Reasoning a client replays; accepted as input and shown to no model that lacks it."""
+
+    summary: list[SummaryText] = []
+    id: str | None = None
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+    status: ItemStatus | None = None
+
+
+class SearchSource(msgspec.Struct, tag="url", tag_field="type", frozen=True):
+    url: str
+
+
+class SearchAction(msgspec.Struct, tag="search", tag_field="type", frozen=True):
+    query: str
+    sources: list[SearchSource] = []
+
+
+class OpenPageAction(msgspec.Struct, tag="open_page", tag_field="type", frozen=True):
+    url: str
+
+
+WebSearchAction: TypeAlias = SearchAction | OpenPageAction
+WebSearchStatus: TypeAlias = Literal["in_progress", "searching", "completed", "failed"]
+
+
+class WebSearchCall(msgspec.Struct, tag="web_search_call", tag_field="type", frozen=True):
+    """A built-in web search (or page open) the server ran during the response."""
+
+    id: str
+    status: WebSearchStatus
+    action: WebSearchAction
+
+
+class ItemReference(msgspec.Struct, tag="item_reference", tag_field="type", frozen=True):
+    """An input item that points at an item of a stored response by id."""
+
+    id: str
+
+
+#: Every item a response's input or output may hold.
+Item: TypeAlias = (
+    Message | FunctionCall | FunctionCallOutput | Reasoning | WebSearchCall | ItemReference
+)
+#: Items a response produces.
+OutputItem: TypeAlias = Message | FunctionCall | WebSearchCall

@@ -1,0 +1,170 @@
+"""One response's live record: its phase, output so far, usage and event log.
+
+All changes go through the methods here, and each appends the matching event, so the log,
+``GET`` and the final object never disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from exloop.engine.protocol import Usage
+
+from . import events as ev
+from .items import Item, OutputItem
+from .log import EventLog
+from .resource import (
+    IncompleteDetails,
+    InputTokensDetails,
+    OutputTokensDetails,
+    Response,
+    ResponseError,
+    ResponseUsage,
+)
+from .spec import RunSpec
+from .state import STATUS, TERMINAL, Phase, Transition, advance
+
+#: Version of the stored record layout; bump it when the shape changes.
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class UsageTotals:
+    """Token counts summed over every model step of a response."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, usage: Usage) -> None:
+        self.input_tokens += usage.prompt_tokens
+        self.output_tokens += usage.completion_tokens
+        self.cached_tokens += usage.cached_tokens
+
+    def to_api(self) -> ResponseUsage:
+        return ResponseUsage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            total_tokens=self.input_tokens + self.output_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=self.cached_tokens),
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        )
+
+
+@dataclass
+class ResponseRecord:
+    """A response, live while it runs and stored afterwards."""
+
+    id: str
+    spec: RunSpec
+    #: Items of earlier turns (previous_response_id chain), before this response's input.
+    context: tuple[Item, ...]
+    #: This response's input items, each with an id.
+    input_items: tuple[Item, ...]
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    phase: Phase = Phase.QUEUED
+    output: list[OutputItem] = field(default_factory=list)
+    usage: UsageTotals = field(default_factory=UsageTotals)
+    completed_at: int | None = None
+    incomplete: IncompleteDetails | None = None
+    error: ResponseError | None = None
+    log: EventLog = field(default_factory=EventLog)
+    cancel_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    finished: anyio.Event = field(default_factory=anyio.Event)
+    #: Set when the run stopped because --max-tool-rounds was reached.
+    tool_rounds_capped: bool = False
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def status(self) -> str:
+        return STATUS[self.phase]
+
+    @property
+    def done(self) -> bool:
+        return self.phase in TERMINAL
+
+    def conversation(self) -> tuple[Item, ...]:
+        """Everything a follow-up turn sees: earlier turns, this input, this output."""
+        return (*self.context, *self.input_items, *self.output)
+
+    def snapshot(self) -> Response:
+        """The response object as of now (partial output while it runs)."""
+        spec, echo = self.spec, self.spec.echo
+        metadata = dict(spec.metadata)
+        if self.tool_rounds_capped:
+            metadata.setdefault("exloop_max_tool_rounds_reached", "true")
+        return Response(
+            id=self.id,
+            created_at=self.created_at,
+            status=STATUS[self.phase],  # type: ignore[arg-type]
+            model=spec.model,
+            output=list(self.output),
+            tools=list(echo.tools),
+            tool_choice=echo.tool_choice,
+            text=echo.text,
+            parallel_tool_calls=echo.parallel_tool_calls,
+            truncation=spec.truncation,
+            temperature=spec.sampling.temperature,
+            top_p=spec.sampling.top_p,
+            presence_penalty=spec.sampling.presence_penalty,
+            frequency_penalty=spec.sampling.frequency_penalty,
+            top_logprobs=echo.top_logprobs,
+            store=spec.store,
+            background=spec.background,
+            metadata=metadata,
+            completed_at=self.completed_at,
+            incomplete_details=self.incomplete,
+            error=self.error,
+            previous_response_id=spec.previous_response_id,
+            instructions=spec.instructions,
+            reasoning=echo.reasoning,
+            usage=self.usage.to_api() if self.phase in TERMINAL else None,
+            max_output_tokens=echo.max_output_tokens,
+            safety_identifier=echo.safety_identifier,
+            prompt_cache_key=echo.prompt_cache_key,
+            user=echo.user,
+        )
+
+    # -- events ---------------------------------------------------------------------------
+
+    def emit(self, make: Callable[[int], ev.StreamEvent]) -> None:
+        """Append the event ``make(sequence_number)`` to the log."""
+        self.log.append(make(self.log.next_sequence_number))
+
+    def move(self, transition: Transition) -> None:
+        """Change phase through the state table (raises InvalidState on an illegal move)."""
+        self.phase = advance(self.phase, transition)
+        if self.phase in TERMINAL:
+            self.completed_at = int(time.time()) if self.phase is Phase.COMPLETED else None
+            self.finished.set()
+
+    def announce(self) -> None:
+        """The opening events: created (and queued for background responses), in_progress."""
+        self.emit(lambda n: ev.ResponseCreated(sequence_number=n, response=self.snapshot()))
+        if self.phase is Phase.QUEUED:
+            self.emit(lambda n: ev.ResponseQueued(sequence_number=n, response=self.snapshot()))
+
+    def emit_in_progress(self) -> None:
+        self.emit(lambda n: ev.ResponseInProgress(sequence_number=n, response=self.snapshot()))
+
+    def complete(self) -> None:
+        self.move(Transition.COMPLETE)
+        self.emit(lambda n: ev.ResponseCompleted(sequence_number=n, response=self.snapshot()))
+
+    def stop_short(self, details: IncompleteDetails) -> None:
+        self.incomplete = details
+        self.move(Transition.STOP_SHORT)
+        self.emit(lambda n: ev.ResponseIncomplete(sequence_number=n, response=self.snapshot()))
+
+    def cancel(self) -> None:
+        self.move(Transition.CANCEL)
+        self.emit(lambda n: ev.ResponseCancelled(sequence_number=n, response=self.snapshot()))
+
+    def fail(self, code: str, message: str) -> None:
+        self.error = ResponseError(code=code, message=message)
+        self.move(Transition.FAIL)
+        self.emit(lambda n: ev.ResponseFailed(sequence_number=n, response=self.snapshot()))

@@ -1,0 +1,90 @@
+"""What a client asked for, validated and normalized: the orchestrator's input.
+
+The server decodes and checks HTTP requests (both APIs) into a :class:`RunSpec`; the
+orchestrator never sees raw JSON. Fields the response object echoes keep the client's values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from exloop.engine.protocol import Grammar, ToolSpec
+from exloop.engine.sampling import SamplingParams
+
+from .items import Item
+from .resource import ReasoningConfig, TextConfig, Tool, ToolChoice, UserLocation
+
+SearchContextSize: TypeAlias = Literal["low", "medium", "high"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebSearchOptions:
+    """Built-in web search settings, from ``web_search_options`` or a ``web_search`` tool.
+
+    ``forced`` (from ``web_search_options``) asks for a searched answer: the first step always
+    searches. A ``web_search`` tool leaves the choice to the model under ``tool_choice``.
+    """
+
+    forced: bool
+    search_context_size: SearchContextSize = "medium"
+    user_location: UserLocation | None = None
+    #: The seed schema's descriptions of the search and extract tools shown to the model.
+    search_description: str | None = None
+    extract_description: str | None = None
+
+
+ToolChoiceMode: TypeAlias = Literal["none", "auto", "required"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPolicy:
+    """Which tools the model sees and must use.
+
+    ``forced_name`` set means the model must call that one function (``tool_choice`` naming a
+    function); ``mode == "required"`` means it must call one of ``functions``.
+    """
+
+    functions: tuple[ToolSpec, ...] = ()
+    mode: ToolChoiceMode = "auto"
+    forced_name: str | None = None
+    web_search: WebSearchOptions | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """Request fields the response object reports back unchanged."""
+
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    text: TextConfig = field(default_factory=TextConfig)
+    reasoning: ReasoningConfig | None = None
+    max_output_tokens: int | None = None
+    top_logprobs: int = 0
+    parallel_tool_calls: bool = True
+    include: tuple[str, ...] = ()
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """One request to run, from either API."""
+
+    #: The new input items (a string input arrives as one user message).
+    input: tuple[Item, ...]
+    model: str
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    tools: ToolPolicy = field(default_factory=ToolPolicy)
+    instructions: str | None = None
+    #: Output constraint: ``text.format`` / ``response_format`` json_schema or json_object,
+    #: or the non-OpenAI ``grammar`` field.
+    constraint: Grammar | None = None
+    previous_response_id: str | None = None
+    store: bool = True
+    background: bool = False
+    truncation: Literal["auto", "disabled"] = "disabled"
+    metadata: dict[str, str] = field(default_factory=dict)
+    #: Fields echoed on the response object as the client sent them.
+    echo: Echo = field(default_factory=Echo)
