@@ -14,6 +14,7 @@ import ctypes
 import logging
 import queue
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import anyio
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
+from llguidance import LLTokenizer
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from .chat_template import ChatTemplate
@@ -120,7 +122,7 @@ class LlamaCppEngine:
             chat_template=template_source,
             tool_call_format=format_name,
         )
-        self._grammars = GrammarCompiler(lltokenizer_from_vocab(self._vocab))
+        self._grammars = GrammarCompiler(lltokenizer(self._llm))
 
         self._jobs: queue.SimpleQueue[ThreadedJob | None] = queue.SimpleQueue()
         self._current: ThreadedJob | None = None
@@ -204,7 +206,7 @@ class LlamaCppEngine:
         return [
             self._token_text(t)
             for t in range(self._n_vocab)
-            if llama_cpp.llama_token_get_attr(self._vocab, t) & special
+            if llama_cpp.llama_vocab_get_attr(self._vocab, t) & special
         ]
 
     # -- worker thread -------------------------------------------------------------------
@@ -356,3 +358,11 @@ class LlamaCppEngine:
             logprob=logprob,
             bytes=tuple(piece),
         )
+
+
+def lltokenizer(llm: llama_cpp.Llama) -> LLTokenizer:
+    """llguidance's view of a loaded model's vocabulary (takes up to a second)."""
+    with warnings.catch_warnings():
+        # llguidance still calls llama_token_get_attr, which llama-cpp-python deprecated.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return lltokenizer_from_vocab(llama_cpp.llama_model_get_vocab(llm.model))

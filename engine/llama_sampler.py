@@ -62,12 +62,12 @@ class NativeSampler:
             self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
         if params.repetition_penalty != 1.0:
             stage = llama_cpp.llama_sampler_init_penalties(
-                n_ctx, params.repetition_penalty, 0.0, 0.0
+                n_vocab, n_ctx, params.repetition_penalty, 0.0, 0.0
             )
             self._add(stage, history=prompt_tokens)
         if params.frequency_penalty != 0.0 or params.presence_penalty != 0.0:
             stage = llama_cpp.llama_sampler_init_penalties(
-                n_ctx, 1.0, params.frequency_penalty, params.presence_penalty
+                n_vocab, n_ctx, 1.0, params.frequency_penalty, params.presence_penalty
             )
             self._add(stage)
         if params.dry.enabled:

@@ -1,0 +1,175 @@
+"""How much the llama.cpp backend costs on top of llama-cpp-python, and what a constraint costs.
+
+Runs, in one process and on the same model and prompt:
+
+1. tokens/s of ``LlamaCppEngine`` against ``Llama.create_completion(stream=True)`` called
+   directly (both greedy, both with the same thread count), printing the ratio (goal >= 0.95);
+2. tokens/s of ``LlamaCppEngine`` with a strict JSON-schema constraint against without,
+   printing the ratio (goal >= 0.9).
+
+Rounds alternate between the contenders so that machine noise hits both alike; the best round
+of each counts. Usage: ``python bench/engine_overhead.py [--model PATH] [--tokens N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import llama_cpp
+
+from exloop.engine.default_model import default_model_path
+from exloop.engine.llama_cpp import LlamaCppEngine
+from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest, Grammar
+from exloop.engine.sampling import SamplingParams
+
+FREE_PROMPT = "Write a long story about a lighthouse keeper and a storm."
+JSON_PROMPT = "Describe three fictional people as JSON: name, age, city and hobbies for each."
+
+#: Strict (no extra properties, everything required), with an array so that the output is long
+#: enough to measure.
+PEOPLE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "people": {
+            "type": "array",
+            "minItems": 3,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "age": {"type": "integer"},
+                    "city": {"type": "string"},
+                    "hobbies": {"type": "array", "minItems": 2, "items": {"type": "string"}},
+                },
+                "required": ["name", "age", "city", "hobbies"],
+                "additionalProperties": False,
+            },
+        }
+    },
+    "required": ["people"],
+    "additionalProperties": False,
+}
+
+
+#: One timed round: (tokens generated, seconds).
+Round = tuple[int, float]
+
+
+async def engine_round(engine: LlamaCppEngine, request: GenerationRequest) -> Round:
+    """One job, timed from submission to its Finish event."""
+    start = time.perf_counter()
+    tokens = 0
+    async for event in engine.submit(request).events():
+        if isinstance(event, Finish):
+            tokens = event.usage.completion_tokens
+    return tokens, time.perf_counter() - start
+
+
+async def best_of(
+    rounds: int, contenders: dict[str, Callable[[], Awaitable[Round]]]
+) -> dict[str, Round]:
+    """Each contender's fastest round (by tokens/s), running them in alternation."""
+    best: dict[str, Round] = {}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            tokens, seconds = await run()
+            if name not in best or tokens / seconds > best[name][0] / best[name][1]:
+                best[name] = (tokens, seconds)
+    return best
+
+
+def rate(result: Round) -> float:
+    return result[0] / result[1]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: SmolLM2)")
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    args = parser.parse_args()
+    model = args.model or await anyio.to_thread.run_sync(default_model_path)
+
+    engine = await anyio.to_thread.run_sync(
+        lambda: LlamaCppEngine(model, n_ctx=2048, n_threads=args.threads)
+    )
+    direct = llama_cpp.Llama(
+        str(model), n_ctx=2048, n_threads=args.threads, logits_all=False, verbose=False
+    )
+    try:
+        free_chat = Chat((ChatMessage("user", FREE_PROMPT),))
+        prompt_text = engine.render(free_chat)
+        # min_tokens is not a field: a fixed budget with EOS banned keeps both sides running
+        # to exactly --tokens (llama-cpp-python's own stream likewise runs to max_tokens only
+        # if the model keeps talking, so ban EOS there too).
+        eos = direct.token_eos()
+        no_eos = {token: -100.0 for token in (eos,)}
+        ours = GenerationRequest(
+            free_chat,
+            SamplingParams(temperature=0.0, max_tokens=args.tokens, logit_bias=no_eos),
+        )
+
+        def direct_no_eos() -> Round:
+            start = time.perf_counter()
+            tokens = 0
+            for chunk in direct.create_completion(
+                prompt_text,
+                max_tokens=args.tokens,
+                temperature=0.0,
+                stream=True,
+                logit_bias={eos: float("-inf")},
+            ):
+                # One chunk per token, plus a last one that only carries finish_reason.
+                tokens += chunk["choices"][0]["finish_reason"] is None
+            return tokens, time.perf_counter() - start
+
+        async def direct_run() -> Round:
+            return await anyio.to_thread.run_sync(direct_no_eos)
+
+        overhead = await best_of(
+            args.rounds,
+            {"llama-cpp-python": direct_run, "exloop": lambda: engine_round(engine, ours)},
+        )
+
+        json_chat = Chat((ChatMessage("user", JSON_PROMPT),))
+        free = GenerationRequest(json_chat, SamplingParams(temperature=0.0, max_tokens=args.tokens))
+        constrained = GenerationRequest(
+            json_chat,
+            SamplingParams(temperature=0.0, max_tokens=args.tokens),
+            Grammar("json_schema", PEOPLE_SCHEMA),
+        )
+        grammar = await best_of(
+            args.rounds,
+            {
+                "unconstrained": lambda: engine_round(engine, free),
+                "json_schema": lambda: engine_round(engine, constrained),
+            },
+        )
+    finally:
+        direct.close()
+        await engine.aclose()
+
+    print(f"model: {model.name}, up to {args.tokens} tokens per round, best of {args.rounds}")
+    for label, result in [
+        ("llama-cpp-python direct", overhead["llama-cpp-python"]),
+        ("exloop LlamaCppEngine", overhead["exloop"]),
+    ]:
+        print(f"  {label:<24}: {rate(result):7.1f} tok/s ({result[0]} tokens)")
+    ratio = rate(overhead["exloop"]) / rate(overhead["llama-cpp-python"])
+    print(f"  {'ratio exloop/direct':<24}: {ratio:7.3f}")
+    for label, result in [
+        ("unconstrained", grammar["unconstrained"]),
+        ("strict JSON schema", grammar["json_schema"]),
+    ]:
+        print(f"  {label:<24}: {rate(result):7.1f} tok/s ({result[0]} tokens)")
+    ratio = rate(grammar["json_schema"]) / rate(grammar["unconstrained"])
+    print(f"  {'ratio constrained/free':<24}: {ratio:7.3f}")
+
+
+if __name__ == "__main__":
+    anyio.run(main)

@@ -1,0 +1,87 @@
+"""The worker-to-consumer hand-off: batching, failure, cancellation."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import aclosing
+
+import anyio
+import pytest
+
+from exloop.engine.errors import GenerationFailed
+from exloop.engine.handoff import ThreadedJob
+from exloop.engine.protocol import Delta, Finish, GenerationRequest, TokenPrompt, Usage
+
+pytestmark = pytest.mark.anyio
+
+
+def _job() -> ThreadedJob:
+    return ThreadedJob(GenerationRequest(TokenPrompt((1,))), None)
+
+
+async def test_pending_deltas_arrive_merged_in_order() -> None:
+    job = _job()
+    for i in range(5):
+        job.emit(Delta(text=str(i), token_ids=(i,)))
+    job.finish(Finish(reason="length", usage=Usage(1, 5)))
+    events = [event async for event in job.events()]
+    assert events == [
+        Delta(text="01234", token_ids=(0, 1, 2, 3, 4)),
+        Finish(reason="length", usage=Usage(1, 5)),
+    ]
+
+
+async def test_events_from_another_thread_wake_the_consumer() -> None:
+    job = _job()
+
+    def produce() -> None:
+        for i in range(50):
+            job.emit(Delta(text="x", token_ids=(i,)))
+        job.finish(Finish(reason="eos", usage=Usage(1, 50)))
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    tokens: list[int] = []
+    with anyio.fail_after(5):
+        async for event in job.events():
+            if isinstance(event, Delta):
+                tokens.extend(event.token_ids)
+    thread.join()
+    assert tokens == list(range(50))
+
+
+async def test_failure_raises_from_events() -> None:
+    job = _job()
+    job.emit(Delta(text="partial"))
+    job.fail(GenerationFailed("boom"))
+    seen: list[object] = []
+    with pytest.raises(GenerationFailed, match="boom"):
+        async for event in job.events():
+            seen.append(event)
+    assert seen == [Delta(text="partial")]
+
+
+async def test_closing_the_iterator_early_cancels_the_job() -> None:
+    job = _job()
+    job.emit(Delta(text="a"))
+    async with aclosing(job.events()) as events:
+        async for _event in events:
+            break
+    assert job.cancel_requested
+
+
+async def test_cancelled_consumer_cancels_the_job() -> None:
+    job = _job()
+    with anyio.move_on_after(0.05):
+        async for _event in job.events():
+            pass
+    assert job.cancel_requested
+
+
+async def test_events_iterate_once() -> None:
+    job = _job()
+    job.finish(Finish(reason="eos", usage=Usage(1, 0)))
+    assert [e async for e in job.events()]
+    with pytest.raises(RuntimeError):
+        async for _event in job.events():
+            pass

@@ -1,0 +1,223 @@
+"""The llama.cpp backend's jobs: constraints, cancellation, concurrency, KV reuse, limits."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import anyio
+import jsonschema
+import pytest
+
+from exloop.engine.errors import ContextLengthExceeded, InvalidGrammar, ModelNotFound
+from exloop.engine.llama_cpp import LlamaCppEngine
+from exloop.engine.protocol import (
+    Chat,
+    ChatMessage,
+    Delta,
+    Finish,
+    GenerationRequest,
+    Grammar,
+    TokenPrompt,
+)
+from exloop.engine.sampling import SamplingParams
+
+from .collect import collect, generate, user
+from .conftest import TEST_CONTEXT
+
+pytestmark = pytest.mark.anyio
+
+PERSON_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "pets": {"type": "array", "items": {"enum": ["cat", "dog"]}, "maxItems": 2},
+    },
+    "required": ["name", "age", "pets"],
+    "additionalProperties": False,
+}
+
+
+async def test_json_schema_output_always_validates(engine: LlamaCppEngine) -> None:
+    grammar = Grammar("json_schema", PERSON_SCHEMA)
+    for seed in range(20):
+        out = await generate(
+            engine, "Describe a person as JSON.", grammar, temperature=1.0, seed=seed,
+            max_tokens=60,
+        )
+        assert out.finish.reason == "eos", out.text
+        jsonschema.validate(json.loads(out.text), PERSON_SCHEMA)
+        # No free whitespace: a small model must not spin on spaces and newlines.
+        assert out.text == json.dumps(json.loads(out.text), separators=(",", ":"), ensure_ascii=False)
+
+
+async def test_regex_output_always_matches(engine: LlamaCppEngine) -> None:
+    pattern = r"[a-z]{2,8}@[a-z]{2,8}\.(com|org)"
+    for seed in range(5):
+        out = await generate(
+            engine, "Give me an email address.", Grammar("regex", pattern),
+            temperature=1.0, seed=seed, max_tokens=30,
+        )
+        assert out.finish.reason == "eos"
+        assert re.fullmatch(pattern, out.text), out.text
+
+
+async def test_lark_output_always_matches(engine: LlamaCppEngine) -> None:
+    lark = 'start: answer "." \nanswer: "yes" | "no" | "maybe " ("later" | "never")'
+    for seed in range(5):
+        out = await generate(
+            engine, "Will it rain?", Grammar("lark", lark), temperature=1.0, seed=seed,
+            max_tokens=10,
+        )
+        assert out.text in {"yes.", "no.", "maybe later.", "maybe never."}
+
+
+async def test_llguidance_json_grammar_output_matches(engine: LlamaCppEngine) -> None:
+    grammar = {
+        "grammars": [
+            {"lark_grammar": 'start: "colour: " c\nc: "red" | "green" | "blue"'}
+        ]
+    }
+    for seed in range(3):
+        out = await generate(
+            engine, "Pick a colour.", Grammar("llguidance", grammar), temperature=1.0,
+            seed=seed, max_tokens=10,
+        )
+        assert out.text in {"colour: red", "colour: green", "colour: blue"}
+
+
+async def test_constraint_with_greedy_and_logprobs(engine: LlamaCppEngine) -> None:
+    out = await generate(
+        engine, "Is the sky blue?", Grammar("regex", "(Yes|No), [a-z ]{1,20}"),
+        temperature=0.0, max_tokens=12, logprobs=True, top_logprobs=2,
+    )
+    assert re.fullmatch("(Yes|No), [a-z ]{1,20}", out.text)
+    assert len(out.logprobs) == len(out.token_ids)
+
+
+def test_invalid_grammar_fails_before_generation(engine: LlamaCppEngine) -> None:
+    request = GenerationRequest(user("Hi"), constraint=Grammar("regex", "(unclosed"))
+    with pytest.raises(InvalidGrammar) as checked:
+        engine.check(request)
+    assert checked.value.param == "grammar"
+    with pytest.raises(InvalidGrammar):
+        engine.submit(request)
+
+
+async def test_cancel_takes_effect_within_one_token(engine: LlamaCppEngine) -> None:
+    job = engine.submit(
+        GenerationRequest(user("Write a long essay about rivers."), SamplingParams(max_tokens=200))
+    )
+    received = 0
+    finish: Finish | None = None
+    async for event in job.events():
+        if isinstance(event, Delta):
+            received += len(event.token_ids)
+            if received >= 3:
+                job.cancel()
+        else:
+            finish = event
+    assert finish is not None and finish.reason == "cancelled"
+    # At most the token being generated when cancel() ran arrives after it.
+    assert received <= finish.usage.completion_tokens <= received + 1 < 10
+
+
+async def test_cancelling_the_consumer_cancels_the_job(engine: LlamaCppEngine) -> None:
+    job = engine.submit(
+        GenerationRequest(user("Write a long essay about rivers."), SamplingParams(max_tokens=200))
+    )
+    with anyio.move_on_after(0.3) as scope:
+        async for _event in job.events():
+            pass
+    assert scope.cancelled_caught
+    assert job.cancel_requested
+    # The worker is free again at once: a short job completes promptly.
+    with anyio.fail_after(5):
+        out = await generate(engine, "Hi", temperature=0.0, max_tokens=3)
+    assert out.finish.reason in {"length", "eos"}
+
+
+async def test_concurrent_jobs_both_complete_correctly(engine: LlamaCppEngine) -> None:
+    prompts = ["Name a colour.", "Name an animal."]
+    alone = [await generate(engine, p, temperature=0.0, max_tokens=12) for p in prompts]
+    together: dict[int, tuple[int, ...]] = {}
+
+    async def run(index: int) -> None:
+        together[index] = (
+            await generate(engine, prompts[index], temperature=0.0, max_tokens=12)
+        ).token_ids
+
+    async with anyio.create_task_group() as group:
+        for index in range(len(prompts)):
+            group.start_soon(run, index)
+    assert [together[i] for i in range(len(prompts))] == [out.token_ids for out in alone]
+
+
+async def test_prefix_reuse_reports_cached_tokens(engine: LlamaCppEngine) -> None:
+    first_chat = user("What is the capital of France?")
+    first = await collect(engine, GenerationRequest(first_chat, SamplingParams(temperature=0.0, max_tokens=8)))
+    follow_up = Chat(
+        (
+            *first_chat.messages,
+            ChatMessage("assistant", first.text),
+            ChatMessage("user", "And of Italy?"),
+        )
+    )
+    second = await collect(
+        engine, GenerationRequest(follow_up, SamplingParams(temperature=0.0, max_tokens=8))
+    )
+    assert second.finish.usage.prompt_tokens == await engine.count_tokens(follow_up)
+    assert first.finish.usage.prompt_tokens - 2 <= second.finish.usage.cached_tokens
+    assert second.finish.usage.cached_tokens < second.finish.usage.prompt_tokens
+    # Another conversation shares only the system prompt's tokens with this one.
+    other = await generate(engine, "Unrelated.", temperature=0.0, max_tokens=2)
+    assert 0 < other.finish.usage.cached_tokens < first.finish.usage.prompt_tokens - 8
+
+
+async def test_prompt_longer_than_the_context_fails(engine: LlamaCppEngine) -> None:
+    job = engine.submit(GenerationRequest(TokenPrompt((100,) * TEST_CONTEXT)))
+    with pytest.raises(ContextLengthExceeded):
+        async for _event in job.events():
+            pass
+
+
+async def test_no_max_tokens_runs_to_the_context_end(engine: LlamaCppEngine) -> None:
+    prompt = TokenPrompt(tuple(engine._llm.tokenize(b"one two three " * 200, add_bos=False))[: TEST_CONTEXT - 6])
+    eos_tokens = {token: -100.0 for token in engine._eog}
+    out = await collect(
+        engine, GenerationRequest(prompt, SamplingParams(temperature=0.0, logit_bias=eos_tokens))
+    )
+    assert out.finish.reason == "length"
+    assert out.finish.usage.completion_tokens == 6
+
+
+def test_token_prompt_ids_out_of_range_are_refused(engine: LlamaCppEngine) -> None:
+    from exloop.engine.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter) as checked:
+        engine.check(GenerationRequest(TokenPrompt((1, 10**9))))
+    assert checked.value.param == "prompt"
+
+
+def test_missing_model_file_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFound) as caught:
+        LlamaCppEngine(tmp_path / "absent.gguf")
+    assert str(tmp_path / "absent.gguf") in caught.value.message
+    assert "--model PATH" in caught.value.message
+
+
+async def test_aclose_cancels_running_work(model_path: Path) -> None:
+    engine = await anyio.to_thread.run_sync(lambda: LlamaCppEngine(model_path, n_ctx=256))
+    assert engine.info.backend == "llama.cpp" and engine.info.context_length == 256
+    job = engine.submit(GenerationRequest(user("Write a long essay."), SamplingParams(max_tokens=200)))
+    events = job.events()
+    first = await events.__anext__()
+    assert isinstance(first, Delta)
+    with anyio.fail_after(10):
+        await engine.aclose()
+    rest = [event async for event in events]
+    assert isinstance(rest[-1], Finish) and rest[-1].reason == "cancelled"
+    with pytest.raises(Exception, match="shut down"):
+        engine.submit(GenerationRequest(user("Hi")))

@@ -1,0 +1,206 @@
+"""Every sampling field, observed on the real default model (SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from exloop.engine.errors import InvalidParameter
+from exloop.engine.llama_cpp import LlamaCppEngine
+from exloop.engine.protocol import GenerationRequest
+from exloop.engine.sampling import DrySettings, SamplingParams
+
+from .collect import generate, user
+
+pytestmark = pytest.mark.anyio
+
+STORY = "Tell me a short story about a dragon."
+REPEAT = "Repeat the word 'apple' fifty times, separated by spaces."
+
+
+async def test_greedy_is_deterministic(engine: LlamaCppEngine) -> None:
+    first = await generate(engine, STORY, temperature=0.0, max_tokens=24)
+    await generate(engine, "Something else entirely.", temperature=1.0, max_tokens=8)
+    second = await generate(engine, STORY, temperature=0.0, max_tokens=24)
+    assert first.token_ids == second.token_ids
+    assert first.text == second.text and first.text
+
+
+async def test_same_seed_same_output_whatever_ran_before(engine: LlamaCppEngine) -> None:
+    first = await generate(engine, STORY, temperature=1.0, seed=1234, max_tokens=24)
+    await generate(engine, STORY, temperature=1.0, seed=99, max_tokens=24)
+    second = await generate(engine, STORY, temperature=1.0, seed=1234, max_tokens=24)
+    other = await generate(engine, STORY, temperature=1.0, seed=1235, max_tokens=24)
+    assert first.token_ids == second.token_ids
+    assert other.token_ids != first.token_ids
+
+
+async def test_max_tokens_ends_with_length(engine: LlamaCppEngine) -> None:
+    out = await generate(engine, STORY, temperature=0.0, max_tokens=5)
+    assert out.finish.reason == "length"
+    assert len(out.token_ids) == out.finish.usage.completion_tokens == 5
+
+
+async def test_end_of_turn_ends_with_eos(engine: LlamaCppEngine) -> None:
+    out = await generate(engine, "Say hello.", temperature=0.0, max_tokens=100)
+    assert out.finish.reason == "eos"
+    assert out.finish.usage.completion_tokens < 100
+    assert "<|im_end|>" not in out.text
+
+
+async def test_stop_split_across_tokens_never_leaks(engine: LlamaCppEngine) -> None:
+    base = await generate(engine, STORY, temperature=0.0, max_tokens=30)
+    pieces = [engine._piece(t).decode() for t in base.token_ids]
+    # A stop sequence from the last 3 characters of one token and the first 2 of the next.
+    boundary = next(
+        i for i in range(3, len(pieces) - 1) if len(pieces[i]) >= 4 and len(pieces[i + 1]) >= 3
+    )
+    prefix = "".join(pieces[:boundary + 1])
+    stop = prefix[-3:] + pieces[boundary + 1][:2]
+    assert base.text.find(stop) == len(prefix) - 3
+    out = await generate(engine, STORY, temperature=0.0, max_tokens=30, stop=(stop, "zzzz"))
+    assert out.finish.reason == "stop"
+    assert out.finish.stop_sequence == stop
+    assert out.text == base.text[: len(prefix) - 3]
+    assert stop not in out.text
+
+
+async def test_logit_bias_forces_and_bans(engine: LlamaCppEngine) -> None:
+    base = await generate(engine, STORY, temperature=0.0, max_tokens=6)
+    first = base.token_ids[0]
+    banned = await generate(
+        engine, STORY, temperature=0.0, max_tokens=6, logit_bias={first: -100.0}
+    )
+    assert first not in banned.token_ids
+    forced_id = engine._llm.tokenize(b" banana", add_bos=False)[0]
+    forced = await generate(
+        engine, STORY, temperature=1.0, seed=5, max_tokens=4, logit_bias={forced_id: 100.0}
+    )
+    assert forced.token_ids == (forced_id,) * 4
+
+
+async def test_special_tokens_other_than_eog_are_text(engine: LlamaCppEngine) -> None:
+    im_start = engine._llm.tokenize(b"<|im_start|>", add_bos=False, special=True)
+    assert len(im_start) == 1
+    out = await generate(
+        engine, STORY, temperature=0.0, max_tokens=1, logit_bias={im_start[0]: 100.0}
+    )
+    assert out.text == "<|im_start|>"
+
+
+@pytest.mark.parametrize("top", [0, 1, 5, 20])
+async def test_top_logprobs_count_and_order(engine: LlamaCppEngine, top: int) -> None:
+    out = await generate(
+        engine, STORY, temperature=0.0, max_tokens=4, logprobs=True, top_logprobs=top
+    )
+    assert len(out.logprobs) == len(out.token_ids) == 4
+    for token_id, entry in zip(out.token_ids, out.logprobs, strict=True):
+        assert entry.token_id == token_id
+        assert entry.logprob <= 0.0
+        assert len(entry.top) == top
+        values = [alt.logprob for alt in entry.top]
+        assert values == sorted(values, reverse=True)
+        if top:
+            # Greedy picks the most likely token.
+            assert entry.top[0].token_id == token_id
+            assert math.isclose(entry.top[0].logprob, entry.logprob)
+    plain = await generate(engine, STORY, temperature=0.0, max_tokens=4)
+    assert plain.logprobs == ()
+
+
+async def test_dry_breaks_a_forced_repetition(engine: LlamaCppEngine) -> None:
+    base = await generate(engine, REPEAT, temperature=0.0, max_tokens=40)
+    dry = await generate(
+        engine, REPEAT, temperature=0.0, max_tokens=40, dry=DrySettings(multiplier=2.0)
+    )
+    assert base.text.count("apple") >= 15
+    assert dry.text.count("apple") < base.text.count("apple") / 2
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [{"repetition_penalty": 1.5}, {"frequency_penalty": 1.5}, {"presence_penalty": 2.0}],
+)
+async def test_penalties_make_output_less_repetitive(
+    engine: LlamaCppEngine, penalty: dict[str, float]
+) -> None:
+    base = await generate(engine, STORY, temperature=0.0, max_tokens=40)
+    penalised = await generate(engine, STORY, temperature=0.0, max_tokens=40, **penalty)
+    assert penalised.token_ids != base.token_ids
+    assert _distinct_share(penalised.token_ids) > _distinct_share(base.token_ids)
+
+
+def _distinct_share(token_ids: tuple[int, ...]) -> float:
+    return len(set(token_ids)) / len(token_ids)
+
+
+@pytest.mark.parametrize("truncation", [{"top_k": 1}, {"top_p": 0.01}, {"min_p": 1.0}])
+async def test_truncation_to_the_top_token_is_greedy(
+    engine: LlamaCppEngine, truncation: dict[str, float]
+) -> None:
+    greedy = await generate(engine, STORY, temperature=0.0, max_tokens=16)
+    for seed in (1, 2):
+        hot = await generate(
+            engine, STORY, temperature=2.0, seed=seed, max_tokens=16, **truncation
+        )
+        assert hot.token_ids == greedy.token_ids
+
+
+async def test_without_truncation_hot_sampling_strays(engine: LlamaCppEngine) -> None:
+    greedy = await generate(engine, STORY, temperature=0.0, max_tokens=16)
+    hot = [
+        await generate(engine, STORY, temperature=2.0, seed=seed, max_tokens=16)
+        for seed in (1, 2)
+    ]
+    assert all(out.token_ids != greedy.token_ids for out in hot)
+
+
+async def test_moderate_top_k_keeps_tokens_within_the_top_k(engine: LlamaCppEngine) -> None:
+    for seed in range(3):
+        out = await generate(
+            engine,
+            STORY,
+            temperature=2.0,
+            seed=seed,
+            max_tokens=8,
+            top_k=3,
+            logprobs=True,
+            top_logprobs=3,
+        )
+        for entry in out.logprobs:
+            assert entry.token_id in {alt.token_id for alt in entry.top}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", 2.5),
+        ("top_p", 0.0),
+        ("top_k", -1),
+        ("min_p", 1.5),
+        ("repetition_penalty", 0.0),
+        ("frequency_penalty", 3.0),
+        ("presence_penalty", -3.0),
+        ("logit_bias", {5: 101.0}),
+        ("stop", ("",)),
+        ("max_tokens", 0),
+        ("top_logprobs", 21),
+    ],
+)
+def test_out_of_range_values_name_the_field(
+    engine: LlamaCppEngine, field: str, value: object
+) -> None:
+    request = GenerationRequest(user(STORY), SamplingParams(**{field: value}))  # type: ignore[arg-type]
+    with pytest.raises(InvalidParameter) as checked:
+        engine.check(request)
+    assert checked.value.param == field
+    with pytest.raises(InvalidParameter):
+        engine.submit(request)
+
+
+def test_dry_out_of_range_names_the_field(engine: LlamaCppEngine) -> None:
+    request = GenerationRequest(user(STORY), SamplingParams(dry=DrySettings(multiplier=-1.0)))
+    with pytest.raises(InvalidParameter) as checked:
+        engine.check(request)
+    assert checked.value.param == "dry_multiplier"
