@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import anyio
 import llama_cpp
+from llama_cpp.llama_types import CreateCompletionStreamResponse
 
 from exloop.engine.default_model import default_model_path
 from exloop.engine.llama_cpp import LlamaCppEngine
@@ -117,13 +119,14 @@ async def main() -> None:
         def direct_no_eos() -> Round:
             start = time.perf_counter()
             tokens = 0
-            for chunk in direct.create_completion(
+            stream = direct.create_completion(
                 prompt_text,
                 max_tokens=args.tokens,
                 temperature=0.0,
                 stream=True,
                 logit_bias={eos: float("-inf")},
-            ):
+            )
+            for chunk in cast(Iterator[CreateCompletionStreamResponse], stream):
                 # One chunk per token, plus a last one that only carries finish_reason.
                 tokens += chunk["choices"][0]["finish_reason"] is None
             return tokens, time.perf_counter() - start

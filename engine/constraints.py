@@ -15,7 +15,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -25,9 +25,12 @@ from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 from .errors import GenerationFailed, InvalidGrammar
 from .protocol import Grammar
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 #: JSON output without free whitespace: a small model given ``[ \t\n]*`` between tokens can
 #: spin on whitespace until it runs out of tokens.
-JSON_COMPILE_DEFAULTS: dict[str, Any] = {"whitespace_flexible": False}
+JSON_COMPILE_DEFAULTS: JsonCompileOptions = {"whitespace_flexible": False}
 
 _CACHE_SIZE = 256
 
@@ -91,7 +94,9 @@ def _canonical_value(grammar: Grammar, param: str) -> str:
         try:
             document = json.loads(document)
         except json.JSONDecodeError as exc:
-            raise InvalidGrammar(f"The {grammar.kind} grammar is not JSON: {exc}", param=param)
+            raise InvalidGrammar(
+                f"The {grammar.kind} grammar is not JSON: {exc}", param=param
+            ) from exc
     if grammar.kind == "json_schema" and isinstance(document, bool):
         # `true` accepts any JSON value, `false` nothing; llguidance wants an object.
         document = {} if document else {"not": {}}

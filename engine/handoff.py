@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from .errors import EngineError
 from .protocol import Delta, Finish, GenerationRequest, JobEvent
 
+
 @dataclass(frozen=True, slots=True)
 class _Failure:
     error: EngineError

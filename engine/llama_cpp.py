@@ -26,7 +26,7 @@ from llguidance import LLTokenizer
 from llguidance.llamacpp import lltokenizer_from_vocab
 
 from .chat_template import ChatTemplate
-from .constraints import ConstraintState, GrammarCompiler
+from .constraints import GrammarCompiler
 from .errors import (
     ContextLengthExceeded,
     EngineError,
@@ -39,8 +39,8 @@ from .llama_sampler import NativeSampler
 from .protocol import (
     Chat,
     Delta,
-    FinishReason,
     Finish,
+    FinishReason,
     GenerationRequest,
     ModelInfo,
     TokenLogprob,
@@ -99,6 +99,11 @@ class LlamaCppEngine:
             self._n_ctx = min(self._n_ctx, llama_cpp.llama_model_n_ctx_train(self._llm.model))
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        # A recurrent state cannot be cut back to a prefix the way attention's KV cells can.
+        self._prefix_reuse = not (
+            llama_cpp.llama_model_is_recurrent(self._llm.model)
+            or llama_cpp.llama_model_is_hybrid(self._llm.model)
+        )
         self._eog = frozenset(
             t for t in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, t)
         )
@@ -224,7 +229,7 @@ class LlamaCppEngine:
             except Exception as exc:  # a backend failure ends this job only
                 logger.exception("generation failed")
                 # The KV cache may hold a half-evaluated batch: forget it.
-                self._llm.reset()
+                self._llm.reset()  # type: ignore[no-untyped-call]
                 job.fail(GenerationFailed(f"Generation failed: {exc}"))
             finally:
                 self._current = None
@@ -233,7 +238,9 @@ class LlamaCppEngine:
         request = job.request
         params = request.sampling
         prompt = request.prompt
-        tokens = list(prompt.token_ids) if isinstance(prompt, TokenPrompt) else self._chat_tokens(prompt)
+        tokens = (
+            list(prompt.token_ids) if isinstance(prompt, TokenPrompt) else self._chat_tokens(prompt)
+        )
         if not tokens:
             raise GenerationFailed("The prompt is empty.")
         if len(tokens) >= self._n_ctx:
@@ -310,6 +317,8 @@ class LlamaCppEngine:
         """Bring the KV cache to ``tokens``, reusing the longest cached prefix; returns how
         many tokens were reused."""
         llm = self._llm
+        if not self._prefix_reuse:
+            llm.reset()  # type: ignore[no-untyped-call]
         reusable = min(llm.n_tokens, len(tokens) - 1)  # the last token is always evaluated
         cached_ids = llm.input_ids[:reusable]
         mismatches = np.flatnonzero(cached_ids != np.asarray(tokens[:reusable], dtype=np.intc))
@@ -324,9 +333,7 @@ class LlamaCppEngine:
         pointer = llama_cpp.llama_get_logits_ith(self._llm.ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
 
-    def _logprobs(
-        self, logits: npt.NDArray[np.float32], top: int
-    ) -> Callable[[int], TokenLogprob]:
+    def _logprobs(self, logits: npt.NDArray[np.float32], top: int) -> Callable[[int], TokenLogprob]:
         """Log probabilities under the model's own distribution (before penalties, filters
         and constraints), computed before the logits are masked."""
         peak = float(logits.max())

@@ -44,21 +44,31 @@ async def test_json_schema_output_always_validates(engine: LlamaCppEngine) -> No
     grammar = Grammar("json_schema", PERSON_SCHEMA)
     for seed in range(20):
         out = await generate(
-            engine, "Describe a person as JSON.", grammar, temperature=1.0, seed=seed,
+            engine,
+            "Describe a person as JSON.",
+            grammar,
+            temperature=1.0,
+            seed=seed,
             max_tokens=60,
         )
         assert out.finish.reason == "eos", out.text
         jsonschema.validate(json.loads(out.text), PERSON_SCHEMA)
         # No free whitespace: a small model must not spin on spaces and newlines.
-        assert out.text == json.dumps(json.loads(out.text), separators=(",", ":"), ensure_ascii=False)
+        assert out.text == json.dumps(
+            json.loads(out.text), separators=(",", ":"), ensure_ascii=False
+        )
 
 
 async def test_regex_output_always_matches(engine: LlamaCppEngine) -> None:
     pattern = r"[a-z]{2,8}@[a-z]{2,8}\.(com|org)"
     for seed in range(5):
         out = await generate(
-            engine, "Give me an email address.", Grammar("regex", pattern),
-            temperature=1.0, seed=seed, max_tokens=30,
+            engine,
+            "Give me an email address.",
+            Grammar("regex", pattern),
+            temperature=1.0,
+            seed=seed,
+            max_tokens=30,
         )
         assert out.finish.reason == "eos"
         assert re.fullmatch(pattern, out.text), out.text
@@ -68,30 +78,39 @@ async def test_lark_output_always_matches(engine: LlamaCppEngine) -> None:
     lark = 'start: answer "." \nanswer: "yes" | "no" | "maybe " ("later" | "never")'
     for seed in range(5):
         out = await generate(
-            engine, "Will it rain?", Grammar("lark", lark), temperature=1.0, seed=seed,
+            engine,
+            "Will it rain?",
+            Grammar("lark", lark),
+            temperature=1.0,
+            seed=seed,
             max_tokens=10,
         )
         assert out.text in {"yes.", "no.", "maybe later.", "maybe never."}
 
 
 async def test_llguidance_json_grammar_output_matches(engine: LlamaCppEngine) -> None:
-    grammar = {
-        "grammars": [
-            {"lark_grammar": 'start: "colour: " c\nc: "red" | "green" | "blue"'}
-        ]
-    }
+    grammar = {"grammars": [{"lark_grammar": 'start: "colour: " c\nc: "red" | "green" | "blue"'}]}
     for seed in range(3):
         out = await generate(
-            engine, "Pick a colour.", Grammar("llguidance", grammar), temperature=1.0,
-            seed=seed, max_tokens=10,
+            engine,
+            "Pick a colour.",
+            Grammar("llguidance", grammar),
+            temperature=1.0,
+            seed=seed,
+            max_tokens=10,
         )
         assert out.text in {"colour: red", "colour: green", "colour: blue"}
 
 
 async def test_constraint_with_greedy_and_logprobs(engine: LlamaCppEngine) -> None:
     out = await generate(
-        engine, "Is the sky blue?", Grammar("regex", "(Yes|No), [a-z ]{1,20}"),
-        temperature=0.0, max_tokens=12, logprobs=True, top_logprobs=2,
+        engine,
+        "Is the sky blue?",
+        Grammar("regex", "(Yes|No), [a-z ]{1,20}"),
+        temperature=0.0,
+        max_tokens=12,
+        logprobs=True,
+        top_logprobs=2,
     )
     assert re.fullmatch("(Yes|No), [a-z ]{1,20}", out.text)
     assert len(out.logprobs) == len(out.token_ids)
@@ -157,7 +176,9 @@ async def test_concurrent_jobs_both_complete_correctly(engine: LlamaCppEngine) -
 
 async def test_prefix_reuse_reports_cached_tokens(engine: LlamaCppEngine) -> None:
     first_chat = user("What is the capital of France?")
-    first = await collect(engine, GenerationRequest(first_chat, SamplingParams(temperature=0.0, max_tokens=8)))
+    first = await collect(
+        engine, GenerationRequest(first_chat, SamplingParams(temperature=0.0, max_tokens=8))
+    )
     follow_up = Chat(
         (
             *first_chat.messages,
@@ -184,7 +205,9 @@ async def test_prompt_longer_than_the_context_fails(engine: LlamaCppEngine) -> N
 
 
 async def test_no_max_tokens_runs_to_the_context_end(engine: LlamaCppEngine) -> None:
-    prompt = TokenPrompt(tuple(engine._llm.tokenize(b"one two three " * 200, add_bos=False))[: TEST_CONTEXT - 6])
+    prompt = TokenPrompt(
+        tuple(engine._llm.tokenize(b"one two three " * 200, add_bos=False))[: TEST_CONTEXT - 6]
+    )
     eos_tokens = {token: -100.0 for token in engine._eog}
     out = await collect(
         engine, GenerationRequest(prompt, SamplingParams(temperature=0.0, logit_bias=eos_tokens))
@@ -211,7 +234,9 @@ def test_missing_model_file_names_the_fix(tmp_path: Path) -> None:
 async def test_aclose_cancels_running_work(model_path: Path) -> None:
     engine = await anyio.to_thread.run_sync(lambda: LlamaCppEngine(model_path, n_ctx=256))
     assert engine.info.backend == "llama.cpp" and engine.info.context_length == 256
-    job = engine.submit(GenerationRequest(user("Write a long essay."), SamplingParams(max_tokens=200)))
+    job = engine.submit(
+        GenerationRequest(user("Write a long essay."), SamplingParams(max_tokens=200))
+    )
     events = job.events()
     first = await events.__anext__()
     assert isinstance(first, Delta)

@@ -56,7 +56,7 @@ async def test_stop_split_across_tokens_never_leaks(engine: LlamaCppEngine) -> N
     boundary = next(
         i for i in range(3, len(pieces) - 1) if len(pieces[i]) >= 4 and len(pieces[i + 1]) >= 3
     )
-    prefix = "".join(pieces[:boundary + 1])
+    prefix = "".join(pieces[: boundary + 1])
     stop = prefix[-3:] + pieces[boundary + 1][:2]
     assert base.text.find(stop) == len(prefix) - 3
     out = await generate(engine, STORY, temperature=0.0, max_tokens=30, stop=(stop, "zzzz"))
@@ -141,17 +141,14 @@ async def test_truncation_to_the_top_token_is_greedy(
 ) -> None:
     greedy = await generate(engine, STORY, temperature=0.0, max_tokens=16)
     for seed in (1, 2):
-        hot = await generate(
-            engine, STORY, temperature=2.0, seed=seed, max_tokens=16, **truncation
-        )
+        hot = await generate(engine, STORY, temperature=2.0, seed=seed, max_tokens=16, **truncation)
         assert hot.token_ids == greedy.token_ids
 
 
 async def test_without_truncation_hot_sampling_strays(engine: LlamaCppEngine) -> None:
     greedy = await generate(engine, STORY, temperature=0.0, max_tokens=16)
     hot = [
-        await generate(engine, STORY, temperature=2.0, seed=seed, max_tokens=16)
-        for seed in (1, 2)
+        await generate(engine, STORY, temperature=2.0, seed=seed, max_tokens=16) for seed in (1, 2)
     ]
     assert all(out.token_ids != greedy.token_ids for out in hot)
 
