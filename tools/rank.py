@@ -184,7 +184,7 @@ def rank_chunks(
     ranked = []
     for chunk, document, length in zip(chunks, documents, lengths, strict=True):
         norm = k1 * (1 - b + b * length / average) if average else k1
-        score = sum(
+        score = math.fsum(
             weight * document[term] * (k1 + 1) / (document[term] + norm)
             for term, weight in idf.items()
             if term in document
