@@ -97,6 +97,19 @@ class LlamaCppEngine:
         if n_ctx is None:
             # Without an explicit size, never run past what the model was trained on.
             self._n_ctx = min(self._n_ctx, llama_cpp.llama_model_n_ctx_train(self._llm.model))
+        try:
+            self._read_model(path, name, tool_call_format)
+        except BaseException:
+            self._llm.close()
+            raise
+        self._jobs: queue.SimpleQueue[ThreadedJob | None] = queue.SimpleQueue()
+        self._current: ThreadedJob | None = None
+        self._closing = False
+        self._worker = threading.Thread(target=self._work, name="exloop-llama.cpp", daemon=True)
+        self._worker.start()
+
+    def _read_model(self, path: Path, name: str | None, tool_call_format: str | None) -> None:
+        """Read what the GGUF says about tokens, template and tool calls."""
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
         # A recurrent state cannot be cut back to a prefix the way attention's KV cells can.
@@ -128,12 +141,6 @@ class LlamaCppEngine:
             tool_call_format=format_name,
         )
         self._grammars = GrammarCompiler(lltokenizer(self._llm))
-
-        self._jobs: queue.SimpleQueue[ThreadedJob | None] = queue.SimpleQueue()
-        self._current: ThreadedJob | None = None
-        self._closing = False
-        self._worker = threading.Thread(target=self._work, name="exloop-llama.cpp", daemon=True)
-        self._worker.start()
 
     # -- Engine protocol -----------------------------------------------------------------
 
