@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import anyio
 import trafilatura
+from trafilatura.settings import Document
 
 from .fetch import FetchedPage
 
@@ -64,14 +65,14 @@ def _extract_html(page: FetchedPage) -> ExtractedPage:
         include_comments=False,
         with_metadata=True,
     )
-    if document is not None and document.text:
-        return ExtractedPage(
-            url=page.final_url, title=document.title or "", text=_tidy(document.text)
-        )
+    title = ""
+    if isinstance(document, Document):  # None when trafilatura finds no main content
+        title = document.title or ""
+        if document.text:
+            return ExtractedPage(url=page.final_url, title=title, text=_tidy(document.text))
     # trafilatura finds no main content in very short or unusual pages; its baseline extractor
     # still returns the visible paragraphs.
     _, text, _ = trafilatura.baseline(page.text)
-    title = document.title if document is not None and document.title else ""
     return ExtractedPage(url=page.final_url, title=title, text=_tidy(text))
 
 

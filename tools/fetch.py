@@ -205,7 +205,9 @@ class SafeFetcher:
         try:
             target = current.join(location)
         except httpx.InvalidURL as exc:
-            raise InvalidUrl(f"{current} redirected to an invalid URL {location!r}.", str(current)) from exc
+            raise InvalidUrl(
+                f"{current} redirected to an invalid URL {location!r}.", str(current)
+            ) from exc
         return _parse_url(target)
 
     async def _resolve(self, url: httpx.URL) -> list[str]:

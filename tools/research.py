@@ -214,8 +214,7 @@ class WebResearch:
         budget = self._budgets[context_size] - self._count_tokens(header)
         chosen = pack(ranked, budget, count_tokens=self._count_tokens, separator=_GAP)
         passages = tuple(
-            _passage(r, page.url, title)
-            for r in sorted(chosen, key=lambda r: r.chunk.position)
+            _passage(r, page.url, title) for r in sorted(chosen, key=lambda r: r.chunk.position)
         )
         body = _GAP.join(p.text for p in passages) or "(The page has no readable text.)"
         return PageOutcome(url=page.url, title=title, passages=passages, text=f"{header}\n{body}")
@@ -275,7 +274,5 @@ def _render_search(
     if not sources:
         return f'No web results for "{query}".'
     blocks = [_render_source(s, passages.get(s.number, ())) for s in sources]
-    return (
-        f'Web results for "{query}". Cite a source by its number, like [1].\n\n'
-        + "\n\n".join(blocks)
-    )
+    intro = f'Web results for "{query}". Cite a source by its number, like [1].'
+    return "\n\n".join([intro, *blocks])

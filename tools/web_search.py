@@ -14,6 +14,7 @@ each provider maps it to its own locale parameter.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
@@ -66,7 +67,9 @@ class SearchRequest:
         if not self.allowed_domains:
             return self.query
         sites = " OR ".join(f"site:{domain}" for domain in self.allowed_domains)
-        return f"{self.query} ({sites})" if len(self.allowed_domains) > 1 else f"{self.query} {sites}"
+        return (
+            f"{self.query} ({sites})" if len(self.allowed_domains) > 1 else f"{self.query} {sites}"
+        )
 
     def admits(self, url: str) -> bool:
         """Whether a result URL is inside ``allowed_domains`` (always, when there are none)."""
@@ -179,7 +182,7 @@ class DdgsProvider:
         self._duckduckgo_url = duckduckgo_url
 
     async def search(self, request: SearchRequest) -> list[SearchResult]:
-        """Search in a worker thread; a cancelled search abandons the thread (bounded by timeout)."""
+        """Search in a worker thread; cancelling abandons the thread (ddgs's timeout bounds it)."""
         results = await anyio.to_thread.run_sync(
             self._search_blocking, request, abandon_on_cancel=True
         )
@@ -196,7 +199,10 @@ class DdgsProvider:
                     max_results=request.max_results,
                     backend=self._backend,
                 )
-                return [SearchResult(h.get("title", ""), h.get("href", ""), h.get("body", "")) for h in hits]
+                return [
+                    SearchResult(h.get("title", ""), h.get("href", ""), h.get("body", ""))
+                    for h in hits
+                ]
             engine = Duckduckgo(proxy=self._proxy, timeout=self._timeout)
             engine.search_url = self._duckduckgo_url
             found = engine.search(
@@ -222,6 +228,8 @@ class SearxngProvider:
     def __init__(self, base_url: str, *, timeout: float = 8.0) -> None:
         self._search_url = f"{base_url.rstrip('/')}/search"
         self._timeout = timeout
+        # Building an SSL context (loading the CA bundle) costs about 30 ms: once, not per search.
+        self._ssl_context = ssl.create_default_context()
 
     async def search(self, request: SearchRequest) -> list[SearchResult]:
         """Query SearXNG; HTTP errors, timeouts and malformed replies raise ``SearchError``."""
@@ -233,7 +241,7 @@ class SearxngProvider:
         if language := searxng_language(request.region):
             params["language"] = language
         try:
-            async with httpx.AsyncClient(timeout=self._timeout) as client:
+            async with httpx.AsyncClient(timeout=self._timeout, verify=self._ssl_context) as client:
                 response = await client.get(self._search_url, params=params)
             response.raise_for_status()
             document = response.json()

@@ -10,7 +10,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-
 from exloop.tools.fetch import (
     BlockedAddress,
     FetchTimeout,
@@ -22,6 +21,7 @@ from exloop.tools.fetch import (
     UnsupportedContent,
     is_blocked_address,
 )
+
 from tests.fixtures.web import WebFixture
 
 pytestmark = pytest.mark.anyio
@@ -88,7 +88,11 @@ async def test_internal_addresses_are_refused(url: str) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["http://10.0.0.1/admin", "http://169.254.169.254/latest/meta-data/", "http://[::ffff:10.0.0.1]/"],
+    [
+        "http://10.0.0.1/admin",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:10.0.0.1]/",
+    ],
 )
 async def test_redirect_into_an_internal_address_is_refused(web: WebFixture, target: str) -> None:
     # The fixture is trusted under the name "localhost" only, so the first hop is allowed.
@@ -172,7 +176,8 @@ async def test_error_status(web: WebFixture) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/file", "file:///etc/passwd", "/relative/path", "http://u:p@example.com/"]
+    "url",
+    ["ftp://example.com/file", "file:///etc/passwd", "/relative/path", "http://u:p@example.com/"],
 )
 async def test_invalid_urls(url: str) -> None:
     with pytest.raises(InvalidUrl):

@@ -13,6 +13,7 @@ from exloop.tools.rank import (
     rank_chunks,
     split_chunks,
 )
+
 from tests.fixtures.articles import ARTICLES
 
 
@@ -27,7 +28,12 @@ def _corpus() -> list[Chunk]:
 
 def test_chunks_keep_paragraphs_whole_and_headings_with_their_text() -> None:
     paragraphs = [" ".join(f"w{p}x{i}" for i in range(70)) for p in range(5)]
-    text = "# Title\n\n" + "\n\n".join(paragraphs[:2]) + "\n\n## Next\n\n" + "\n\n".join(paragraphs[2:])
+    text = (
+        "# Title\n\n"
+        + "\n\n".join(paragraphs[:2])
+        + "\n\n## Next\n\n"
+        + "\n\n".join(paragraphs[2:])
+    )
     chunks = split_chunks(text, source=3, min_words=80, max_words=150)
     assert [c.position for c in chunks] == list(range(len(chunks)))
     assert all(c.source == 3 for c in chunks)

@@ -6,12 +6,12 @@ import time
 
 import anyio
 import pytest
-
 from exloop.tools.errors import BlockedAddress, SearchError
 from exloop.tools.fetch import SafeFetcher
 from exloop.tools.rank import CONTEXT_BUDGETS, ContextSize, approx_tokens
 from exloop.tools.research import UserLocation, WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchRequest, SearchResult, SearxngProvider
+
 from tests.fixtures.web import WebFixture
 
 pytestmark = pytest.mark.anyio
@@ -162,4 +162,3 @@ async def test_cancelling_a_search_stops_its_fetches(web: WebFixture) -> None:
         await research.search("slow")
     assert scope.cancelled_caught
     assert time.monotonic() - started < 1.0
-
