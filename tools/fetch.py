@@ -143,7 +143,7 @@ class SafeFetcher:
     ``allow_private`` turns the address check off entirely (tests, intranet deployments);
     ``trusted_hosts`` turns it off for the named hosts only (say, a local SearXNG), matched
     case-insensitively against the URL's host. Connections are pinned to the resolved address
-    either way.
+    either way. ``ssl_context`` replaces the system's certificate authorities (a private CA).
     """
 
     def __init__(
@@ -155,6 +155,7 @@ class SafeFetcher:
         max_redirects: int = 5,
         trusted_hosts: Iterable[str] = (),
         user_agent: str = DEFAULT_USER_AGENT,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if timeout <= 0 or max_bytes <= 0 or max_redirects < 0:
             raise ValueError("timeout and max_bytes must be positive, max_redirects non-negative")
@@ -165,7 +166,7 @@ class SafeFetcher:
         self.trusted_hosts = frozenset(host.lower().strip("[]") for host in trusted_hosts)
         self._user_agent = user_agent
         # Loading the CA bundle costs tens of milliseconds; do it once, not per fetch.
-        self._ssl_context = ssl.create_default_context()
+        self._ssl_context = ssl_context or ssl.create_default_context()
 
     async def fetch(self, url: str) -> FetchedPage:
         """Fetch ``url``, following redirects, and return its decoded text.

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
+import ssl
+import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -12,6 +16,7 @@ import httpx
 import pytest
 from exloop.tools.fetch import (
     BlockedAddress,
+    FetchFailed,
     FetchTimeout,
     FetchTooLarge,
     HttpStatusError,
@@ -195,3 +200,45 @@ async def test_cancellation_stops_a_fetch(web: WebFixture) -> None:
         await OPEN.fetch(web.url("/slow?seconds=3"))
     assert scope.cancelled_caught
     assert time.monotonic() - started < 1.0
+
+
+@pytest.fixture(scope="module")
+def tls_web(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[WebFixture, ssl.SSLContext]]:
+    """The loopback web over https, with a certificate for the name "pinned.test" only."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=pinned.test",
+         "-addext", "subjectAltName=DNS:pinned.test"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    with WebFixture(tls=server_context) as fixture:
+        yield fixture, client_context
+
+
+async def test_https_is_pinned_and_verified_against_the_name(
+    tls_web: tuple[WebFixture, ssl.SSLContext], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    web, client_context = tls_web
+
+    async def resolve(host: str, port: int, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(anyio, "getaddrinfo", resolve)
+    fetcher = SafeFetcher(allow_private=True, ssl_context=client_context)
+    # The connection goes to 127.0.0.1, yet TLS sends and verifies the name.
+    page = await fetcher.fetch(f"https://pinned.test:{web.port}/articles/tides")
+    assert page.final_url == f"https://pinned.test:{web.port}/articles/tides"
+    assert "Bay of Fundy" in page.text
+    # Another name on the same address does not match the certificate.
+    with pytest.raises(FetchFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        await fetcher.fetch(f"https://other.test:{web.port}/articles/tides")
