@@ -1,0 +1,200 @@
+"""``POST /v1/chat/completions``: the request body, validated into a RunSpec.
+
+Chat messages become conversation items (system/developer/user turns → messages, an
+assistant's ``tool_calls`` → ``function_call`` items, ``tool`` turns → ``function_call_output``)
+and run through the same orchestrator as ``/v1/responses``, unstored. The non-OpenAI fields
+of the seed schema are accepted here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import msgspec
+
+from exloop.orchestrator.items import (
+    FunctionCall,
+    FunctionCallOutput,
+    InputText,
+    Item,
+    Message,
+    OutputText,
+    Refusal,
+)
+from exloop.orchestrator.spec import Echo, RunSpec
+
+from .decode import decode_json
+from .errors import invalid_request
+from .fields import (
+    CommonFields,
+    check_unsupported,
+    format_constraint,
+    grammar_constraint,
+    response_format,
+    sampling_params,
+    single_constraint,
+    tool_policy,
+    tools_field,
+)
+
+
+class TextPart(msgspec.Struct, tag="text", tag_field="type", frozen=True):
+    text: str
+
+
+class RefusalPart(msgspec.Struct, tag="refusal", tag_field="type", frozen=True):
+    refusal: str
+
+
+TextContent: TypeAlias = str | list[TextPart]
+
+
+class SystemMessage(msgspec.Struct, tag="system", tag_field="role", frozen=True):
+    content: TextContent
+    name: str | None = None
+
+
+class DeveloperMessage(msgspec.Struct, tag="developer", tag_field="role", frozen=True):
+    content: TextContent
+    name: str | None = None
+
+
+class UserMessage(msgspec.Struct, tag="user", tag_field="role", frozen=True):
+    content: TextContent
+    name: str | None = None
+
+
+class CalledFunction(msgspec.Struct, frozen=True):
+    name: str
+    arguments: str
+
+
+class ToolCallField(msgspec.Struct, frozen=True):
+    id: str
+    function: CalledFunction
+    type: Literal["function"] = "function"
+
+
+class AssistantMessage(msgspec.Struct, tag="assistant", tag_field="role", frozen=True):
+    content: str | list[TextPart | RefusalPart] | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCallField] | None = None
+    name: str | None = None
+
+
+class ToolMessage(msgspec.Struct, tag="tool", tag_field="role", frozen=True):
+    content: TextContent
+    tool_call_id: str
+
+
+ChatMessageField: TypeAlias = (
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
+)
+
+
+class ChatRequest(CommonFields, kw_only=True, frozen=True):
+    """The body of ``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessageField]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    store: bool | None = None
+    reasoning_effort: str | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """A validated chat request: what to run, and how to answer."""
+
+    spec: RunSpec
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+    constraint_param: str | None
+
+
+def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
+    """Decode and validate a chat request; raises :class:`~.errors.ApiError` (400)."""
+    request = decode_json(body, ChatRequest)
+    check_unsupported(request)
+    if not request.messages:
+        raise invalid_request("messages must hold at least one message.", "messages")
+    if request.top_logprobs and not request.logprobs:
+        raise invalid_request("top_logprobs requires logprobs to be true.", "top_logprobs")
+    if request.max_completion_tokens is not None:
+        max_tokens, max_param = request.max_completion_tokens, "max_completion_tokens"
+    else:
+        max_tokens, max_param = request.max_tokens, "max_tokens"
+
+    constraints = []
+    if request.response_format is not None:
+        constraints.append(
+            format_constraint(response_format(request.response_format), "response_format")
+        )
+    if request.grammar is not None:
+        constraints.append(grammar_constraint(request.grammar))
+    constraint = single_constraint(*constraints)
+
+    tools = tools_field(request.tools)
+    policy, tool_choice = tool_policy(tools, request.tool_choice, request.web_search_options)
+    sampling = sampling_params(
+        request, max_tokens=max_tokens, max_tokens_param=max_param,
+        logprobs=bool(request.logprobs),
+    )
+    spec = RunSpec(
+        input=tuple(_items(request.messages)),
+        model=request.model or served_model,
+        sampling=sampling,
+        tools=policy,
+        constraint=constraint.grammar if constraint else None,
+        store=False,
+        metadata=dict(request.metadata or {}),
+        echo=Echo(tools=tools.echo, tool_choice=tool_choice, max_output_tokens=max_tokens,
+                  top_logprobs=sampling.top_logprobs, user=request.user,
+                  safety_identifier=request.safety_identifier,
+                  prompt_cache_key=request.prompt_cache_key),
+    )
+    include_usage = bool(request.stream_options and request.stream_options.include_usage)
+    return ChatCall(
+        spec, bool(request.stream), include_usage, bool(request.logprobs),
+        constraint.param if constraint else None,
+    )
+
+
+def _items(messages: list[ChatMessageField]) -> Iterator[Item]:
+    for message in messages:
+        match message:
+            case SystemMessage() | DeveloperMessage() | UserMessage():
+                role = _ROLES[type(message)]
+                yield Message(role=role, content=[InputText(t) for t in _texts(message.content)])
+            case AssistantMessage():
+                parts: list[OutputText | Refusal] = []
+                if isinstance(message.content, str):
+                    parts.append(OutputText(message.content))
+                elif message.content is not None:
+                    parts.extend(
+                        OutputText(p.text) if isinstance(p, TextPart) else Refusal(p.refusal)
+                        for p in message.content
+                    )
+                if message.refusal:
+                    parts.append(Refusal(message.refusal))
+                if parts or not message.tool_calls:
+                    yield Message(role="assistant", content=list(parts))
+                for call in message.tool_calls or ():
+                    yield FunctionCall(call.id, call.function.name, call.function.arguments)
+            case ToolMessage():
+                yield FunctionCallOutput(message.tool_call_id, "".join(_texts(message.content)))
+
+
+_ROLES: dict[type, Literal["system", "developer", "user"]] = {
+    SystemMessage: "system",
+    DeveloperMessage: "developer",
+    UserMessage: "user",
+}
+
+
+def _texts(content: TextContent) -> list[str]:
+    return [content] if isinstance(content, str) else [part.text for part in content]

@@ -1,0 +1,100 @@
+"""HTTP errors in OpenAI's shape, and the one place exceptions become them.
+
+Every error the server answers with is ``{"error": {"message", "type", "param", "code"}}``
+with a fitting status; nothing leaks a traceback or answers in text/plain.
+
+    ApiError                     raised by the server itself (request validation, auth, routes)
+    exloop.engine.errors.*       InvalidParameter / InvalidGrammar → 400, ContextLengthExceeded
+                                 → 400 context_length_exceeded, anything else → 500
+    exloop.orchestrator.errors.* ResponseNotFound → 404, InvalidRequest → 400,
+                                 InvalidState → 400 (409 when it is a conflict)
+    anything else                → 500 server_error, logged, message kept generic
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal, TypeAlias
+
+import msgspec
+
+from exloop.engine.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    InvalidGrammar,
+    InvalidParameter,
+)
+from exloop.orchestrator.errors import InvalidRequest, InvalidState, ResponseNotFound
+
+log = logging.getLogger("exloop.server")
+
+ErrorType: TypeAlias = Literal[
+    "invalid_request_error", "authentication_error", "not_found_error", "server_error"
+]
+
+
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(msgspec.Struct, frozen=True):
+    error: ErrorBody
+
+
+class ApiError(Exception):
+    """An error the server answers with as it is: status and OpenAI's error fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: ErrorType = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    @property
+    def body(self) -> ErrorEnvelope:
+        return ErrorEnvelope(ErrorBody(self.message, self.type, self.param, self.code))
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    """A 400 ``invalid_request_error`` naming the request field at fault."""
+    return ApiError(400, message, "invalid_request_error", param, code)
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """The error answer for any exception a handler raised (the only such mapping)."""
+    match exc:
+        case ApiError():
+            return exc
+        case InvalidParameter() | InvalidGrammar():
+            return invalid_request(exc.message, exc.param, "invalid_value")
+        case ContextLengthExceeded():
+            return invalid_request(exc.message, exc.param, "context_length_exceeded")
+        case ResponseNotFound():
+            return ApiError(404, exc.message, "invalid_request_error", exc.param, "not_found")
+        case InvalidState():
+            return ApiError(
+                409 if exc.conflict else 400, exc.message, "invalid_request_error", exc.param,
+                exc.code,
+            )
+        case InvalidRequest():
+            return invalid_request(exc.message, exc.param, exc.code)
+        case EngineError():
+            # ModelNotFound and GenerationFailed: the server's fault, not the request's.
+            log.error("engine error: %s", exc.message)
+            return ApiError(500, "The model failed to handle the request.", "server_error")
+        case _:
+            log.error("unhandled error", exc_info=exc)
+            return ApiError(500, "The server had an error while processing the request.",
+                            "server_error")

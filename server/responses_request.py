@@ -1,0 +1,224 @@
+"""``POST /v1/responses``: the request body, decoded forgivingly and validated into a RunSpec.
+
+Every field of OpenAI's request and of the seed (mistral.rs) schema is accepted; fields the
+server cannot honour with the given value are refused with a 400 naming them. Input items are
+read the way real clients send them: messages without ``type``, ``content`` as a plain string,
+earlier output items replayed with their ``id`` and ``status``, reasoning items with an empty
+summary, ``item_reference``\\ s. Unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from exloop.orchestrator.items import (
+    FunctionCallOutput,
+    InputText,
+    Item,
+    Message,
+)
+from exloop.orchestrator.resource import ReasoningConfig, TextConfig
+from exloop.orchestrator.spec import Echo, RunSpec
+
+from .decode import convert, decode_json
+from .errors import invalid_request
+from .fields import (
+    CommonFields,
+    check_unsupported,
+    format_constraint,
+    grammar_constraint,
+    response_format,
+    sampling_params,
+    single_constraint,
+    tool_policy,
+    tools_field,
+)
+
+#: ``include`` values OpenAI defines; the server produces what applies to a text model.
+INCLUDABLE = frozenset({
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+})
+
+_ITEM_TYPES = frozenset({
+    "message", "function_call", "function_call_output", "reasoning", "web_search_call",
+    "item_reference",
+})
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+
+
+class ResponsesRequest(CommonFields, kw_only=True, frozen=True):
+    """The body of ``POST /v1/responses``; fields shared with Chat are in :class:`CommonFields`."""
+
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    text: TextConfig | None = None
+    reasoning: ReasoningConfig | None = None
+    max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
+    background: bool | None = None
+    store: bool | None = None
+    include: list[str] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    previous_response_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsesCall:
+    """A validated create request: what to run, and how to answer."""
+
+    spec: RunSpec
+    stream: bool
+    #: The request field the output constraint came from, for naming compile errors.
+    constraint_param: str | None
+
+
+def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
+    """Decode and validate a create request; raises :class:`~.errors.ApiError` (400)."""
+    request = decode_json(body, ResponsesRequest)
+    check_unsupported(request)
+    if request.max_tool_calls is not None:
+        raise invalid_request(
+            "max_tool_calls is not supported; the server caps tool rounds with its "
+            "--max-tool-rounds setting.",
+            "max_tool_calls", "unsupported_parameter",
+        )
+    store = request.store is not False
+    if request.background and not store:
+        raise invalid_request(
+            "background=true requires store=true: a background response must be stored to be "
+            "retrieved.",
+            "background",
+        )
+    if request.input is None:
+        raise invalid_request("input is required.", "input", "missing_required_parameter")
+    items = input_items(request.input)
+    if not items and request.previous_response_id is None:
+        raise invalid_request("input must hold at least one item.", "input")
+    include = tuple(request.include or ())
+    for i, value in enumerate(include):
+        if value not in INCLUDABLE:
+            raise invalid_request(f"Unknown include value {value!r}.", f"include[{i}]")
+
+    text = request.text or TextConfig()
+    constraints = [format_constraint(text.format, "text.format")]
+    if request.response_format is not None:
+        text = TextConfig(response_format(request.response_format), text.verbosity)
+        constraints.append(format_constraint(text.format, "response_format"))
+    if request.grammar is not None:
+        constraints.append(grammar_constraint(request.grammar))
+    constraint = single_constraint(*constraints)
+
+    tools = tools_field(request.tools)
+    policy, tool_choice = tool_policy(tools, request.tool_choice, request.web_search_options)
+    logprobs = bool(request.logprobs) or "message.output_text.logprobs" in include
+    sampling = sampling_params(
+        request,
+        max_tokens=request.max_output_tokens,
+        max_tokens_param="max_output_tokens",
+        logprobs=logprobs,
+    )
+    spec = RunSpec(
+        input=items,
+        model=request.model or served_model,
+        sampling=sampling,
+        tools=policy,
+        instructions=request.instructions,
+        constraint=constraint.grammar if constraint else None,
+        previous_response_id=request.previous_response_id,
+        store=store,
+        background=bool(request.background),
+        truncation=request.truncation or "disabled",
+        metadata=dict(request.metadata or {}),
+        echo=Echo(
+            tools=tools.echo,
+            tool_choice=tool_choice,
+            text=text,
+            reasoning=request.reasoning,
+            max_output_tokens=request.max_output_tokens,
+            top_logprobs=sampling.top_logprobs,
+            parallel_tool_calls=True,
+            include=include,
+            safety_identifier=request.safety_identifier,
+            prompt_cache_key=request.prompt_cache_key,
+            user=request.user,
+        ),
+    )
+    return ResponsesCall(spec, bool(request.stream), constraint.param if constraint else None)
+
+
+def input_items(value: str | list[Any]) -> tuple[Item, ...]:
+    """The request's ``input`` as items; a string is one user message."""
+    if isinstance(value, str):
+        return (Message(role="user", content=[InputText(value)]),)
+    return tuple(_item(raw, f"input[{i}]") for i, raw in enumerate(value))
+
+
+def _item(raw: Any, param: str) -> Item:
+    if not isinstance(raw, dict):
+        raise invalid_request("Each input item must be a JSON object.", param)
+    kind = raw.get("type")
+    if kind is None:
+        # Clients send messages as bare {"role", "content"}, references as bare {"id"}.
+        kind = "message" if "role" in raw else "item_reference" if "id" in raw else None
+        if kind is None:
+            raise invalid_request(
+                "An input item needs a type.", f"{param}.type", "missing_required_parameter"
+            )
+        raw = {**raw, "type": kind}
+    if kind not in _ITEM_TYPES:
+        raise invalid_request(
+            f"Input items of type {kind!r} are not supported by this server.", f"{param}.type",
+            "unsupported_value",
+        )
+    if kind == "message":
+        raw = {**raw, "content": _content(raw.get("content"), raw.get("role"), param)}
+    elif kind == "function_call_output" and isinstance(raw.get("output"), list):
+        raw = {**raw, "output": _joined_text(raw["output"], f"{param}.output")}
+    item: Item = convert(raw, Item, param)  # type: ignore[arg-type]
+    return item
+
+
+def _content(content: Any, role: Any, param: str) -> Any:
+    """Message content as typed parts: a string is one text part; ``text`` parts (Chat's
+    spelling) become ``input_text``, or ``output_text`` on assistant turns."""
+    text_type = "output_text" if role == "assistant" else "input_text"
+    if isinstance(content, str):
+        return [{"type": text_type, "text": content}]
+    if not isinstance(content, list):
+        return content  # msgspec names the type error
+    parts = []
+    for j, part in enumerate(content):
+        if isinstance(part, dict):
+            kind = part.get("type")
+            if kind == "text":
+                part = {**part, "type": text_type}
+            elif kind not in _TEXT_PARTS and kind != "refusal":
+                raise invalid_request(
+                    f"Content parts of type {kind!r} are not supported by this text-only "
+                    "server.",
+                    f"{param}.content[{j}]", "unsupported_value",
+                )
+        parts.append(part)
+    return parts
+
+
+def _joined_text(parts: list[Any], param: str) -> str:
+    """A function call output given as content parts, as the one text the model reads."""
+    texts = []
+    for j, part in enumerate(parts):
+        if not (isinstance(part, dict) and part.get("type") in _TEXT_PARTS
+                and isinstance(part.get("text"), str)):
+            raise invalid_request(
+                "Function call outputs may only hold text parts.", f"{param}[{j}]",
+                "unsupported_value",
+            )
+        texts.append(part["text"])
+    return "".join(texts)
