@@ -1,0 +1,281 @@
+"""The HTTP application: OpenAI's Responses and Chat Completions endpoints over one
+orchestrator.
+
+Handlers decode and validate the request (a 400 before anything runs), ask the orchestrator,
+and answer with msgspec-encoded JSON or a server-sent event stream. Every failure, unknown
+route and wrong method answers with OpenAI's error object (:mod:`.errors`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+from blacksheep import Application, Content, Request, Response
+
+from exloop.engine.errors import InvalidGrammar
+from exloop.orchestrator.events import StreamEvent
+from exloop.orchestrator.items import Item
+from exloop.orchestrator.service import Orchestrator, RunHandle
+from exloop.orchestrator.spec import RunSpec
+
+from .chat_request import parse_chat_request
+from .chat_response import ChunkStream, chat_completion
+from .errors import ApiError, invalid_request, to_api_error
+from .pagination import Page, PageQuery, item_id, paginate
+from .responses_request import parse_responses_request
+from .sse import DONE, encode_data, encode_event
+from .streaming import event_stream, unless_disconnected
+
+_encoder = msgspec.json.Encoder()
+
+
+class DeletedResponse(msgspec.Struct, frozen=True):
+    id: str
+    object: str = "response"
+    deleted: bool = True
+
+
+class ModelCard(msgspec.Struct, frozen=True):
+    id: str
+    created: int
+    owned_by: str = "exloop"
+    object: str = "model"
+
+
+class ModelList(msgspec.Struct, frozen=True):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppSettings:
+    """What the HTTP layer needs besides the orchestrator."""
+
+    #: The model name ``/v1/models`` lists and requests without ``model`` report.
+    served_model: str
+    #: When set, every endpoint but ``/health`` requires ``Authorization: Bearer <key>``.
+    api_key: str | None = None
+
+
+def json_response(payload: object, status: int = 200) -> Response:
+    return Response(status, None, Content(b"application/json", _encoder.encode(payload)))
+
+
+def error_response(error: ApiError) -> Response:
+    response = json_response(error.body, error.status)
+    if error.status == 401:
+        response.add_header(b"WWW-Authenticate", b"Bearer")
+    return response
+
+
+def build_app(orchestrator: Orchestrator, settings: AppSettings) -> Application:
+    """The application over a running orchestrator (entered by the caller, around serving)."""
+    app = Application()
+    api = _Api(orchestrator, settings)
+    created = int(time.time())
+    routes: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
+        ("POST", "/v1/responses", api.create_response),
+        ("GET", "/v1/responses/{response_id}", api.get_response),
+        ("DELETE", "/v1/responses/{response_id}", api.delete_response),
+        ("POST", "/v1/responses/{response_id}/cancel", api.cancel_response),
+        ("GET", "/v1/responses/{response_id}/input_items", api.input_items),
+        ("POST", "/v1/chat/completions", api.chat_completions),
+    ]
+
+    async def models(request: Request) -> Response:
+        return json_response(ModelList([ModelCard(settings.served_model, created)]))
+
+    async def health(request: Request) -> Response:
+        return json_response(Health("ok", settings.served_model))
+
+    routes += [("GET", "/v1/models", models), ("GET", "/health", health)]
+    for method, path, handler in routes:
+        app.router.add(method, path, _plain(handler))
+
+    async def fallback(request: Request) -> Response:
+        path = request.path
+        allowed = sorted(
+            method.decode()
+            for method, candidates in app.router.routes.items()
+            if any(route.match(request) for route in candidates)
+        )
+        if allowed:
+            response = error_response(ApiError(
+                405, f"Method {request.method} is not allowed on {path}; use "
+                f"{', '.join(allowed)}.", "invalid_request_error", None, "method_not_allowed",
+            ))
+            response.add_header(b"Allow", ", ".join(allowed).encode())
+            return response
+        return error_response(ApiError(
+            404, f"Unknown route: {request.method} {path}.", "invalid_request_error", None,
+            "unknown_url",
+        ))
+
+    app.router.fallback = fallback
+
+    async def errors(request: Request, handler: Callable[[Request], Awaitable[Response]]) -> Response:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return error_response(to_api_error(exc))
+
+    async def authenticate(
+        request: Request, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if settings.api_key is not None and request.path != "/health":
+            header = request.get_first_header(b"Authorization") or b""
+            scheme, _, token = header.decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), settings.api_key.encode()
+            ):
+                return error_response(ApiError(
+                    401, "Incorrect or missing API key. Send it as 'Authorization: Bearer "
+                    "<key>'.", "invalid_request_error", None, "invalid_api_key",
+                ))
+        return await handler(request)
+
+    app.middlewares.append(errors)
+    app.middlewares.append(authenticate)
+    return app
+
+
+class _Api:
+    """The endpoint handlers over one orchestrator."""
+
+    def __init__(self, orchestrator: Orchestrator, settings: AppSettings) -> None:
+        self._orchestrator = orchestrator
+        self._settings = settings
+
+    async def _start(self, spec: RunSpec, constraint_param: str | None) -> RunHandle:
+        try:
+            return await self._orchestrator.create(spec)
+        except InvalidGrammar as exc:
+            # The engine names its constraint "grammar"; the client may have sent it as
+            # text.format or response_format.
+            if exc.param == "grammar" and constraint_param is not None:
+                raise invalid_request(exc.message, constraint_param, "invalid_value") from None
+            raise
+
+    def _abort(self, response_id: str) -> Callable[[], Awaitable[None]]:
+        return lambda: self._orchestrator.abort(response_id)
+
+    # -- /v1/responses --------------------------------------------------------------------
+
+    async def create_response(self, request: Request) -> Response:
+        call = parse_responses_request(
+            await _body(request), served_model=self._settings.served_model
+        )
+        handle = await self._start(call.spec, call.constraint_param)
+        if call.stream:
+            # A background response outlives its stream; any other is aborted with it.
+            on_disconnect = None if call.spec.background else self._abort(handle.id)
+            return event_stream(
+                request, _response_events(handle.events()), on_disconnect=on_disconnect
+            )
+        if call.spec.background:
+            return json_response(handle.response)
+        final = await unless_disconnected(request, handle.wait, self._abort(handle.id))
+        return json_response(final)
+
+    async def get_response(self, request: Request) -> Response:
+        response_id = request.route_values["response_id"]
+        stream = _query(request, "stream")
+        if stream is None or stream.lower() == "false":
+            return json_response(await self._orchestrator.retrieve(response_id))
+        if stream.lower() != "true":
+            raise invalid_request(f"stream must be true or false, got {stream!r}.", "stream")
+        starting_after = _int_query(request, "starting_after")
+        events = await self._orchestrator.subscribe(response_id, starting_after=starting_after)
+        return event_stream(request, _response_events(events))
+
+    async def delete_response(self, request: Request) -> Response:
+        response_id = request.route_values["response_id"]
+        await self._orchestrator.delete(response_id)
+        return json_response(DeletedResponse(response_id))
+
+    async def cancel_response(self, request: Request) -> Response:
+        return json_response(
+            await self._orchestrator.cancel(request.route_values["response_id"])
+        )
+
+    async def input_items(self, request: Request) -> Response:
+        query = PageQuery.from_query(request.query)
+        items = await self._orchestrator.input_items(request.route_values["response_id"])
+        page: Page[Item] = paginate(items, item_id, query)
+        return json_response(page)
+
+    # -- /v1/chat/completions -------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        call = parse_chat_request(await _body(request), served_model=self._settings.served_model)
+        handle = await self._start(call.spec, call.constraint_param)
+        if call.stream:
+            snapshot = handle.response
+            chunks = ChunkStream(
+                handle.id, snapshot.created_at, snapshot.model,
+                logprobs=call.logprobs, include_usage=call.include_usage,
+            )
+            return event_stream(
+                request, _chat_events(handle.events(), chunks), on_disconnect=self._abort(handle.id)
+            )
+        final = await unless_disconnected(request, handle.wait, self._abort(handle.id))
+        if final.status == "failed":
+            message = final.error.message if final.error else "The response failed."
+            raise ApiError(500, message, "server_error")
+        return json_response(chat_completion(final, logprobs=call.logprobs))
+
+
+def _plain(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """A plain function for ``handler`` (BlackSheep marks its handlers with an attribute, which
+    a bound method cannot take)."""
+
+    async def route(request: Request) -> Response:
+        return await handler(request)
+
+    return route
+
+
+async def _response_events(events: AsyncGenerator[StreamEvent, None]) -> AsyncGenerator[bytes, None]:
+    async for event in events:
+        yield encode_event(event)
+    yield DONE
+
+
+async def _chat_events(
+    events: AsyncGenerator[StreamEvent, None], chunks: ChunkStream
+) -> AsyncGenerator[bytes, None]:
+    async for event in events:
+        for chunk in chunks.chunks(event):
+            yield encode_data(chunk)
+    yield DONE
+
+
+async def _body(request: Request) -> bytes:
+    return await request.read() or b""
+
+
+def _query(request: Request, name: str) -> str | None:
+    values = request.query.get(name)
+    return values[-1] if values else None
+
+
+def _int_query(request: Request, name: str) -> int | None:
+    raw = _query(request, name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise invalid_request(f"{name} must be an integer, got {raw!r}.", name) from None
+

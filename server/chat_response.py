@@ -1,0 +1,275 @@
+"""Chat Completions answers, built from a response run: ``chat.completion`` objects from the
+final response, and ``chat.completion.chunk``\\ s from its events as they arrive."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+import msgspec
+
+from exloop.orchestrator import events as ev
+from exloop.orchestrator.items import FunctionCall, Logprob, Message, OutputText
+from exloop.orchestrator.resource import Response
+
+FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+class CalledFunction(msgspec.Struct, frozen=True):
+    name: str
+    arguments: str
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    id: str
+    function: CalledFunction
+    type: Literal["function"] = "function"
+
+
+class UrlCitationBody(msgspec.Struct, frozen=True):
+    url: str
+    title: str
+    start_index: int
+    end_index: int
+
+
+class Annotation(msgspec.Struct, frozen=True):
+    url_citation: UrlCitationBody
+    type: Literal["url_citation"] = "url_citation"
+
+
+class ChoiceLogprobs(msgspec.Struct, frozen=True, omit_defaults=False):
+    content: list[Logprob] | None
+    refusal: None = None
+
+
+class AssistantMessage(msgspec.Struct, frozen=True, omit_defaults=False):
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+    annotations: list[Annotation] | None = None
+    refusal: str | None = None
+    role: Literal["assistant"] = "assistant"
+
+
+class Choice(msgspec.Struct, frozen=True, omit_defaults=False):
+    index: int
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: ChoiceLogprobs | None = None
+
+
+class PromptTokensDetails(msgspec.Struct, frozen=True):
+    cached_tokens: int = 0
+
+
+class CompletionTokensDetails(msgspec.Struct, frozen=True):
+    reasoning_tokens: int = 0
+
+
+class CompletionUsage(msgspec.Struct, frozen=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
+
+
+class ChatCompletion(msgspec.Struct, frozen=True, omit_defaults=False):
+    id: str
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: CompletionUsage | None
+    object: Literal["chat.completion"] = "chat.completion"
+    service_tier: str = "default"
+    system_fingerprint: str | None = None
+
+
+class ChunkFunction(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkToolCall(msgspec.Struct, frozen=True, omit_defaults=True):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChunkFunction | None = None
+
+
+class ChoiceDelta(msgspec.Struct, frozen=True, omit_defaults=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
+
+
+class ChunkChoice(msgspec.Struct, frozen=True, omit_defaults=False):
+    index: int
+    delta: ChoiceDelta
+    finish_reason: FinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, frozen=True, omit_defaults=False):
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = None
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    service_tier: str = "default"
+    system_fingerprint: str | None = None
+
+
+class ChunkError(msgspec.Struct, frozen=True, omit_defaults=False):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ChunkErrorEnvelope(msgspec.Struct, frozen=True):
+    """A stream's error, as OpenAI's SDK reads it from a ``data:`` line."""
+
+    error: ChunkError
+
+
+def completion_id(response_id: str) -> str:
+    return "chatcmpl-" + response_id.removeprefix("resp_")
+
+
+def finish_reason(response: Response) -> FinishReason:
+    """Chat's finish reason for a finished response."""
+    if response.incomplete_details is not None:
+        match response.incomplete_details.reason:
+            case "max_output_tokens":
+                return "length"
+            case "content_filter":
+                return "content_filter"
+    if any(isinstance(item, FunctionCall) for item in response.output):
+        return "tool_calls"
+    return "stop"
+
+
+def usage(response: Response) -> CompletionUsage | None:
+    if response.usage is None:
+        return None
+    return CompletionUsage(
+        prompt_tokens=response.usage.input_tokens,
+        completion_tokens=response.usage.output_tokens,
+        total_tokens=response.usage.total_tokens,
+        prompt_tokens_details=PromptTokensDetails(
+            response.usage.input_tokens_details.cached_tokens
+        ),
+        completion_tokens_details=CompletionTokensDetails(
+            response.usage.output_tokens_details.reasoning_tokens
+        ),
+    )
+
+
+def chat_completion(response: Response, *, logprobs: bool) -> ChatCompletion:
+    """The ``chat.completion`` for a finished response: every text part of its output joined
+    into one message (annotation offsets moved along), and its function calls."""
+    content = ""
+    annotations: list[Annotation] = []
+    token_logprobs: list[Logprob] = []
+    calls: list[ToolCall] = []
+    for item in response.output:
+        if isinstance(item, Message):
+            for part in item.content:
+                if not isinstance(part, OutputText):
+                    continue
+                offset = len(content)
+                content += part.text
+                token_logprobs.extend(part.logprobs)
+                annotations.extend(
+                    Annotation(UrlCitationBody(
+                        a.url, a.title, a.start_index + offset, a.end_index + offset
+                    ))
+                    for a in part.annotations
+                )
+        elif isinstance(item, FunctionCall):
+            calls.append(ToolCall(item.call_id, CalledFunction(item.name, item.arguments)))
+    message = AssistantMessage(
+        content=content if content or not calls else None,
+        tool_calls=calls or None,
+        annotations=annotations or None,
+    )
+    return ChatCompletion(
+        id=completion_id(response.id),
+        created=response.created_at,
+        model=response.model,
+        choices=[Choice(
+            0, message, finish_reason(response),
+            ChoiceLogprobs(token_logprobs) if logprobs else None,
+        )],
+        usage=usage(response),
+    )
+
+
+class ChunkStream:
+    """Turns one run's events into ``chat.completion.chunk``\\ s (or a stream error)."""
+
+    def __init__(
+        self, response_id: str, created: int, model: str, *, logprobs: bool, include_usage: bool
+    ) -> None:
+        self._id = completion_id(response_id)
+        self._created = created
+        self._model = model
+        self._logprobs = logprobs
+        self._include_usage = include_usage
+        #: Tool call index of each function_call item, by item id.
+        self._calls: dict[str, int] = {}
+
+    def chunks(self, event: ev.StreamEvent) -> list[ChatCompletionChunk | ChunkErrorEnvelope]:
+        """The chunks ``event`` makes (often none)."""
+        match event:
+            case ev.ResponseCreated():
+                return [self._delta(ChoiceDelta(role="assistant", content=""))]
+            case ev.OutputTextDelta(delta=delta, logprobs=logprobs):
+                return [self._delta(
+                    ChoiceDelta(content=delta),
+                    ChoiceLogprobs(logprobs) if self._logprobs else None,
+                )]
+            case ev.OutputItemAdded(item=FunctionCall() as call):
+                index = self._calls.setdefault(call.id or call.call_id, len(self._calls))
+                return [self._delta(ChoiceDelta(tool_calls=[ChunkToolCall(
+                    index, call.call_id, "function", ChunkFunction(call.name, "")
+                )]))]
+            case ev.FunctionCallArgumentsDelta(item_id=item_id, delta=delta):
+                index = self._calls[item_id]
+                return [self._delta(ChoiceDelta(tool_calls=[
+                    ChunkToolCall(index, function=ChunkFunction(arguments=delta))
+                ]))]
+            case ev.ResponseFailed(response=response):
+                error = response.error
+                message = error.message if error else "The response failed."
+                return [ChunkErrorEnvelope(ChunkError(
+                    message, "server_error", None, error.code if error else "server_error"
+                ))]
+            case ev.ErrorEvent():
+                return [ChunkErrorEnvelope(
+                    ChunkError(event.message, "server_error", event.param, event.code)
+                )]
+            case ev.ResponseCompleted() | ev.ResponseIncomplete() | ev.ResponseCancelled():
+                response = event.response
+                final: list[ChatCompletionChunk | ChunkErrorEnvelope] = [
+                    self._delta(ChoiceDelta(), finish=finish_reason(response))
+                ]
+                if self._include_usage:
+                    final.append(self._chunk([], usage(response)))
+                return final
+            case _:
+                return []
+
+    def _delta(
+        self,
+        delta: ChoiceDelta,
+        logprobs: ChoiceLogprobs | None = None,
+        finish: FinishReason | None = None,
+    ) -> ChatCompletionChunk:
+        return self._chunk([ChunkChoice(0, delta, finish, logprobs)], None)
+
+    def _chunk(
+        self, choices: list[ChunkChoice], usage: CompletionUsage | None
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(self._id, self._created, self._model, choices, usage)

