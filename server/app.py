@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import msgspec
 from blacksheep import Application, Content, Request, Response
+from blacksheep.server.routing import Router
 
 from exloop.engine.errors import InvalidGrammar
 from exloop.orchestrator.events import StreamEvent
@@ -79,7 +80,8 @@ def error_response(error: ApiError) -> Response:
 
 def build_app(orchestrator: Orchestrator, settings: AppSettings) -> Application:
     """The application over a running orchestrator (entered by the caller, around serving)."""
-    app = Application()
+    # An own router: Application() would share the module-level default router between apps.
+    app = Application(router=Router())
     api = _Api(orchestrator, settings)
     created = int(time.time())
     routes: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [

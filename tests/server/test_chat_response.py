@@ -1,0 +1,133 @@
+"""Chat completion objects and chunks built from response events: no model needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from exloop.orchestrator import events as ev
+from exloop.orchestrator.items import (
+    FunctionCall,
+    Logprob,
+    Message,
+    OutputText,
+    TopLogprob,
+    UrlCitation,
+)
+from exloop.orchestrator.resource import (
+    IncompleteDetails,
+    InputTokensDetails,
+    OutputTokensDetails,
+    Response,
+    ResponseError,
+    ResponseUsage,
+    TextConfig,
+)
+from exloop.server.chat_response import ChunkErrorEnvelope, ChunkStream, chat_completion
+
+USAGE = ResponseUsage(
+    input_tokens=10, output_tokens=5, total_tokens=15,
+    input_tokens_details=InputTokensDetails(cached_tokens=4),
+    output_tokens_details=OutputTokensDetails(),
+)
+LOGPROB = Logprob("Hi", -0.1, [72, 105], [TopLogprob("Hi", -0.1, [72, 105])])
+
+
+def response(**fields: Any) -> Response:
+    base: dict[str, Any] = dict(
+        id="resp_abc", created_at=1700000000, status="completed", model="asked", output=[],
+        tools=[], tool_choice="auto", text=TextConfig(), parallel_tool_calls=True,
+        truncation="disabled", temperature=1.0, top_p=1.0, presence_penalty=0.0,
+        frequency_penalty=0.0, top_logprobs=0, store=False, background=False, metadata={},
+        usage=USAGE,
+    )
+    return Response(**{**base, **fields})
+
+
+def message(*parts: OutputText) -> Message:
+    return Message(role="assistant", content=list(parts), id="msg_1", status="completed")
+
+
+def roundtrip(obj: object, model: type[Any]) -> Any:
+    """Parse our JSON with the OpenAI SDK's own types, as clients do."""
+    return model.model_validate_json(msgspec.json.encode(obj))
+
+
+def test_completion_joins_text_and_moves_citations() -> None:
+    cite = UrlCitation("https://a.example", "A", 0, 5)
+    final = response(output=[
+        message(OutputText("First", [cite], [LOGPROB])),
+        message(OutputText(" and second", [UrlCitation("https://b.example", "B", 5, 11)])),
+    ])
+    completion = roundtrip(chat_completion(final, logprobs=True), ChatCompletion)
+    choice = completion.choices[0]
+    assert completion.id == "chatcmpl-abc" and completion.model == "asked"
+    assert completion.object == "chat.completion" and completion.created == 1700000000
+    assert choice.message.content == "First and second"
+    assert choice.finish_reason == "stop"
+    spans = [(a.url_citation.url, a.url_citation.start_index, a.url_citation.end_index)
+             for a in choice.message.annotations]
+    assert spans == [("https://a.example", 0, 5), ("https://b.example", 10, 16)]
+    assert choice.logprobs.content[0].token == "Hi"
+    assert completion.usage.prompt_tokens == 10 and completion.usage.completion_tokens == 5
+    assert completion.usage.prompt_tokens_details.cached_tokens == 4
+
+
+def test_completion_with_tool_calls() -> None:
+    final = response(output=[FunctionCall("call_1", "weather", '{"city":"Oslo"}', id="fc_1")])
+    completion = roundtrip(chat_completion(final, logprobs=False), ChatCompletion)
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None and choice.logprobs is None
+    call = choice.message.tool_calls[0]
+    assert (call.id, call.type, call.function.name, call.function.arguments) == (
+        "call_1", "function", "weather", '{"city":"Oslo"}'
+    )
+
+
+def test_finish_reason_length() -> None:
+    final = response(
+        status="incomplete", output=[message(OutputText("cut"))],
+        incomplete_details=IncompleteDetails("max_output_tokens"),
+    )
+    assert chat_completion(final, logprobs=False).choices[0].finish_reason == "length"
+
+
+def test_chunks_for_text_tool_calls_and_usage() -> None:
+    stream = ChunkStream("resp_abc", 1700000000, "asked", logprobs=True, include_usage=True)
+    call = FunctionCall("call_9", "weather", "", id="fc_9", status="in_progress")
+    final = response(output=[message(OutputText("Hi")),
+                             FunctionCall("call_9", "weather", "{}", id="fc_9")])
+    events: list[ev.StreamEvent] = [
+        ev.ResponseCreated(sequence_number=0, response=response(status="in_progress", usage=None)),
+        ev.ResponseInProgress(sequence_number=1, response=response(status="in_progress")),
+        ev.OutputTextDelta(sequence_number=2, item_id="msg_1", output_index=0, content_index=0,
+                           delta="Hi", logprobs=[LOGPROB]),
+        ev.OutputItemAdded(sequence_number=3, output_index=1, item=call),
+        ev.FunctionCallArgumentsDelta(sequence_number=4, item_id="fc_9", output_index=1,
+                                      delta="{}"),
+        ev.ResponseCompleted(sequence_number=5, response=final),
+    ]
+    chunks = [roundtrip(c, ChatCompletionChunk) for e in events for c in stream.chunks(e)]
+    assert all(c.id == "chatcmpl-abc" and c.object == "chat.completion.chunk" for c in chunks)
+    first, text, added, args, finish, usage = chunks
+    assert first.choices[0].delta.role == "assistant"
+    assert text.choices[0].delta.content == "Hi"
+    assert text.choices[0].logprobs.content[0].logprob == -0.1
+    tool = added.choices[0].delta.tool_calls[0]
+    assert (tool.index, tool.id, tool.type, tool.function.name) == (0, "call_9", "function",
+                                                                     "weather")
+    delta = args.choices[0].delta.tool_calls[0]
+    assert delta.index == 0 and delta.id is None and delta.function.arguments == "{}"
+    assert finish.choices[0].finish_reason == "tool_calls" and finish.usage is None
+    assert usage.choices == [] and usage.usage.total_tokens == 15
+
+
+def test_failed_run_is_a_stream_error() -> None:
+    stream = ChunkStream("resp_abc", 1, "asked", logprobs=False, include_usage=False)
+    failed = response(status="failed", error=ResponseError("server_error", "boom"))
+    (chunk,) = stream.chunks(ev.ResponseFailed(sequence_number=3, response=failed))
+    assert isinstance(chunk, ChunkErrorEnvelope)
+    assert msgspec.json.decode(msgspec.json.encode(chunk))["error"]["message"] == "boom"
