@@ -1,0 +1,64 @@
+"""Llama 3.1 / 3.2 / 3.3 JSON tool calls: ``{"name": ..., "parameters": {...}}``.
+
+The templates render an assistant's call as bare JSON, and that is what the models write for
+custom tools, sometimes after ``<|python_tag|>`` (the built-in tools' marker, which the parser
+skips). Several calls are separated by ``;``. The trigger is the opening ``{"name"`` itself, so
+a reply that merely begins a JSON object with a ``name`` key is read as a call: the format's
+inherent ambiguity, shared with every Llama 3 tool parser.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from ..protocol import Grammar, ToolCall, ToolSpec
+from .grammar import calls_grammar
+from .prompt import render_result, tool_prompt
+from .reader import CallReader, Step
+
+PYTHON_TAG = "<|python_tag|>"
+TRIGGER = '{"name"'
+SEPARATOR = "; "
+
+
+class Llama3Parser(CallReader):
+    def __init__(self) -> None:
+        super().__init__((PYTHON_TAG, TRIGGER))
+
+    def _call(self, trigger: str) -> Step[None]:
+        if trigger == PYTHON_TAG:
+            yield from self._expect(PYTHON_TAG)
+            yield from self._skip_whitespace()
+        yield from self._envelope(("parameters", "arguments"))
+        while (yield from self._optional(SEPARATOR.strip())):
+            yield from self._skip_whitespace()
+            yield from self._envelope(("parameters", "arguments"))
+
+
+class Llama3Format:
+    name = "llama3"
+    triggers: tuple[str, ...] = (TRIGGER,)
+
+    def parser(self) -> Llama3Parser:
+        return Llama3Parser()
+
+    def call_grammar(self, tools: Sequence[ToolSpec], *, include_trigger: bool) -> Grammar:
+        return calls_grammar(
+            tools,
+            before=lambda name: f'{{"name": {json.dumps(name)}, "parameters": ',
+            after="}",
+            separator=SEPARATOR,
+            trigger="" if include_trigger else TRIGGER,
+        )
+
+    def render_calls(self, calls: Sequence[ToolCall]) -> str:
+        return SEPARATOR.join(
+            f'{{"name": {json.dumps(call.name)}, "parameters": {call.arguments}}}' for call in calls
+        )
+
+    def render_result(self, name: str | None, call_id: str | None, content: str) -> str:
+        return render_result(name, content)
+
+    def system_prompt(self, tools: Sequence[ToolSpec]) -> str:
+        return tool_prompt(tools, self.render_calls)
