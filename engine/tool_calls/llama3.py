@@ -27,13 +27,16 @@ class Llama3Parser(CallReader):
         super().__init__((PYTHON_TAG, TRIGGER))
 
     def _call(self, trigger: str) -> Step[None]:
-        if trigger == PYTHON_TAG:
+        yield from self._one()
+        while (yield from self._optional(SEPARATOR.strip())):
+            yield from self._skip_whitespace()
+            yield from self._one()
+
+    def _one(self) -> Step[None]:
+        if (yield from self._at(PYTHON_TAG)):
             yield from self._expect(PYTHON_TAG)
             yield from self._skip_whitespace()
         yield from self._envelope(("parameters", "arguments"))
-        while (yield from self._optional(SEPARATOR.strip())):
-            yield from self._skip_whitespace()
-            yield from self._envelope(("parameters", "arguments"))
 
 
 class Llama3Format:

@@ -163,6 +163,13 @@ class CallReader:
                 raise self._fail(repr(literal))
             self._pos += 1
 
+    def _at(self, literal: str) -> Step[bool]:
+        """Whether ``literal`` comes next, without consuming it."""
+        for offset, expected in enumerate(literal):
+            if (yield from self._char(offset)) != expected:
+                return False
+        return True
+
     def _optional(self, separator: str) -> Step[bool]:
         """Consume whitespace and ``separator`` if the separator comes next; otherwise
         consume nothing (the whitespace stays text)."""
