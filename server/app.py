@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import msgspec
@@ -127,7 +127,7 @@ def build_app(orchestrator: Orchestrator, settings: AppSettings) -> Application:
     async def errors(request: Request, handler: Callable[[Request], Awaitable[Response]]) -> Response:
         try:
             return await handler(request)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (the one place errors become answers)
             return error_response(to_api_error(exc))
 
     async def authenticate(
@@ -189,7 +189,7 @@ class _Api:
         return json_response(final)
 
     async def get_response(self, request: Request) -> Response:
-        response_id = request.route_values["response_id"]
+        response_id = _response_id(request)
         stream = _query(request, "stream")
         if stream is None or stream.lower() == "false":
             return json_response(await self._orchestrator.retrieve(response_id))
@@ -200,18 +200,18 @@ class _Api:
         return event_stream(request, _response_events(events))
 
     async def delete_response(self, request: Request) -> Response:
-        response_id = request.route_values["response_id"]
+        response_id = _response_id(request)
         await self._orchestrator.delete(response_id)
         return json_response(DeletedResponse(response_id))
 
     async def cancel_response(self, request: Request) -> Response:
         return json_response(
-            await self._orchestrator.cancel(request.route_values["response_id"])
+            await self._orchestrator.cancel(_response_id(request))
         )
 
     async def input_items(self, request: Request) -> Response:
         query = PageQuery.from_query(request.query)
-        items = await self._orchestrator.input_items(request.route_values["response_id"])
+        items = await self._orchestrator.input_items(_response_id(request))
         page: Page[Item] = paginate(items, item_id, query)
         return json_response(page)
 
@@ -248,19 +248,23 @@ def _plain(
     return route
 
 
-async def _response_events(events: AsyncGenerator[StreamEvent, None]) -> AsyncGenerator[bytes, None]:
+async def _response_events(events: AsyncIterator[StreamEvent]) -> AsyncGenerator[bytes, None]:
     async for event in events:
         yield encode_event(event)
     yield DONE
 
 
 async def _chat_events(
-    events: AsyncGenerator[StreamEvent, None], chunks: ChunkStream
+    events: AsyncIterator[StreamEvent], chunks: ChunkStream
 ) -> AsyncGenerator[bytes, None]:
     async for event in events:
         for chunk in chunks.chunks(event):
             yield encode_data(chunk)
     yield DONE
+
+
+def _response_id(request: Request) -> str:
+    return str(request.route_values["response_id"])
 
 
 async def _body(request: Request) -> bytes:

@@ -124,6 +124,7 @@ def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
         raise invalid_request("messages must hold at least one message.", "messages")
     if request.top_logprobs and not request.logprobs:
         raise invalid_request("top_logprobs requires logprobs to be true.", "top_logprobs")
+    max_tokens: int | None
     if request.max_completion_tokens is not None:
         max_tokens, max_param = request.max_completion_tokens, "max_completion_tokens"
     else:

@@ -180,7 +180,9 @@ async def serve(settings: ServeSettings) -> None:
 
     if settings.search_provider == "searxng" and not settings.searxng_url:
         raise SystemExit("exloop: --search-provider searxng needs --searxng-url")
-    path = settings.model or await anyio.to_thread.run_sync(default_model_path)
+    path = settings.model
+    if path is None:
+        path = await anyio.to_thread.run_sync(default_model_path)
     engine = await anyio.to_thread.run_sync(partial(
         LlamaCppEngine, path, n_ctx=settings.n_ctx, tool_call_format=settings.tool_call_format
     ))
@@ -193,6 +195,9 @@ async def serve(settings: ServeSettings) -> None:
             server = uvicorn.Server(uvicorn.Config(
                 app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 lifespan="on", access_log=settings.log_level == "debug",
+                # Open streams get this long to finish on shutdown; then their runs are
+                # cancelled with the orchestrator.
+                timeout_graceful_shutdown=5,
             ))
             log.info(
                 "serving %s (%s, %s, context %d, tool calls %s) on http://%s:%d",

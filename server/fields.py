@@ -15,7 +15,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import jsonschema
 import msgspec
@@ -40,6 +40,8 @@ from exloop.orchestrator.resource import (
 from exloop.orchestrator.spec import ToolPolicy, WebSearchOptions
 
 from .errors import invalid_request
+
+T = TypeVar("T")
 
 ContextSize: TypeAlias = Literal["low", "medium", "high"]
 
@@ -332,7 +334,7 @@ def sampling_params(
     return params
 
 
-def _or(value: Any, default: Any) -> Any:
+def _or(value: T | None, default: T) -> T:
     return default if value is None else value
 
 

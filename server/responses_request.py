@@ -12,12 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from exloop.orchestrator.items import (
-    FunctionCallOutput,
-    InputText,
-    Item,
-    Message,
-)
+from exloop.orchestrator.items import InputText, Item, Message
 from exloop.orchestrator.resource import ReasoningConfig, TextConfig
 from exloop.orchestrator.spec import Echo, RunSpec
 

@@ -35,9 +35,11 @@ _BUFFER = 64
 
 async def wait_for_disconnect(request: Request) -> None:
     """Return once the client has gone (ASGI ``http.disconnect``)."""
-    receive = request.content.receive if request.content is not None else None
+    # The ASGI receive channel BlackSheep keeps on the request's content.
+    receive = getattr(request.content, "receive", None)
     if receive is None:
         await anyio.sleep_forever()
+        return
     while True:
         message = await receive()
         if message.get("type") == "http.disconnect":

@@ -198,9 +198,9 @@ def test_api_key(start_server: Callable[..., ServerProcess]) -> None:
         right = http.get("/v1/models", headers={"Authorization": "Bearer sesame"})
         assert right.status_code == 200
         assert right.json()["data"][0]["object"] == "model"
-    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="wrong", max_retries=0) as sdk:
-        with pytest.raises(openai.AuthenticationError):
-            sdk.models.list()
+    sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="wrong", max_retries=0)
+    with sdk, pytest.raises(openai.AuthenticationError):
+        sdk.models.list()
 
 
 def test_api_key_from_the_environment(start_server: Callable[..., ServerProcess]) -> None:

@@ -165,11 +165,10 @@ async def test_api_key() -> None:
 
 @asynccontextmanager
 async def sdk(script: str = ANSWER) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with http_client(script) as http:
-        async with openai.AsyncOpenAI(
-            base_url="http://exloop/v1", api_key="k", http_client=http, max_retries=0
-        ) as client:
-            yield client
+    async with http_client(script) as http, openai.AsyncOpenAI(
+        base_url="http://exloop/v1", api_key="k", http_client=http, max_retries=0
+    ) as client:
+        yield client
 
 
 async def test_sdk_reads_responses_and_their_stream() -> None:

@@ -36,13 +36,13 @@ LOGPROB = Logprob("Hi", -0.1, [72, 105], [TopLogprob("Hi", -0.1, [72, 105])])
 
 
 def response(**fields: Any) -> Response:
-    base: dict[str, Any] = dict(
-        id="resp_abc", created_at=1700000000, status="completed", model="asked", output=[],
-        tools=[], tool_choice="auto", text=TextConfig(), parallel_tool_calls=True,
-        truncation="disabled", temperature=1.0, top_p=1.0, presence_penalty=0.0,
-        frequency_penalty=0.0, top_logprobs=0, store=False, background=False, metadata={},
-        usage=USAGE,
-    )
+    base: dict[str, Any] = {
+        "id": "resp_abc", "created_at": 1700000000, "status": "completed", "model": "asked",
+        "output": [], "tools": [], "tool_choice": "auto", "text": TextConfig(),
+        "parallel_tool_calls": True, "truncation": "disabled", "temperature": 1.0,
+        "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "top_logprobs": 0,
+        "store": False, "background": False, "metadata": {}, "usage": USAGE,
+    }
     return Response(**{**base, **fields})
 
 
