@@ -1,0 +1,63 @@
+"""Built-in tools: tools the server runs itself inside the tool loop.
+
+A built-in tool shows the model an ordinary function definition; when the model calls it,
+the loop runs it (all of a round's calls concurrently) instead of returning the call to the
+client. The tool writes its own output items (e.g. ``web_search_call``) through the writer
+and returns the text the model reads next. A failure is text the model sees, not an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from exloop.engine.protocol import ToolSpec
+
+from .output import OutputWriter
+from .spec import RunSpec
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinCall:
+    """One call of a built-in tool, its arguments decoded from the model's JSON."""
+
+    call_id: str
+    name: str
+    arguments: Mapping[str, object]
+
+
+class BuiltinTool(Protocol):
+    """A tool the server runs."""
+
+    @property
+    def spec(self) -> ToolSpec: ...
+
+    async def run(self, call: BuiltinCall, writer: OutputWriter) -> str:
+        """Run the call, writing its output items; return the result text for the model."""
+        ...
+
+
+#: Makes the built-in tools one run may use, from its spec. The CLI wires the real ones (web
+#: search with the configured provider); tests may pass scripted ones.
+BuiltinFactory: TypeAlias = Callable[[RunSpec], list[BuiltinTool]]
+
+
+class BuiltinRegistry:
+    """The built-in tools enabled for one response, by name."""
+
+    def __init__(self, tools: list[BuiltinTool] | None = None) -> None:
+        self._tools: dict[str, BuiltinTool] = {tool.spec.name: tool for tool in tools or []}
+
+    def __bool__(self) -> bool:
+        return bool(self._tools)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def get(self, name: str) -> BuiltinTool:
+        return self._tools[name]
+
+    @property
+    def specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(tool.spec for tool in self._tools.values())

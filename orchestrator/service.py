@@ -1,0 +1,251 @@
+"""The orchestrator's public face: create, retrieve, follow, cancel and delete responses.
+
+Every run executes in the orchestrator's task group inside its own cancel scope. ``/cancel``,
+``DELETE`` and a disconnecting streaming client all reach that one scope; the engine job
+inside it is cancelled before its next token and the response ends ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+
+from exloop.engine.errors import ContextLengthExceeded, EngineError
+from exloop.engine.protocol import Chat, Engine, GenerationRequest
+from exloop.engine.tool_calls import get_format
+from exloop.engine.tool_calls.base import ToolCallFormat
+
+from .builtin import BuiltinFactory, BuiltinRegistry
+from .conversation import resolve_references, to_messages
+from .errors import InvalidRequest, InvalidState, ResponseNotFound
+from .events import StreamEvent
+from .items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning, new_id
+from .loop import ToolLoop
+from .output import OutputWriter
+from .record import ResponseRecord
+from .resource import Response
+from .spec import RunSpec
+from .state import Phase, Transition
+from .store import MemoryStore, ResponseStore
+
+log = logging.getLogger("exloop.orchestrator")
+
+_ID_PREFIX: dict[type, str] = {
+    Message: "msg",
+    FunctionCall: "fc",
+    FunctionCallOutput: "fco",
+    Reasoning: "rs",
+}
+
+
+class RunHandle:
+    """A response being run, as its creator sees it (stored or not)."""
+
+    def __init__(self, record: ResponseRecord) -> None:
+        self._record = record
+
+    @property
+    def id(self) -> str:
+        return self._record.id
+
+    @property
+    def response(self) -> Response:
+        return self._record.snapshot()
+
+    async def wait(self) -> Response:
+        await self._record.finished.wait()
+        return self._record.snapshot()
+
+    def events(self, *, starting_after: int | None = None) -> AsyncIterator[StreamEvent]:
+        return self._record.log.follow(starting_after)
+
+
+class Orchestrator:
+    """Runs responses on one engine. Use as an async context manager."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        model_name: str,
+        max_tool_rounds: int = 8,
+        store: ResponseStore | None = None,
+        builtins: BuiltinFactory | None = None,
+        tool_format: ToolCallFormat | None = None,
+    ) -> None:
+        self._engine = engine
+        self.model_name = model_name
+        self._max_tool_rounds = max_tool_rounds
+        self._store: ResponseStore = store if store is not None else MemoryStore()
+        self._builtins = builtins
+        self._format = tool_format or get_format(engine.info.tool_call_format)
+        #: Runs in flight, stored or not (so a disconnect can abort an unstored run).
+        self._live: dict[str, ResponseRecord] = {}
+        self._tg: TaskGroup | None = None
+
+    async def __aenter__(self) -> Orchestrator:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    # -- create ---------------------------------------------------------------------------
+
+    async def create(self, spec: RunSpec) -> RunHandle:
+        """Validate ``spec`` against the current state and start running it.
+
+        Everything that can be refused is refused here, before any event exists.
+        """
+        if self._tg is None:
+            raise RuntimeError("the orchestrator is not running (use `async with`)")
+        context: tuple[Item, ...] = ()
+        if spec.previous_response_id is not None:
+            previous = self._store.get(spec.previous_response_id)
+            if previous is None:
+                raise ResponseNotFound(
+                    f"Previous response with id '{spec.previous_response_id}' not found.",
+                    param="previous_response_id",
+                )
+            if not previous.done:
+                raise InvalidRequest(
+                    f"Previous response '{previous.id}' is still {previous.status}.",
+                    param="previous_response_id",
+                )
+            context = previous.conversation()
+        inputs = tuple(_with_id(item) for item in resolve_references(spec.input, self._store))
+        builtins = BuiltinRegistry(self._builtins(spec) if self._builtins else [])
+        if spec.tools.web_search is not None and not builtins:
+            raise InvalidRequest("Web search is not enabled on this server.", param="tools")
+        self._engine.check(GenerationRequest(prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint))
+        await self._check_context(spec, (*context, *inputs))
+
+        record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
+        if not spec.background:
+            record.move(Transition.START)
+        record.announce()
+        if spec.store:
+            self._store.put(record)
+        self._live[record.id] = record
+        loop = ToolLoop(self._engine, self._format, builtins, max_tool_rounds=self._max_tool_rounds)
+        self._tg.start_soon(self._run, record, loop)
+        return RunHandle(record)
+
+    async def _check_context(self, spec: RunSpec, items: tuple[Item, ...]) -> None:
+        if spec.truncation == "auto":
+            return  # the loop drops the oldest turns as needed
+        tools = (*spec.tools.functions,)
+        tokens = await self._engine.count_tokens(Chat(tuple(to_messages(items, spec.instructions)), tools))
+        limit = self._engine.info.context_length
+        if tokens + (spec.sampling.max_tokens or 1) > limit:
+            raise ContextLengthExceeded(
+                f"The input takes {tokens} tokens and the requested output "
+                f"{spec.sampling.max_tokens or 1}, more than the model's context of {limit} "
+                "tokens. Shorten the input or set truncation to 'auto'.",
+                param="input",
+            )
+
+    async def _run(self, record: ResponseRecord, loop: ToolLoop) -> None:
+        writer = OutputWriter(record)
+        try:
+            with record.cancel_scope:
+                try:
+                    if record.phase is Phase.QUEUED:
+                        record.move(Transition.START)
+                    record.emit_in_progress()
+                    await loop.run(record, writer, [*record.context, *record.input_items])
+                except EngineError as exc:
+                    log.warning("response %s failed: %s", record.id, exc)
+                    writer.close_all("incomplete")
+                    record.fail("server_error", exc.message)
+                except Exception:
+                    log.exception("response %s failed", record.id)
+                    writer.close_all("incomplete")
+                    record.fail("server_error", "The model failed while generating the response.")
+        finally:
+            self._live.pop(record.id, None)
+            if not record.done:
+                # Cancelled by /cancel, DELETE, a disconnect or the server shutting down.
+                writer.close_all("incomplete")
+                record.cancel()
+
+    # -- the stored responses -------------------------------------------------------------
+
+    def _stored(self, response_id: str) -> ResponseRecord:
+        record = self._store.get(response_id)
+        if record is None:
+            raise ResponseNotFound(f"Response with id '{response_id}' not found.", param="response_id")
+        return record
+
+    async def retrieve(self, response_id: str) -> Response:
+        return self._stored(response_id).snapshot()
+
+    async def subscribe(
+        self, response_id: str, *, starting_after: int | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        record = self._stored(response_id)
+        if starting_after is not None and not 0 <= starting_after < len(record.log) + 1:
+            raise InvalidRequest(
+                f"starting_after must be between 0 and {len(record.log)}.", param="starting_after"
+            )
+        return record.log.follow(starting_after)
+
+    async def input_items(self, response_id: str) -> list[Item]:
+        return list(self._stored(response_id).input_items)
+
+    async def cancel(self, response_id: str) -> Response:
+        """Cancel a background response; a cancelled one is returned as it is."""
+        record = self._stored(response_id)
+        if not record.spec.background:
+            raise InvalidState(
+                "Only responses created with background=true can be cancelled.", param="response_id"
+            )
+        if record.phase is Phase.CANCELLED:
+            return record.snapshot()
+        if record.done:
+            raise InvalidState(
+                f"Cannot cancel a response that is already {record.status}.",
+                param="response_id",
+                conflict=True,
+            )
+        await self._stop(record)
+        return record.snapshot()
+
+    async def abort(self, response_id: str) -> None:
+        """A streaming client went away: stop its run, whatever its mode."""
+        record = self._live.get(response_id)
+        if record is not None:
+            await self._stop(record)
+
+    async def delete(self, response_id: str) -> None:
+        """Delete a stored response, cancelling it first if it still runs."""
+        record = self._stored(response_id)
+        self._store.delete(response_id)
+        if not record.done:
+            await self._stop(record)
+
+    @staticmethod
+    async def _stop(record: ResponseRecord) -> None:
+        record.cancel_scope.cancel()
+        await record.finished.wait()
+
+
+def _with_id(item: Item) -> Item:
+    """Input items are stored with ids, as OpenAI lists them under ``input_items``."""
+    prefix = _ID_PREFIX.get(type(item))
+    if prefix is None or getattr(item, "id", None):
+        return item
+    return msgspec.structs.replace(item, id=new_id(prefix))  # type: ignore[type-var]

@@ -1,0 +1,227 @@
+"""One model step: generate, parse tool calls as they stream, write the output.
+
+A step runs in one of three modes:
+
+* :class:`AnswerMode`: free text (under the request's output constraint, if any); no calls.
+* :class:`AutoMode`: free text, stopping at the format's call trigger; if the model reaches
+  it, the step continues the same assistant turn under a grammar of calls to the offered
+  tools, so strict arguments are valid by construction and nothing is repaired afterwards.
+* :class:`CallMode`: the whole turn is generated under the call grammar (``tool_choice``
+  required or naming a function, and the forced first search of ``web_search_options``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TypeAlias
+
+from exloop.engine.protocol import (
+    Chat,
+    ChatMessage,
+    Delta,
+    Engine,
+    Finish,
+    FinishReason,
+    GenerationRequest,
+    Grammar,
+    ToolSpec,
+)
+from exloop.engine.sampling import SamplingParams
+from exloop.engine.tool_calls.base import (
+    ArgumentsDelta,
+    CallEnd,
+    CallStart,
+    ParseEvent,
+    TextChunk,
+    ToolCallFormat,
+    ToolCallParseError,
+    ToolCallParser,
+)
+
+from .items import Logprob, TopLogprob, new_id
+from .output import OutputWriter
+from .record import ResponseRecord
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerMode:
+    constraint: Grammar | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AutoMode:
+    tools: tuple[ToolSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CallMode:
+    tools: tuple[ToolSpec, ...]
+
+
+StepMode: TypeAlias = AnswerMode | AutoMode | CallMode
+
+
+@dataclass(frozen=True, slots=True)
+class StepCall:
+    """A complete call the model made in this step."""
+
+    call_id: str
+    name: str
+    arguments: str
+    builtin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    text: str
+    calls: tuple[StepCall, ...]
+    finish: FinishReason
+    completion_tokens: int
+
+
+class ModelStep:
+    """Runs steps of one response on an engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        record: ResponseRecord,
+        writer: OutputWriter,
+        tool_format: ToolCallFormat,
+        builtin_names: frozenset[str],
+    ) -> None:
+        self._engine = engine
+        self._record = record
+        self._writer = writer
+        self._format = tool_format
+        self._builtin = builtin_names
+
+    async def run(
+        self, messages: Sequence[ChatMessage], mode: StepMode, sampling: SamplingParams
+    ) -> StepResult:
+        tools = () if isinstance(mode, AnswerMode) else mode.tools
+        chat = Chat(messages=tuple(messages), tools=tools)
+        sink = _Sink(self._writer, self._builtin, self._format)
+        match mode:
+            case AnswerMode(constraint=constraint):
+                finish, used = await self._generate(chat, sampling, constraint, sink.text)
+            case CallMode(tools=tools):
+                grammar = self._format.call_grammar(tools, include_trigger=True)
+                finish, used = await self._generate(chat, sampling, grammar, sink.calls)
+            case AutoMode(tools=tools):
+                stops = (*sampling.stop, *self._format.triggers)
+                free = replace(sampling, stop=stops)
+                finish, used = await self._generate(chat, free, None, sink.text)
+                if finish.reason == "stop" and finish.stop_sequence in self._format.triggers:
+                    trigger = finish.stop_sequence or ""
+                    sink.calls(trigger, [])
+                    chat = replace(chat, assistant_prefix=sink.raw_text + trigger)
+                    grammar = self._format.call_grammar(tools, include_trigger=False)
+                    rest = replace(sampling, max_tokens=_remaining(sampling.max_tokens, used))
+                    finish, more = await self._generate(chat, rest, grammar, sink.calls)
+                    used += more
+        try:
+            sink.finish()
+        except ToolCallParseError:
+            # Calls are generated under their grammar, so only a cut-off can leave one open.
+            if finish.reason != "length":
+                raise
+        return StepResult(
+            text=sink.raw_text, calls=tuple(sink.completed), finish=finish.reason,
+            completion_tokens=used,
+        )
+
+    async def _generate(
+        self,
+        chat: Chat,
+        sampling: SamplingParams,
+        constraint: Grammar | None,
+        on_delta: Callable[[str, list[Logprob]], None],
+    ) -> tuple[Finish, int]:
+        """One engine job; returns its Finish and the tokens it generated."""
+        job = self._engine.submit(GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint))
+        async for event in job.events():
+            if isinstance(event, Delta):
+                on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
+            else:
+                self._record.usage.add(event.usage)
+                return event, event.usage.completion_tokens
+        raise RuntimeError("engine job ended without a Finish event")
+
+
+def _remaining(budget: int | None, used: int) -> int | None:
+    return None if budget is None else max(1, budget - used)
+
+
+def _logprobs(delta: Delta) -> list[Logprob]:
+    return [
+        Logprob(
+            token=lp.token,
+            logprob=lp.logprob,
+            bytes=list(lp.bytes),
+            top_logprobs=[
+                TopLogprob(token=t.token, logprob=t.logprob, bytes=list(t.bytes)) for t in lp.top
+            ],
+        )
+        for lp in delta.logprobs
+    ]
+
+
+class _Sink:
+    """Routes a step's generated text: plain text to the message, call syntax through the
+    format's parser to function_call items (client tools) or the built-in call list."""
+
+    def __init__(
+        self, writer: OutputWriter, builtin: frozenset[str], tool_format: ToolCallFormat
+    ) -> None:
+        self._writer = writer
+        self._builtin = builtin
+        self._format = tool_format
+        self._parser: ToolCallParser | None = None
+        self.raw_text = ""
+        self._pending_space = ""
+        self.completed: list[StepCall] = []
+        self._open: dict[int, tuple[str, str]] = {}
+
+    def text(self, text: str, logprobs: list[Logprob]) -> None:
+        self.raw_text += text
+        # Leading whitespace opens no message: a turn that is only a call has no text item.
+        if not self._writer.message_text:
+            text = self._pending_space + text
+            if not text.strip():
+                self._pending_space = text
+                return
+            text = text.lstrip()
+            self._pending_space = ""
+        self._writer.text(text, logprobs)
+
+    def calls(self, text: str, logprobs: list[Logprob]) -> None:
+        if self._parser is None:
+            self._parser = self._format.parser()
+        self._route(self._parser.feed(text))
+
+    def finish(self) -> None:
+        if self._parser is not None:
+            self._route(self._parser.finish())
+
+    def _route(self, events: list[ParseEvent]) -> None:
+        for event in events:
+            match event:
+                case TextChunk(text=text):
+                    if text.strip() or self._writer.message_text:
+                        self.text(text, [])
+                case CallStart(index=index, name=name):
+                    call_id = new_id("call")
+                    self._open[index] = (call_id, name)
+                    if name not in self._builtin:
+                        self._writer.open_call(name, call_id)
+                case ArgumentsDelta(index=index, delta=delta):
+                    if self._open[index][1] not in self._builtin:
+                        self._writer.call_arguments(delta)
+                case CallEnd(index=index, name=name, arguments=arguments):
+                    call_id, _ = self._open.pop(index)
+                    builtin = name in self._builtin
+                    if not builtin:
+                        self._writer.close_call(arguments)
+                    self.completed.append(StepCall(call_id, name, arguments, builtin))

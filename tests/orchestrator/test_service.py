@@ -1,0 +1,261 @@
+"""The orchestrator driven by a scripted engine: lifecycle, events, store, cancel, tool loop."""
+
+from __future__ import annotations
+
+import json
+import anyio
+import pytest
+
+from exloop.engine.protocol import GenerationRequest, ToolSpec
+from exloop.engine.sampling import SamplingParams
+from exloop.orchestrator import events as ev
+from exloop.orchestrator.builtin import BuiltinCall, BuiltinTool
+from exloop.orchestrator.errors import InvalidState, ResponseNotFound
+from exloop.orchestrator.items import FunctionCall, InputText, Message, WebSearchCall, SearchAction
+from exloop.orchestrator.output import OutputWriter
+from exloop.orchestrator.service import Orchestrator
+from exloop.orchestrator.spec import RunSpec, ToolPolicy
+
+from .scripted import ScriptedEngine, say
+
+pytestmark = pytest.mark.anyio
+
+
+def user(text: str) -> Message:
+    return Message(role="user", content=[InputText(text)])
+
+
+def spec(text: str = "hi", **kwargs: object) -> RunSpec:
+    return RunSpec(input=(user(text),), model="m", **kwargs)  # type: ignore[arg-type]
+
+
+async def test_text_answer_events_in_openai_order() -> None:
+    engine = ScriptedEngine([say("Hello there, friend.")])
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec())
+        events = [e async for e in handle.events()]
+    types = [type(e) for e in events]
+    assert types[:5] == [
+        ev.ResponseCreated,
+        ev.ResponseInProgress,
+        ev.OutputItemAdded,
+        ev.ContentPartAdded,
+        ev.OutputTextDelta,
+    ]
+    assert types[-5:] == [
+        ev.OutputTextDelta,
+        ev.OutputTextDone,
+        ev.ContentPartDone,
+        ev.OutputItemDone,
+        ev.ResponseCompleted,
+    ]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.status == "completed"
+    assert final.output[0].text == "Hello there, friend."  # type: ignore[union-attr]
+    assert final.usage is not None and final.usage.output_tokens == 7
+    assert events[0].response.status == "in_progress"  # type: ignore[union-attr]
+
+
+async def test_max_output_tokens_gives_incomplete() -> None:
+    engine = ScriptedEngine([say("one two three four five six seven")])
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec(sampling=SamplingParams(max_tokens=3)))
+        response = await handle.wait()
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert response.output[0].status == "incomplete"  # type: ignore[union-attr]
+    assert isinstance(list([e async for e in handle.events()])[-1], ev.ResponseIncomplete)
+
+
+async def test_background_cancel_stops_the_job_and_stays_cancelled() -> None:
+    engine = ScriptedEngine([say("x" * 3000)], token_delay=0.01)
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec(background=True))
+        assert handle.response.status == "queued"
+        await anyio.sleep(0.1)
+        cancelled = await orch.cancel(handle.id)
+        assert cancelled.status == "cancelled"
+        emitted = engine.jobs[0].emitted_tokens
+        await anyio.sleep(0.1)
+        assert engine.jobs[0].emitted_tokens == emitted < 1000
+        assert (await orch.retrieve(handle.id)).status == "cancelled"
+        assert (await orch.cancel(handle.id)).status == "cancelled"
+        types = [type(e) for e in [e async for e in handle.events()]]
+    assert types[:3] == [ev.ResponseCreated, ev.ResponseQueued, ev.ResponseInProgress]
+    assert types[-1] is ev.ResponseCancelled
+
+
+async def test_cancel_rules() -> None:
+    engine = ScriptedEngine([say("done")])
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec())
+        await handle.wait()
+        with pytest.raises(InvalidState):
+            await orch.cancel(handle.id)  # not background
+        bg = await orch.create(spec(background=True))
+        await bg.wait()
+        with pytest.raises(InvalidState) as info:
+            await orch.cancel(bg.id)  # already completed
+        assert info.value.conflict
+        with pytest.raises(ResponseNotFound):
+            await orch.cancel("resp_unknown")
+
+
+async def test_delete_in_flight_cancels_and_never_reappears() -> None:
+    engine = ScriptedEngine([say("y" * 3000)], token_delay=0.01)
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec(background=True))
+        await anyio.sleep(0.05)
+        await orch.delete(handle.id)
+        await handle.wait()
+        await anyio.sleep(0.05)
+        with pytest.raises(ResponseNotFound):
+            await orch.retrieve(handle.id)
+    assert handle.response.status == "cancelled"
+
+
+async def test_get_mid_flight_shows_partial_output() -> None:
+    engine = ScriptedEngine([say("abcdefghij" * 100)], token_delay=0.005)
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec(background=True))
+        await anyio.sleep(0.2)
+        partial = await orch.retrieve(handle.id)
+        assert partial.status == "in_progress"
+        assert 0 < len(partial.output[0].text) < 1000  # type: ignore[union-attr]
+        await orch.cancel(handle.id)
+
+
+async def test_previous_response_chain_sees_history_without_old_instructions() -> None:
+    seen: list[GenerationRequest] = []
+
+    def record(request: GenerationRequest) -> str:
+        seen.append(request)
+        return "answer"
+
+    engine = ScriptedEngine([record])
+    async with Orchestrator(engine, model_name="m") as orch:
+        first = await orch.create(spec("first question", instructions="be brief"))
+        await first.wait()
+        second = await orch.create(spec("second question", previous_response_id=first.id))
+        await second.wait()
+        with pytest.raises(ResponseNotFound) as info:
+            await orch.create(spec(previous_response_id="resp_missing"))
+        assert info.value.param == "previous_response_id"
+    messages = seen[1].prompt.messages  # type: ignore[union-attr]
+    assert [(m.role, m.content) for m in messages] == [
+        ("user", "first question"),
+        ("assistant", "answer"),
+        ("user", "second question"),
+    ]
+
+
+async def test_store_false_is_not_retrievable() -> None:
+    engine = ScriptedEngine([say("ok")])
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec(store=False))
+        assert (await handle.wait()).status == "completed"
+        with pytest.raises(ResponseNotFound):
+            await orch.retrieve(handle.id)
+
+
+async def test_input_items_get_ids() -> None:
+    engine = ScriptedEngine([say("ok")])
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec())
+        await handle.wait()
+        items = await orch.input_items(handle.id)
+    assert len(items) == 1 and items[0].id.startswith("msg_")  # type: ignore[union-attr]
+
+
+# -- the tool loop ---------------------------------------------------------------------------
+
+CALL = '{"name": "lookup", "arguments": {"q": "x"}}</tool_call>'
+
+
+def tool_or_answer(request: GenerationRequest) -> str:
+    """Call the tool whenever tools are offered; answer when they are not."""
+    if request.constraint is not None:
+        return CALL
+    if request.prompt.tools:  # type: ignore[union-attr]
+        return "<tool_call>"
+    return "final answer"
+
+
+class Lookup:
+    """A built-in tool that records its calls and writes a web_search_call item."""
+
+    def __init__(self) -> None:
+        self.calls: list[BuiltinCall] = []
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(name="lookup", parameters={"type": "object"}, strict=True)
+
+    async def run(self, call: BuiltinCall, writer: OutputWriter) -> str:
+        self.calls.append(call)
+        action = SearchAction(query=str(call.arguments.get("q")))
+        index = writer.open_web_search(action)
+        writer.close_web_search(index, action)
+        return "result"
+
+
+async def test_max_tool_rounds_caps_builtin_rounds_and_still_answers() -> None:
+    engine = ScriptedEngine([tool_or_answer])
+    lookup = Lookup()
+    tools: list[BuiltinTool] = [lookup]
+    async with Orchestrator(
+        engine, model_name="m", max_tool_rounds=2, builtins=lambda _spec: tools
+    ) as orch:
+        handle = await orch.create(spec())
+        response = await handle.wait()
+    assert len(lookup.calls) == 2
+    assert lookup.calls[0].arguments == {"q": "x"}
+    assert response.status == "completed"
+    assert response.metadata.get("exloop_max_tool_rounds_reached") == "true"
+    kinds = [type(item) for item in response.output]
+    assert kinds == [WebSearchCall, WebSearchCall, Message]
+    assert response.output[-1].text == "final answer"  # type: ignore[union-attr]
+    # The last step ran with tools disabled, and usage sums over every step.
+    assert engine.jobs[-1].request.prompt.tools == ()  # type: ignore[union-attr]
+    assert response.usage is not None
+    assert response.usage.output_tokens == sum(j.emitted_tokens for j in engine.jobs)
+
+
+async def test_client_function_call_ends_the_response_with_its_item() -> None:
+    engine = ScriptedEngine([tool_or_answer])
+    policy = ToolPolicy(functions=(ToolSpec(name="lookup", parameters={"type": "object"}),))
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec(tools=policy))
+        response = await handle.wait()
+        events = [e async for e in handle.events()]
+    assert response.status == "completed"
+    (call,) = response.output
+    assert isinstance(call, FunctionCall)
+    assert call.name == "lookup" and json.loads(call.arguments) == {"q": "x"}
+    assert call.call_id.startswith("call_") and call.id.startswith("fc_")  # type: ignore[union-attr]
+    deltas = "".join(e.delta for e in events if isinstance(e, ev.FunctionCallArgumentsDelta))
+    assert deltas == call.arguments
+    done = [e for e in events if isinstance(e, ev.FunctionCallArgumentsDone)]
+    assert done[0].arguments == call.arguments
+
+
+async def test_cancel_between_tool_rounds() -> None:
+    started = anyio.Event()
+
+    class SlowTool(Lookup):
+        async def run(self, call: BuiltinCall, writer: OutputWriter) -> str:
+            started.set()
+            await anyio.sleep(10)
+            return "never"
+
+    engine = ScriptedEngine([tool_or_answer])
+    tools: list[BuiltinTool] = [SlowTool()]
+    async with Orchestrator(engine, model_name="m", builtins=lambda _s: tools) as orch:
+        handle = await orch.create(spec(background=True))
+        await started.wait()
+        with anyio.fail_after(2):
+            response = await orch.cancel(handle.id)
+    assert response.status == "cancelled"
+    assert len(engine.jobs) == 2  # the free step and its call continuation; no more
