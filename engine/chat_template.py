@@ -144,29 +144,32 @@ class ChatTemplate:
         """The messages of a template without tool support, calls and results as text."""
         messages: list[dict[str, Any]] = []
         result_role = "tool" if self._tool_role else "user"
+        previous: ChatMessage | None = None
         for message in history:
             if message.role == "tool":
-                text = self._format.render_result(message.name, message.tool_call_id, message.content)
-                last = messages[-1] if messages else None
-                if last is not None and last.get("results"):
-                    last["content"] += "\n" + text
+                text = self._format.render_result(
+                    message.name, message.tool_call_id, message.content
+                )
+                if previous is not None and previous.role == "tool":
+                    messages[-1]["content"] += "\n" + text
                 else:
-                    messages.append({"role": result_role, "content": text, "results": True})
-                continue
-            content = message.content
-            if message.tool_calls:
-                calls = self._format.render_calls(message.tool_calls)
-                content = f"{content}\n{calls}" if content else calls
-            messages.append({"role": self._role(message), "content": content})
-        for message in messages:
-            message.pop("results", None)
+                    messages.append({"role": result_role, "content": text})
+            else:
+                content = message.content
+                if message.tool_calls:
+                    calls = self._format.render_calls(message.tool_calls)
+                    content = f"{content}\n{calls}" if content else calls
+                messages.append({"role": self._role(message), "content": content})
+            previous = message
         if tools:
             prompt = self._format.system_prompt(tools)
             system = next((m for m in messages if m["role"] == "system"), None)
             if system is None:
                 messages.insert(0, {"role": "system", "content": prompt})
             else:
-                system["content"] = f"{system['content']}\n\n{prompt}" if system["content"] else prompt
+                system["content"] = (
+                    f"{system['content']}\n\n{prompt}" if system["content"] else prompt
+                )
         return messages
 
 

@@ -75,7 +75,10 @@ class MistralFormat:
         trigger = "" if include_trigger else TRIGGER
         if self._args_tag:
             return calls_grammar(
-                tools, before=lambda name: f"{TRIGGER}{name}{ARGS}", after="", separator="",
+                tools,
+                before=lambda name: f"{TRIGGER}{name}{ARGS}",
+                after="",
+                separator="",
                 trigger=trigger,
             )
         return calls_grammar(

@@ -17,14 +17,18 @@ RESULT_OPEN = "<tool_response>"
 RESULT_CLOSE = "</tool_response>"
 
 
-def tool_prompt(tools: Sequence[ToolSpec], render_calls: Callable[[Sequence[ToolCall]], str]) -> str:
+def tool_prompt(
+    tools: Sequence[ToolSpec], render_calls: Callable[[Sequence[ToolCall]], str]
+) -> str:
     """Tell the model which tools exist and how to call them, with ``render_calls`` giving
     the syntax of the example."""
     lines = ["You can call the following tools:", ""]
     for tool in tools:
         summary = f"- {tool.name}: {tool.description}" if tool.description else f"- {tool.name}"
         lines.append(summary)
-        lines.append(f"  Arguments (JSON Schema): {json.dumps(tool.parameters or {'type': 'object'})}")
+        lines.append(
+            f"  Arguments (JSON Schema): {json.dumps(tool.parameters or {'type': 'object'})}"
+        )
     if tools:
         example = ToolCall(
             call_id="example",
@@ -35,8 +39,10 @@ def tool_prompt(tools: Sequence[ToolSpec], render_calls: Callable[[Sequence[Tool
             "",
             "To call a tool, write the call exactly like this, with the arguments as a JSON object:",
             render_calls([example]),
-            "You may write several calls one after another. Each result comes back to you "
-            f"between {RESULT_OPEN} and {RESULT_CLOSE}. If no tool is needed, answer directly.",
+            (
+                "You may write several calls one after another. Each result comes back to you "
+                f"between {RESULT_OPEN} and {RESULT_CLOSE}. If no tool is needed, answer directly."
+            ),
         ]
     return "\n".join(lines)
 
@@ -61,7 +67,7 @@ def example_arguments(schema: Mapping[str, Any]) -> dict[str, Any]:
 def _example_value(schema: Any) -> Any:
     if not isinstance(schema, Mapping):
         return "..."
-    if "enum" in schema and schema["enum"]:
+    if schema.get("enum"):
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]

@@ -239,7 +239,9 @@ class CallReader:
                 if done:
                     break
             if stream and scanned > emitted:
-                self._events.append(ArgumentsDelta(self._calls, buf[start + emitted : start + scanned]))
+                self._events.append(
+                    ArgumentsDelta(self._calls, buf[start + emitted : start + scanned])
+                )
                 emitted = scanned
             if done:
                 break

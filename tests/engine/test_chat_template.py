@@ -76,7 +76,10 @@ def smollm2_source(vocab_model: llama_cpp.Llama) -> str:
 
 def template(source: str, tool_format: str = "exloop") -> ChatTemplate:
     return ChatTemplate(
-        source, bos_token="<|im_start|>", eos_token="<|im_end|>", tool_format=get_format(tool_format)
+        source,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        tool_format=get_format(tool_format),
     )
 
 
@@ -102,7 +105,9 @@ def test_smollm2_renders_system_and_turns(smollm2_source: str) -> None:
 def test_smollm2_default_system_prompt_and_developer_role(smollm2_source: str) -> None:
     rendered = template(smollm2_source).render(Chat(messages=(ChatMessage("user", "Hi"),)))
     assert rendered.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    developer = Chat(messages=(ChatMessage("developer", "Answer in French."), ChatMessage("user", "Hi")))
+    developer = Chat(
+        messages=(ChatMessage("developer", "Answer in French."), ChatMessage("user", "Hi"))
+    )
     rendered = template(smollm2_source).render(developer)
     assert rendered.startswith("<|im_start|>system\nAnswer in French.<|im_end|>\n")
     assert "SmolLM" not in rendered and "developer" not in rendered
@@ -147,8 +152,11 @@ def test_fallback_creates_a_system_message_and_joins_consecutive_results(
     assert rendered.startswith("<|im_start|>system\nYou can call the following tools:")
     assert "SmolLM" not in rendered
     assert rendered.count("<|im_start|>user\n") == 2
-    assert "18 C\n</tool_response>\n<tool_response name=\"get_weather\">\n2 C" in rendered
-    assert '</tool_call>\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}' in rendered
+    assert '18 C\n</tool_response>\n<tool_response name="get_weather">\n2 C' in rendered
+    assert (
+        '</tool_call>\n<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+        in rendered
+    )
     assert not template(smollm2_source).supports_tools
 
 
@@ -156,12 +164,20 @@ def test_qwen_style_template_renders_tools_natively() -> None:
     qwen = template(QWEN_STYLE, "hermes")
     assert qwen.supports_tools
     rendered = qwen.render(Chat(messages=TOOL_TURNS, tools=(WEATHER,)))
-    listed = {"type": "function", "function": {
-        "name": "get_weather", "description": WEATHER.description, "parameters": WEATHER.parameters,
-    }}
+    listed = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": WEATHER.description,
+            "parameters": WEATHER.parameters,
+        },
+    }
     assert f"<tools>\n{json.dumps(listed)}\n</tools>" in rendered
     # The arguments arrive as an object: `tojson` writes them once, not as a quoted string.
-    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in rendered
+    assert (
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+        in rendered
+    )
     assert "<|im_start|>user\n<tool_response>\n18 C, sunny\n</tool_response><|im_end|>" in rendered
     assert rendered.endswith("<|im_start|>assistant\n")
     assert "You can call" not in rendered

@@ -107,7 +107,9 @@ def test_two_calls_with_text_around(name: str) -> None:
     # CallStart comes before the call's deltas, which concatenate to its arguments.
     for end in (e for e in events if isinstance(e, CallEnd)):
         position = events.index(end)
-        deltas = [e for e in events[:position] if isinstance(e, ArgumentsDelta) and e.index == end.index]
+        deltas = [
+            e for e in events[:position] if isinstance(e, ArgumentsDelta) and e.index == end.index
+        ]
         assert "".join(d.delta for d in deltas) == end.arguments
         assert events.index(starts[end.index]) < events.index(deltas[0])
 
@@ -156,7 +158,7 @@ def test_plain_text_streams_without_delay() -> None:
 @pytest.mark.parametrize(
     ("name", "text"),
     [
-        ("hermes", "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"q\": \"x\"}}"),
+        ("hermes", '<tool_call>\n{"name": "search", "arguments": {"q": "x"}}'),
         ("hermes", '<tool_call>{"name": "search", "arguments": {"q": "x"'),
         ("hermes", '<tool_call>{"arguments": {}, "name": "search"}</tool_call>'),
         ("hermes", '<tool_call>{"name": 3, "arguments": {}}</tool_call>'),
@@ -190,7 +192,7 @@ def test_events_stop_after_a_malformed_call() -> None:
         parser.finish()
 
 
-QWEN_TEMPLATE_SNIPPET = "{{- '<tool_call>\\n{\"name\": \"' }}{% for tool in tools %}"
+QWEN_TEMPLATE_SNIPPET = '{{- \'<tool_call>\\n{"name": "\' }}{% for tool in tools %}'
 LLAMA_TEMPLATE_SNIPPET = "{%- if message.role == 'ipython' %}<|start_header_id|>ipython"
 
 
@@ -271,7 +273,9 @@ def test_grammar_accepts_valid_calls_whose_arguments_match_the_schema(
 )
 def test_grammar_rejects_invalid_calls(name: str, call: ToolCall, lltokenizer: LLTokenizer) -> None:
     fmt = get_format(name)
-    assert not accepts(fmt.call_grammar(TOOLS, include_trigger=True), lltokenizer, fmt.render_calls([call]))
+    assert not accepts(
+        fmt.call_grammar(TOOLS, include_trigger=True), lltokenizer, fmt.render_calls([call])
+    )
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
