@@ -139,13 +139,24 @@ class ModelStep:
         constraint: Grammar | None,
         on_delta: Callable[[str, list[Logprob]], None],
     ) -> tuple[Finish, int]:
-        """One engine job; returns its Finish and the tokens it generated."""
-        job = self._engine.submit(GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint))
+        """One engine job; returns its Finish and the tokens it generated.
+
+        Output tokens are counted as they arrive, so a cancelled response reports what it
+        generated; the Finish event's usage settles the final figures.
+        """
+        usage = self._record.usage
+        job = self._engine.submit(
+            GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint)
+        )
+        counted = 0
         async for event in job.events():
             if isinstance(event, Delta):
+                counted += len(event.token_ids)
+                usage.output_tokens += len(event.token_ids)
                 on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
             else:
-                self._record.usage.add(event.usage)
+                usage.output_tokens -= counted
+                usage.add(event.usage)
                 return event, event.usage.completion_tokens
         raise RuntimeError("engine job ended without a Finish event")
 
