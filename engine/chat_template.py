@@ -43,11 +43,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from jinja2 import TemplateError
-from jinja2.ext import loopcontrols
+from jinja2 import TemplateError, nodes
+from jinja2.ext import Extension, loopcontrols
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import InvalidParameter
@@ -77,7 +79,7 @@ class ChatTemplate:
         self._eos_token = eos_token
         self._format = tool_format
         environment = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+            trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _GenerationBlocks]
         )
         environment.filters["tojson"] = _tojson
         environment.globals["raise_exception"] = _raise_exception
@@ -103,25 +105,33 @@ class ChatTemplate:
         Raises :class:`~exloop.engine.errors.InvalidParameter` when the template rejects the
         conversation (for example with ``raise_exception`` on roles that do not alternate).
         """
-        if self._native_tools:
-            messages = [self._native(message) for message in chat.messages]
-            tools = [_tool(spec) for spec in chat.tools] or None
-        else:
-            messages = self._rewritten(chat.messages, chat.tools)
-            tools = None
         try:
-            prompt = self._template.render(
-                messages=messages,
-                tools=tools,
-                add_generation_prompt=True,
-                bos_token=self._bos_token,
-                eos_token=self._eos_token,
-            )
+            prompt = self._render(chat.messages, chat.tools)
         except TemplateError as exc:
-            raise InvalidParameter(
-                f"The model's chat template rejected the conversation: {exc}", param="messages"
-            ) from exc
+            if not (self._native_tools and any(len(m.tool_calls) > 1 for m in chat.messages)):
+                raise _rejected(exc) from exc
+            # Llama 3.1's template, for one, refuses parallel calls in one turn: show them
+            # as turns of one call each, every result right after its call.
+            try:
+                prompt = self._render(_one_call_per_turn(chat.messages), chat.tools)
+            except TemplateError as retry_exc:
+                raise _rejected(retry_exc) from retry_exc
         return prompt + chat.assistant_prefix
+
+    def _render(self, history: Sequence[ChatMessage], tools: Sequence[ToolSpec]) -> str:
+        if self._native_tools:
+            messages = [self._native(message) for message in history]
+            listed = [_tool(spec) for spec in tools] or None
+        else:
+            messages = self._rewritten(history, tools)
+            listed = None
+        return self._template.render(
+            messages=messages,
+            tools=listed,
+            add_generation_prompt=True,
+            bos_token=self._bos_token,
+            eos_token=self._eos_token,
+        )
 
     def _role(self, message: ChatMessage) -> str:
         if message.role == "developer" and not self._developer:
@@ -171,6 +181,50 @@ class ChatTemplate:
                     f"{system['content']}\n\n{prompt}" if system["content"] else prompt
                 )
         return messages
+
+
+class _GenerationBlocks(Extension):
+    """Hugging Face's ``{% generation %}`` blocks mark the assistant's text for training
+    masks; rendering keeps their content and ignores the mark."""
+
+    tags = {"generation"}  # noqa: RUF012 (jinja2 declares the attribute as a plain set)
+
+    def parse(self, parser: Parser) -> list[nodes.Node]:
+        next(parser.stream)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+def _rejected(exc: TemplateError) -> InvalidParameter:
+    return InvalidParameter(
+        f"The model's chat template rejected the conversation: {exc}", param="messages"
+    )
+
+
+def _one_call_per_turn(history: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """Assistant turns with several calls split into one turn per call, each followed by its
+    result; results that match no call keep their place after the last one."""
+    split: list[ChatMessage] = []
+    position = 0
+    while position < len(history):
+        message = history[position]
+        position += 1
+        if len(message.tool_calls) < 2:
+            split.append(message)
+            continue
+        results: list[ChatMessage] = []
+        while position < len(history) and history[position].role == "tool":
+            results.append(history[position])
+            position += 1
+        for number, call in enumerate(message.tool_calls):
+            split.append(
+                replace(message, content=message.content if number == 0 else "", tool_calls=(call,))
+            )
+            answer = next((r for r in results if r.tool_call_id == call.call_id), None)
+            if answer is not None:
+                results.remove(answer)
+                split.append(answer)
+        split.extend(results)
+    return split
 
 
 def _tool(spec: ToolSpec) -> dict[str, Any]:

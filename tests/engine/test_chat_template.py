@@ -227,3 +227,54 @@ def test_sandbox_refuses_unsafe_templates() -> None:
 def test_broken_template_fails_at_load() -> None:
     with pytest.raises(ValueError, match="does not compile"):
         template("{% for m in messages %}")
+
+
+# In the manner of Llama 3.1's template: one call per assistant turn, arguments via `tojson`.
+SINGLE_CALL_STYLE = """
+{%- for message in messages %}
+{%- if 'tool_calls' in message %}
+{%- if message.tool_calls | length != 1 %}{{ raise_exception('Only single tool-calls at once!') }}{% endif %}
+[call {{ message.tool_calls[0].function.name }} {{ message.tool_calls[0].function.arguments | tojson }}]
+{%- elif message.role == 'tool' %}
+[result {{ message.tool_call_id }}: {{ message.content }}]
+{%- else %}
+[{{ message.role }}: {{ message.content }}]
+{%- endif %}
+{%- endfor %}
+{%- if tools %}[{{ tools | length }} tools]{% endif %}
+"""
+
+
+def test_parallel_calls_become_one_call_per_turn_when_the_template_insists() -> None:
+    second = ToolCall("call_2", "get_weather", '{"city": "Oslo"}')
+    chat = Chat(
+        messages=(
+            ChatMessage("user", "Paris and Oslo?"),
+            ChatMessage("assistant", "Both.", tool_calls=(CALL, second)),
+            ChatMessage("tool", "2 C", tool_call_id="call_2", name="get_weather"),
+            ChatMessage("tool", "18 C", tool_call_id="call_1", name="get_weather"),
+        ),
+        tools=(WEATHER,),
+    )
+    rendered = template(SINGLE_CALL_STYLE, "llama3").render(chat)
+    assert rendered == (
+        "[user: Paris and Oslo?]"
+        '[call get_weather {"city": "Paris"}][result call_1: 18 C]'
+        '[call get_weather {"city": "Oslo"}][result call_2: 2 C]'
+        "[1 tools]"
+    )
+
+
+def test_a_template_error_without_parallel_calls_is_not_retried() -> None:
+    chat = Chat(messages=(ChatMessage("user", "Hi"),), tools=(WEATHER,))
+    failing = template(SINGLE_CALL_STYLE + "{{ raise_exception('no') }}", "llama3")
+    with pytest.raises(InvalidParameter, match="no"):
+        failing.render(chat)
+
+
+def test_generation_blocks_render_their_content() -> None:
+    source = (
+        "{% for m in messages %}{% generation %}<{{ m.content }}>{% endgeneration %}{% endfor %}"
+    )
+    chat = Chat(messages=(ChatMessage("user", "a"), ChatMessage("assistant", "b")))
+    assert template(source).render(chat) == "<a><b>"
