@@ -12,6 +12,8 @@ import hmac
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeAlias
 
 import msgspec
 from blacksheep import Application, Content, Request, Response
@@ -32,6 +34,8 @@ from .sse import DONE, encode_data, encode_event
 from .streaming import event_stream, unless_disconnected
 
 _encoder = msgspec.json.Encoder()
+
+Handler: TypeAlias = Callable[[Request], Awaitable[Response]]
 
 
 class DeletedResponse(msgspec.Struct, frozen=True):
@@ -73,8 +77,8 @@ def json_response(payload: object, status: int = 200) -> Response:
 
 def error_response(error: ApiError) -> Response:
     response = json_response(error.body, error.status)
-    if error.status == 401:
-        response.add_header(b"WWW-Authenticate", b"Bearer")
+    for name, value in error.headers.items():
+        response.add_header(name.encode(), value.encode())
     return response
 
 
@@ -83,71 +87,68 @@ def build_app(orchestrator: Orchestrator, settings: AppSettings) -> Application:
     # An own router: Application() would share the module-level default router between apps.
     app = Application(router=Router())
     api = _Api(orchestrator, settings)
-    created = int(time.time())
-    routes: list[tuple[str, str, Callable[[Request], Awaitable[Response]]]] = [
+    routes: list[tuple[str, str, Handler]] = [
         ("POST", "/v1/responses", api.create_response),
         ("GET", "/v1/responses/{response_id}", api.get_response),
         ("DELETE", "/v1/responses/{response_id}", api.delete_response),
         ("POST", "/v1/responses/{response_id}/cancel", api.cancel_response),
         ("GET", "/v1/responses/{response_id}/input_items", api.input_items),
         ("POST", "/v1/chat/completions", api.chat_completions),
+        ("GET", "/v1/models", api.models),
+        ("GET", "/health", api.health),
     ]
-
-    async def models(request: Request) -> Response:
-        return json_response(ModelList([ModelCard(settings.served_model, created)]))
-
-    async def health(request: Request) -> Response:
-        return json_response(Health("ok", settings.served_model))
-
-    routes += [("GET", "/v1/models", models), ("GET", "/health", health)]
     for method, path, handler in routes:
         app.router.add(method, path, _plain(handler))
 
-    async def fallback(request: Request) -> Response:
-        path = request.path
-        allowed = sorted(
-            method.decode()
-            for method, candidates in app.router.routes.items()
-            if any(route.match(request) for route in candidates)
-        )
-        if allowed:
-            response = error_response(ApiError(
-                405, f"Method {request.method} is not allowed on {path}; use "
-                f"{', '.join(allowed)}.", "invalid_request_error", None, "method_not_allowed",
-            ))
-            response.add_header(b"Allow", ", ".join(allowed).encode())
-            return response
-        return error_response(ApiError(
-            404, f"Unknown route: {request.method} {path}.", "invalid_request_error", None,
-            "unknown_url",
-        ))
+    async def no_route(request: Request) -> Response:
+        return error_response(_no_route(app.router, request))
 
-    app.router.fallback = fallback
-
-    async def errors(request: Request, handler: Callable[[Request], Awaitable[Response]]) -> Response:
-        try:
-            return await handler(request)
-        except Exception as exc:  # noqa: BLE001 (the one place errors become answers)
-            return error_response(to_api_error(exc))
-
-    async def authenticate(
-        request: Request, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if settings.api_key is not None and request.path != "/health":
-            header = request.get_first_header(b"Authorization") or b""
-            scheme, _, token = header.decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode(), settings.api_key.encode()
-            ):
-                return error_response(ApiError(
-                    401, "Incorrect or missing API key. Send it as 'Authorization: Bearer "
-                    "<key>'.", "invalid_request_error", None, "invalid_api_key",
-                ))
-        return await handler(request)
-
-    app.middlewares.append(errors)
-    app.middlewares.append(authenticate)
+    app.router.fallback = no_route
+    # The first middleware is the outermost: errors from authentication answer too.
+    app.middlewares.append(_answer_errors)
+    if settings.api_key is not None:
+        app.middlewares.append(partial(_authenticate, settings.api_key.encode()))
     return app
+
+
+def _no_route(router: Router, request: Request) -> ApiError:
+    """404 for a path nothing serves, 405 (naming the methods) for one served otherwise."""
+    allowed = sorted(
+        method.decode()
+        for method, candidates in router.routes.items()
+        if any(route.match(request) for route in candidates)
+    )
+    if not allowed:
+        return ApiError(
+            404, f"Unknown route: {request.method} {request.path}.", "invalid_request_error",
+            None, "unknown_url",
+        )
+    return ApiError(
+        405, f"Method {request.method} is not allowed on {request.path}; use "
+        f"{', '.join(allowed)}.", "invalid_request_error", None, "method_not_allowed",
+        headers={"Allow": ", ".join(allowed)},
+    )
+
+
+async def _answer_errors(request: Request, handler: Handler) -> Response:
+    try:
+        return await handler(request)
+    except Exception as exc:  # noqa: BLE001 (the one place errors become answers)
+        return error_response(to_api_error(exc))
+
+
+async def _authenticate(api_key: bytes, request: Request, handler: Handler) -> Response:
+    """Bearer authentication on every route but ``/health`` (kept open for probes)."""
+    if request.path != "/health":
+        header = request.get_first_header(b"Authorization") or b""
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), api_key):
+            raise ApiError(
+                401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                "invalid_request_error", None, "invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    return await handler(request)
 
 
 class _Api:
@@ -156,6 +157,13 @@ class _Api:
     def __init__(self, orchestrator: Orchestrator, settings: AppSettings) -> None:
         self._orchestrator = orchestrator
         self._settings = settings
+        self._created = int(time.time())
+
+    async def models(self, request: Request) -> Response:
+        return json_response(ModelList([ModelCard(self._settings.served_model, self._created)]))
+
+    async def health(self, request: Request) -> Response:
+        return json_response(Health("ok", self._settings.served_model))
 
     async def _start(self, spec: RunSpec, constraint_param: str | None) -> RunHandle:
         try:
@@ -236,9 +244,7 @@ class _Api:
         return json_response(chat_completion(final, logprobs=call.logprobs))
 
 
-def _plain(
-    handler: Callable[[Request], Awaitable[Response]],
-) -> Callable[[Request], Awaitable[Response]]:
+def _plain(handler: Handler) -> Handler:
     """A plain function for ``handler`` (BlackSheep marks its handlers with an attribute, which
     a bound method cannot take)."""
 

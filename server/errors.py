@@ -54,6 +54,8 @@ class ApiError(Exception):
         type: ErrorType = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -61,6 +63,8 @@ class ApiError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        #: Extra response headers (``Allow`` on a 405, ``WWW-Authenticate`` on a 401).
+        self.headers = headers or {}
 
     @property
     def body(self) -> ErrorEnvelope:
