@@ -15,5 +15,9 @@ NAME = "exloop"
 
 
 def fallback_format() -> HermesFormat:
-    """The fallback format: Hermes tags without padding, one call per line."""
-    return HermesFormat(NAME, padding="")
+    """The fallback format: Hermes tags without padding or separator.
+
+    Calls follow one another directly: were a newline allowed between them, a small model
+    writing its habitual newline after ``</tool_call>`` would be forced into another call.
+    """
+    return HermesFormat(NAME, padding="", separator="")

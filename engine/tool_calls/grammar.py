@@ -17,6 +17,8 @@ from typing import Any
 
 from ..protocol import Grammar, ToolSpec
 
+#: Calls one grammar allows: a bound, so a model that keeps opening calls still ends.
+MAX_CALLS = 16
 #: llguidance's JSON options for arguments: no free whitespace, Python's default separators.
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
@@ -40,10 +42,13 @@ def calls_grammar(
     after: str,
     separator: str,
     head: str = "",
+    head_rule: str = "",
     tail: str = "",
     trigger: str = "",
 ) -> Grammar:
-    """``head call (separator call)* tail``, one call being ``before(name) arguments after``.
+    """``head head_rule call (separator call)* tail`` with at most :data:`MAX_CALLS` calls,
+    one call being ``before(name) arguments after``. ``head_rule`` is a Lark expression (a
+    bounded variation in spacing, say); every other part is literal text.
 
     ``trigger`` is text the prompt already ends with: it is cut from the start of the grammar
     (from ``head``, or else from the first call's ``before``), which must begin with it.
@@ -59,8 +64,11 @@ def calls_grammar(
             cut_call = True
     lines = []
     start = [lark_literal(first_head)] if first_head else []
+    if head_rule:
+        start.append(head_rule)
     start.append("first")
-    start.append(f"({lark_literal(separator)} call)*" if separator else "call*")
+    more = f"({lark_literal(separator)} call)" if separator else "call"
+    start.append(f"{more}{{0,{MAX_CALLS - 1}}}")
     if tail:
         start.append(lark_literal(tail))
     lines.append("start: " + " ".join(start))

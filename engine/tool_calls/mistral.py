@@ -86,7 +86,9 @@ class MistralFormat:
             before=lambda name: f'{{"name": {json.dumps(name)}, "arguments": ',
             after="}",
             separator=", ",
-            head=f"{TRIGGER}[",
+            # Templates differ on a space between the token and the list.
+            head=TRIGGER,
+            head_rule='" "? "["',
             tail="]",
             trigger=trigger,
         )

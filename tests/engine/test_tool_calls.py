@@ -21,6 +21,7 @@ from exloop.engine.tool_calls.base import (
     ToolCallFormat,
     ToolCallParseError,
 )
+from exloop.engine.tool_calls.grammar import MAX_CALLS
 
 WEATHER_SCHEMA = {
     "type": "object",
@@ -298,3 +299,20 @@ def test_fallback_system_prompt_lists_tools_and_teaches_by_example() -> None:
     assert calls(parse(get_format("exloop"), [example])) == [
         ("get_weather", {"city": "...", "days": 1})
     ]
+
+
+def test_mistral_list_grammar_takes_either_spacing_after_the_token(
+    lltokenizer: LLTokenizer,
+) -> None:
+    grammar = get_format("mistral").call_grammar(TOOLS, include_trigger=True)
+    for head in ("[TOOL_CALLS][", "[TOOL_CALLS] ["):
+        assert accepts(grammar, lltokenizer, head + '{"name": "search", "arguments": {}}]')
+    assert not accepts(grammar, lltokenizer, '[TOOL_CALLS]  [{"name": "search", "arguments": {}}]')
+
+
+def test_grammar_bounds_the_number_of_calls(lltokenizer: LLTokenizer) -> None:
+    fmt = get_format("exloop")
+    grammar = fmt.call_grammar(TOOLS, include_trigger=True)
+    call = ToolCall("c", "search", "{}")
+    assert accepts(grammar, lltokenizer, fmt.render_calls([call] * MAX_CALLS))
+    assert not accepts(grammar, lltokenizer, fmt.render_calls([call] * (MAX_CALLS + 1)))
