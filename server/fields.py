@@ -137,8 +137,20 @@ class ToolChoiceWebSearchField(msgspec.Struct, tag="web_search", tag_field="type
     pass
 
 
+class ToolChoiceWebSearchDated(
+    ToolChoiceWebSearchField, tag="web_search_2025_08_26", frozen=True
+):
+    pass
+
+
 class ToolChoiceWebSearchPreview(
     ToolChoiceWebSearchField, tag="web_search_preview", frozen=True
+):
+    pass
+
+
+class ToolChoiceWebSearchPreviewDated(
+    ToolChoiceWebSearchField, tag="web_search_preview_2025_03_11", frozen=True
 ):
     pass
 
@@ -147,7 +159,9 @@ ToolChoiceField: TypeAlias = (
     Literal["none", "auto", "required"]
     | ToolChoiceFunctionField
     | ToolChoiceWebSearchField
+    | ToolChoiceWebSearchDated
     | ToolChoiceWebSearchPreview
+    | ToolChoiceWebSearchPreviewDated
 )
 
 

@@ -270,9 +270,10 @@ def test_web_search_tool_and_options() -> None:
         WebSearchPreviewTool("high", UserLocation(city="Oslo", country="NO")),
     )
 
-    forced = parse({"input": "x", "tools": [{"type": "web_search"}],
-                    "tool_choice": {"type": "web_search"}}).spec.tools.web_search
-    assert forced is not None and forced.forced
+    for choice in ("web_search", "web_search_preview", "web_search_preview_2025_03_11"):
+        forced = parse({"input": "x", "tools": [{"type": "web_search"}],
+                        "tool_choice": {"type": choice}}).spec.tools.web_search
+        assert forced is not None and forced.forced
 
     options = parse({"input": "x", "web_search_options": {
         "search_context_size": "low",
