@@ -180,15 +180,22 @@ class LlamaCppEngine:
     def _compile(self, request: GenerationRequest) -> str | None:
         request.sampling.validate()
         prompt = request.prompt
-        if isinstance(prompt, TokenPrompt) and any(
-            not 0 <= t < self._n_vocab for t in prompt.token_ids
-        ):
-            raise InvalidParameter(
-                f"Prompt token ids must lie in [0, {self._n_vocab}).", param="prompt"
-            )
+        if isinstance(prompt, TokenPrompt):
+            if any(not 0 <= t < self._n_vocab for t in prompt.token_ids):
+                raise InvalidParameter(
+                    f"Prompt token ids must lie in [0, {self._n_vocab}).", param="prompt"
+                )
+            self._check_fits(len(prompt.token_ids))
         if request.constraint is None:
             return None
         return self._grammars.compile(request.constraint)
+
+    def _check_fits(self, prompt_tokens: int) -> None:
+        if prompt_tokens >= self._n_ctx:
+            raise ContextLengthExceeded(
+                f"The prompt takes {prompt_tokens} tokens; the context window holds "
+                f"{self._n_ctx}, which leaves no room for output."
+            )
 
     def _chat_tokens(self, chat: Chat) -> list[int]:
         text = self.render(chat)
@@ -250,11 +257,7 @@ class LlamaCppEngine:
         )
         if not tokens:
             raise GenerationFailed("The prompt is empty.")
-        if len(tokens) >= self._n_ctx:
-            raise ContextLengthExceeded(
-                f"The prompt takes {len(tokens)} tokens; the context window holds "
-                f"{self._n_ctx}, which leaves no room for output."
-            )
+        self._check_fits(len(tokens))
         constraint = (
             self._grammars.start(job.compiled_constraint)
             if job.compiled_constraint is not None

@@ -197,11 +197,20 @@ async def test_prefix_reuse_reports_cached_tokens(engine: LlamaCppEngine) -> Non
     assert 0 < other.finish.usage.cached_tokens < first.finish.usage.prompt_tokens - 8
 
 
-async def test_prompt_longer_than_the_context_fails(engine: LlamaCppEngine) -> None:
-    job = engine.submit(GenerationRequest(TokenPrompt((100,) * TEST_CONTEXT)))
+def test_token_prompt_longer_than_the_context_fails_at_once(engine: LlamaCppEngine) -> None:
     with pytest.raises(ContextLengthExceeded):
-        async for _event in job.events():
-            pass
+        engine.check(GenerationRequest(TokenPrompt((100,) * TEST_CONTEXT)))
+
+
+async def test_chat_longer_than_the_context_fails_before_any_output(
+    engine: LlamaCppEngine,
+) -> None:
+    job = engine.submit(GenerationRequest(user("word " * TEST_CONTEXT)))
+    events = []
+    with pytest.raises(ContextLengthExceeded):
+        async for event in job.events():
+            events.append(event)
+    assert events == []
 
 
 async def test_no_max_tokens_runs_to_the_context_end(engine: LlamaCppEngine) -> None:
