@@ -313,15 +313,16 @@ def sampling_params(
                 f"logit_bias keys must be token ids, got {key!r}.", "logit_bias"
             ) from None
     stop = fields.stop if fields.stop is not None else ()
-    dry = DrySettings()
+    # Unset fields take the engine's defaults (OpenAI's, where OpenAI has the field).
+    default, dry = SamplingParams(), DrySettings()
     params = SamplingParams(
-        temperature=_or(fields.temperature, 1.0),
-        top_p=_or(fields.top_p, 1.0),
-        top_k=_or(fields.top_k, 0),
-        min_p=_or(fields.min_p, 0.0),
-        repetition_penalty=_or(fields.repetition_penalty, 1.0),
-        frequency_penalty=_or(fields.frequency_penalty, 0.0),
-        presence_penalty=_or(fields.presence_penalty, 0.0),
+        temperature=_or(fields.temperature, default.temperature),
+        top_p=_or(fields.top_p, default.top_p),
+        top_k=_or(fields.top_k, default.top_k),
+        min_p=_or(fields.min_p, default.min_p),
+        repetition_penalty=_or(fields.repetition_penalty, default.repetition_penalty),
+        frequency_penalty=_or(fields.frequency_penalty, default.frequency_penalty),
+        presence_penalty=_or(fields.presence_penalty, default.presence_penalty),
         logit_bias=logit_bias,
         stop=(stop,) if isinstance(stop, str) else tuple(stop),
         seed=fields.seed,
@@ -337,7 +338,7 @@ def sampling_params(
         ),
         max_tokens=max_tokens,
         logprobs=logprobs,
-        top_logprobs=_or(fields.top_logprobs, 0),
+        top_logprobs=_or(fields.top_logprobs, default.top_logprobs),
     )
     try:
         params.validate()
