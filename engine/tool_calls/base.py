@@ -57,9 +57,18 @@ class ToolCallParseError(ValueError):
 class ToolCallParser(Protocol):
     """Incremental parser of one generated output. Chunk boundaries may fall anywhere,
     inside tags included; a partial trigger is held back until it is resolved, so a half-parsed
-    call never comes out as text."""
+    call never comes out as text. Any chunking of the same output gives the same events, up to
+    how text and argument deltas are split.
 
-    def feed(self, text: str) -> list[ParseEvent]: ...
+    Text outside calls comes out as :class:`TextChunk` as soon as it cannot start a trigger.
+    A call yields :class:`CallStart` once its name is read, :class:`ArgumentsDelta` as its
+    arguments arrive, and :class:`CallEnd` once it is closed, its arguments checked as JSON.
+    """
+
+    def feed(self, text: str) -> list[ParseEvent]:
+        """The events ``text`` completes. Never raises: once a call turns out malformed, the
+        parser emits nothing more and :meth:`finish` raises."""
+        ...
 
     def finish(self) -> list[ParseEvent]:
         """Flush at the end of the output. Raises :class:`ToolCallParseError` when a call was
