@@ -27,17 +27,14 @@ from exloop.orchestrator.spec import Echo, RunSpec
 
 from .decode import decode_json
 from .errors import invalid_request
-from .fields import (
-    CommonFields,
-    check_unsupported,
+from .fields import CommonFields, check_unsupported, sampling_params
+from .format_fields import (
     format_constraint,
     grammar_constraint,
     response_format,
-    sampling_params,
     single_constraint,
-    tool_policy,
-    tools_field,
 )
+from .tool_fields import tool_policy, tools_field
 
 
 class TextPart(msgspec.Struct, tag="text", tag_field="type", frozen=True):

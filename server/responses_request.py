@@ -18,17 +18,14 @@ from exloop.orchestrator.spec import Echo, RunSpec
 
 from .decode import convert, decode_json
 from .errors import invalid_request
-from .fields import (
-    CommonFields,
-    check_unsupported,
+from .fields import CommonFields, check_unsupported, sampling_params
+from .format_fields import (
     format_constraint,
     grammar_constraint,
     response_format,
-    sampling_params,
     single_constraint,
-    tool_policy,
-    tools_field,
 )
+from .tool_fields import tool_policy, tools_field
 
 #: ``include`` values OpenAI defines; the server produces what applies to a text model.
 INCLUDABLE = frozenset({

@@ -60,7 +60,8 @@ def test_stream_matches_the_greedy_answer(client: openai.OpenAI) -> None:
     finish = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finish[-1] == whole.choices[0].finish_reason and not any(finish[:-1])
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+    assert whole.usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
 def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
@@ -74,7 +75,8 @@ def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
 
 def test_tool_round_trip(client: openai.OpenAI) -> None:
     first = client.chat.completions.create(
-        model="m", messages=ASK, tools=[WEATHER_TOOL], tool_choice=FORCE_WEATHER,  # type: ignore[list-item]
+        model="m", messages=ASK, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice=FORCE_WEATHER,  # type: ignore[arg-type]
         max_tokens=300, seed=CALL_SEED,
     )
     choice = first.choices[0]
@@ -104,7 +106,8 @@ def test_tool_round_trip(client: openai.OpenAI) -> None:
 
 def test_streamed_tool_call(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(
-        model="m", messages=ASK, tools=[WEATHER_TOOL], tool_choice=FORCE_WEATHER,  # type: ignore[list-item]
+        model="m", messages=ASK, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tool_choice=FORCE_WEATHER,  # type: ignore[arg-type]
         max_tokens=300, seed=CALL_SEED, stream=True,
     ))
     deltas = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]

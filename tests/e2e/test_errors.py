@@ -125,7 +125,8 @@ def test_broken_tool_schema_names_the_tool(http: httpx.Client) -> None:
 
 def test_invalid_grammar_names_where_it_came_from(http: httpx.Client) -> None:
     error = error_of(
-        http.post("/v1/responses", json={"input": "hi", "grammar": {"type": "regex", "value": "(a"}}),
+        http.post("/v1/responses",
+                  json={"input": "hi", "grammar": {"type": "regex", "value": "(a"}}),
         400,
     )
     assert error["param"] == "grammar"

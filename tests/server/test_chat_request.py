@@ -44,7 +44,8 @@ def test_messages_become_items() -> None:
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "call_1", "type": "function",
              "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}},
-            {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": "{}"}},
+            {"id": "call_2", "type": "function",
+             "function": {"name": "weather", "arguments": "{}"}},
         ]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "rain"}]},
