@@ -95,6 +95,7 @@ def build_app(orchestrator: Orchestrator, settings: AppSettings) -> Application:
         ("GET", "/v1/responses/{response_id}/input_items", api.input_items),
         ("POST", "/v1/chat/completions", api.chat_completions),
         ("GET", "/v1/models", api.models),
+        ("GET", "/v1/models/{model}", api.model),
         ("GET", "/health", api.health),
     ]
     for method, path, handler in routes:
@@ -157,10 +158,19 @@ class _Api:
     def __init__(self, orchestrator: Orchestrator, settings: AppSettings) -> None:
         self._orchestrator = orchestrator
         self._settings = settings
-        self._created = int(time.time())
+        self._card = ModelCard(settings.served_model, int(time.time()))
 
     async def models(self, request: Request) -> Response:
-        return json_response(ModelList([ModelCard(self._settings.served_model, self._created)]))
+        return json_response(ModelList([self._card]))
+
+    async def model(self, request: Request) -> Response:
+        name = str(request.route_values["model"])
+        if name != self._card.id:
+            raise ApiError(
+                404, f"The model '{name}' does not exist; this server serves "
+                f"'{self._card.id}'.", "invalid_request_error", "model", "model_not_found",
+            )
+        return json_response(self._card)
 
     async def health(self, request: Request) -> Response:
         return json_response(Health("ok", self._settings.served_model))

@@ -135,6 +135,9 @@ async def test_models_and_health() -> None:
         models = (await client.get("/v1/models")).json()
         assert models["object"] == "list"
         assert [(m["id"], m["object"]) for m in models["data"]] == [("served", "model")]
+        assert (await client.get("/v1/models/served")).json() == models["data"][0]
+        missing = await client.get("/v1/models/other")
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
         assert (await client.get("/health")).status_code == 200
 
 
