@@ -10,7 +10,13 @@ import anyio
 import jsonschema
 import pytest
 
-from exloop.engine.errors import ContextLengthExceeded, InvalidGrammar, ModelNotFound
+from exloop.engine.errors import (
+    ContextLengthExceeded,
+    GenerationFailed,
+    InvalidGrammar,
+    InvalidParameter,
+    ModelNotFound,
+)
 from exloop.engine.llama_cpp import LlamaCppEngine
 from exloop.engine.protocol import (
     Chat,
@@ -226,8 +232,6 @@ async def test_no_max_tokens_runs_to_the_context_end(engine: LlamaCppEngine) -> 
 
 
 def test_token_prompt_ids_out_of_range_are_refused(engine: LlamaCppEngine) -> None:
-    from exloop.engine.errors import InvalidParameter
-
     with pytest.raises(InvalidParameter) as checked:
         engine.check(GenerationRequest(TokenPrompt((1, 10**9))))
     assert checked.value.param == "prompt"
@@ -255,3 +259,19 @@ async def test_aclose_cancels_running_work(model_path: Path) -> None:
     assert isinstance(rest[-1], Finish) and rest[-1].reason == "cancelled"
     with pytest.raises(Exception, match="shut down"):
         engine.submit(GenerationRequest(user("Hi")))
+
+
+async def test_a_backend_failure_fails_only_its_job(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_eval(tokens: object) -> None:
+        raise RuntimeError("llama_decode returned -1")
+
+    monkeypatch.setattr(engine._llm, "eval", broken_eval)
+    job = engine.submit(GenerationRequest(user("Hi"), SamplingParams(max_tokens=4)))
+    with pytest.raises(GenerationFailed, match="llama_decode returned -1"):
+        async for _event in job.events():
+            pass
+    monkeypatch.undo()
+    out = await generate(engine, "Hi", temperature=0.0, max_tokens=4)
+    assert out.finish.usage.completion_tokens > 0
