@@ -4,7 +4,9 @@ The templates render an assistant's call as bare JSON, and that is what the mode
 custom tools, sometimes after ``<|python_tag|>`` (the built-in tools' marker, which the parser
 skips). Several calls are separated by ``;``. The trigger is the opening ``{"name"`` itself, so
 a reply that merely begins a JSON object with a ``name`` key is read as a call: the format's
-inherent ambiguity, shared with every Llama 3 tool parser.
+inherent ambiguity, shared with every Llama 3 tool parser. The call grammar writes the bare
+JSON the templates render, so it needs no special token (llguidance would accept
+``<|python_tag|>`` in a rule, but only against a vocabulary that has it).
 """
 
 from __future__ import annotations
