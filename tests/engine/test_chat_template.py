@@ -11,7 +11,7 @@ import pytest
 from exloop.engine.chat_template import ChatTemplate
 from exloop.engine.errors import InvalidParameter
 from exloop.engine.protocol import Chat, ChatMessage, ToolCall, ToolSpec
-from exloop.engine.tool_calls import get_format
+from exloop.engine.tool_calls import detect_format, get_format
 
 WEATHER = ToolSpec(
     "get_weather",
@@ -277,3 +277,9 @@ def test_generation_blocks_render_their_content() -> None:
     )
     chat = Chat(messages=(ChatMessage("user", "a"), ChatMessage("assistant", "b")))
     assert template(source).render(chat) == "<a><b>"
+
+
+def test_the_default_model_gets_the_fallback_format(smollm2_source: str) -> None:
+    assert (
+        detect_format(smollm2_source, ("<|im_start|>", "<|im_end|>", "<|endoftext|>")) == "exloop"
+    )
