@@ -1,0 +1,162 @@
+"""The GPU backend's pieces against ExLlamaV2's real Python classes, where torch and exllamav2
+are installed.
+
+On a machine without CUDA, importing exllamav2 would compile its CUDA extension; an inert
+module stands in for the extension there, so the pure-Python classes load (``Settings``, the
+``ExLlamaV2Filter`` base with its background-worker protocol, ``ExLlamaV2DynamicJob``,
+``ExLlamaV2Tokenizer``) while nothing that needs the extension can run. With CUDA the real
+extension is used. Without torch or exllamav2 (CI) the module is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import json
+import sys
+import types
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+import numpy as np
+import pytest
+
+from exloop.engine.constraints import GrammarCompiler
+from exloop.engine.exllamav2_driver import SampledLogprob
+from exloop.engine.exllamav2_sampling import OutputPenalties, TokenTexts, plan_sampler
+from exloop.engine.exllamav2_vocab import ModelVocabulary
+from exloop.engine.protocol import Grammar
+from exloop.engine.sampling import DrySettings, SamplingParams
+
+from .test_exllamav2_vocab import smollm_dir, vocabulary  # noqa: F401  (fixtures)
+
+torch = pytest.importorskip("torch", reason="torch is not installed (the GPU extra brings it)")
+if importlib.util.find_spec("exllamav2") is None:
+    pytest.skip("exllamav2 is not installed (pip install 'exloop[gpu]')", allow_module_level=True)
+
+
+def _inert_extension() -> types.ModuleType:
+    module = types.ModuleType("exllamav2_ext")
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def unavailable(*args: object, **kwargs: object) -> None:
+            raise NotImplementedError(f"exllamav2_ext.{name} needs the CUDA extension")
+
+        return unavailable
+
+    module.__getattr__ = __getattr__  # type: ignore[method-assign]
+    return module
+
+
+if not torch.cuda.is_available():
+    sys.modules.setdefault("exllamav2_ext", _inert_extension())
+
+backend = importlib.import_module("exloop.engine.exllamav2_backend")
+from exllamav2 import ExLlamaV2Config, ExLlamaV2Tokenizer  # noqa: E402
+from exllamav2.generator import ExLlamaV2Sampler  # noqa: E402
+
+
+def test_settings_hold_every_planned_value() -> None:
+    params = SamplingParams(
+        temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1, logit_bias={3: -100.0, 7: 2.0},
+        dry=DrySettings(multiplier=0.8, base=1.5, allowed_length=3, sequence_breakers=("\n",)),
+    )
+    plan = plan_sampler(params, TokenTexts(["a", "\n", "b", "c", "d\n", "e", "f", "g"]))
+    settings = backend.sampler_settings(plan, 32)
+    library = ExLlamaV2Sampler.Settings()
+    expected = plan.settings_fields()
+    for field in dataclasses.fields(ExLlamaV2Sampler.Settings):
+        value = getattr(settings, field.name)
+        if field.name == "token_bias":
+            assert value.shape == (32,) and value.dtype == torch.float
+            assert value[3] == -100.0 and value[7] == 2.0 and float(value.abs().sum()) == 102.0
+        elif field.name in expected:
+            assert value == expected[field.name], field.name
+    assert (settings.top_k, settings.top_p, settings.temperature) == (40, 0.9, 0.7)
+    assert (library.top_k, library.top_p) == (50, 0.8)  # what an unset field would have been
+    assert settings.dry_base == 1.5 and settings.dry_sequence_breakers == {1, 4}
+    assert settings.temperature_last
+    other = backend.sampler_settings(plan, 32)
+    assert other.ngram_history is not settings.ngram_history
+    assert other.post_sampling_hooks is not settings.post_sampling_hooks
+    assert backend.sampler_settings(plan_sampler(SamplingParams(), TokenTexts(["a"])), 32).token_bias is None
+
+
+def test_grammar_filter_under_the_generators_protocol(vocabulary: ModelVocabulary) -> None:  # noqa: F811
+    """Drive the filter as ``ExLlamaV2Sampler.sample`` and ``ExLlamaV2DynamicJob`` do: the
+    mask branch (``get_next(mask=True)``, ``mask_logits`` on ``logits[0][0]``), ``feed`` with
+    a ``(1, 1)`` tensor, then ``background_prepare_logit_mask`` on the filter pool."""
+    compiler = GrammarCompiler(vocabulary.lltokenizer)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    width = -(-vocabulary.vocab_size // 32) * 32
+    grammar_filter = backend.GrammarFilter(
+        None, None, compiler.start(compiler.compile(Grammar("json_schema", schema))),
+        width=width, stop_token_ids=vocabulary.stop_token_ids,
+    )
+    wanted = vocabulary.lltokenizer.tokenize_str('{"ok":true}')
+    out: list[int] = []
+    with ThreadPoolExecutor(2) as pool:
+        grammar_filter.background_drop()
+        grammar_filter.begin("")
+        for step in range(20):
+            assert grammar_filter.can_mask_logits() and grammar_filter.use_background_worker()
+            logits = torch.zeros((1, 1, width), dtype=torch.float)
+            if step < len(wanted):
+                logits[0, 0, wanted[step]] = 10.0
+            logits[0, 0, vocabulary.stop_token_ids[0]] = 5.0
+            assert grammar_filter.get_next(mask=True) is True
+            logits = grammar_filter.mask_logits(logits[0][0]).view(1, 1, -1)
+            token = torch.argmax(logits, dim=-1)
+            grammar_filter.feed(token)
+            if int(token.item()) in vocabulary.stop_token_ids:
+                break
+            out.append(int(token.item()))
+            grammar_filter.background_prepare_logit_mask(pool)
+    assert b"".join(vocabulary.pieces[t] for t in out) == b'{"ok":true}'
+    assert grammar_filter.finished and grammar_filter.error is None
+
+
+def test_sampling_hooks_record_the_models_own_logprobs() -> None:
+    records: deque[SampledLogprob] = deque()
+    hooks = backend.SamplingHooks(
+        vocab_size=6, prompt_tokens=2, penalties=OutputPenalties(frequency=1.0, presence=0.5),
+        records=records, top=2,
+    )
+    logits = torch.tensor([[[0.0, 1.0, 2.0, 3.0, 0.5, 0.0, 9.0, 9.0]]])  # two padding rows
+    raw = logits.clone()
+    sequence = torch.tensor([[3, 3, 2, 2, 1]])  # prompt (3, 3), then output 2, 2, 1
+    after = hooks.before(logits, sequence)
+    # Output tokens only: token 2 twice (2 * 1.0 + 0.5), token 1 once (1.0 + 0.5); 3 untouched.
+    assert logits[0, 0, :6].tolist() == pytest.approx([0.0, -0.5, -0.5, 3.0, 0.5, 0.0])
+    after(3)
+    expected = torch.log_softmax(raw[0, 0, :6], dim=-1)
+    (record,) = records
+    assert record.token_id == 3 and record.logprob == pytest.approx(float(expected[3]))
+    assert [t for t, _ in record.top] == [3, 2]
+    assert record.top[1][1] == pytest.approx(float(expected[2]))
+
+
+def test_hooks_stay_out_of_the_way_when_unused() -> None:
+    hooks = backend.SamplingHooks(vocab_size=4, prompt_tokens=1, penalties=None, records=None, top=0)
+    assert not hooks.active
+
+
+def test_exllamav2_tokenizes_prompts_as_llama_cpp(smollm_dir: Path, vocab_model: llama_cpp.Llama) -> None:  # noqa: F811
+    """Special tokens in the rendered template become their ids (encode_special_tokens)."""
+    config = ExLlamaV2Config()
+    config.model_dir = str(smollm_dir)
+    settings = json.loads((smollm_dir / "config.json").read_text())
+    config.vocab_size, config.bos_token_id, config.eos_token_id = 49152, settings["bos_token_id"], 2
+    config.pad_token_id = None
+    tokenizer = ExLlamaV2Tokenizer(config)
+    text = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nGrüße 世界<|im_end|>\n<|im_start|>assistant\n"
+    ids = tokenizer.encode(text, encode_special_tokens=True)[0].tolist()
+    assert ids == vocab_model.tokenize(text.encode(), add_bos=False, special=True)
+    assert np.asarray(ids).max() < 49152
