@@ -20,6 +20,8 @@ import pytest
 #: Loading the model and llguidance's tokenizer takes a few seconds on two cores.
 STARTUP_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 20.0
+#: Long prompts prefill slowly on two busy cores.
+REQUEST_TIMEOUT = 300.0
 
 
 def free_port() -> int:
@@ -112,14 +114,14 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
 
 @pytest.fixture
 def http(base_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=base_url, timeout=120.0) as client:
+    with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT) as client:
         yield client
 
 
 @pytest.fixture
 def client(base_url: str) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(
-        base_url=f"{base_url}/v1", api_key="test", max_retries=0, timeout=120
+        base_url=f"{base_url}/v1", api_key="test", max_retries=0, timeout=REQUEST_TIMEOUT
     ) as sdk:
         yield sdk
 
@@ -128,6 +130,6 @@ def client(base_url: str) -> Iterator[openai.OpenAI]:
 async def async_client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
     """For tests marked ``pytest.mark.anyio``."""
     async with openai.AsyncOpenAI(
-        base_url=f"{base_url}/v1", api_key="test", max_retries=0, timeout=120
+        base_url=f"{base_url}/v1", api_key="test", max_retries=0, timeout=REQUEST_TIMEOUT
     ) as sdk:
         yield sdk
