@@ -23,25 +23,26 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 import anyio
 import numpy as np
 import numpy.typing as npt
 import torch
-from exllamav2 import (
-    ExLlamaV2,
+from exllamav2 import attn as exl_attn
+from exllamav2.cache import (
     ExLlamaV2Cache,
     ExLlamaV2Cache_Q4,
     ExLlamaV2Cache_Q6,
     ExLlamaV2Cache_Q8,
     ExLlamaV2CacheBase,
-    ExLlamaV2Config,
-    ExLlamaV2Tokenizer,
 )
-from exllamav2 import attn as exl_attn
-from exllamav2.generator import ExLlamaV2DynamicGenerator, ExLlamaV2DynamicJob, ExLlamaV2Sampler
-from exllamav2.generator.filters import ExLlamaV2Filter
+from exllamav2.config import ExLlamaV2Config
+from exllamav2.generator.dynamic import ExLlamaV2DynamicGenerator, ExLlamaV2DynamicJob
+from exllamav2.generator.filters.base import ExLlamaV2Filter
+from exllamav2.generator.sampler import ExLlamaV2Sampler
+from exllamav2.model import ExLlamaV2
+from exllamav2.tokenizer.tokenizer import ExLlamaV2Tokenizer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -67,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 CacheMode: TypeAlias = Literal["fp16", "q8", "q6", "q4"]
 
-_CACHES: dict[str, type[ExLlamaV2CacheBase]] = {
+_CACHES: dict[str, Callable[..., ExLlamaV2CacheBase]] = {
     "fp16": ExLlamaV2Cache,
     "q8": ExLlamaV2Cache_Q8,
     "q6": ExLlamaV2Cache_Q6,
@@ -139,7 +140,7 @@ class ExLlamaV2Engine:
         self._cache = _CACHES[cache_mode](self._model, max_seq_len=self._cache_tokens, lazy=True)
         _load(self._model, self._cache, path.name, progress)
         try:
-            self._tokenizer = ExLlamaV2Tokenizer(config)
+            self._tokenizer = ExLlamaV2Tokenizer(config)  # type: ignore[no-untyped-call]
             format_name = tool_call_format or detect_format(
                 self._vocab.chat_template, self._vocab.special_tokens
             )
@@ -162,7 +163,7 @@ class ExLlamaV2Engine:
             self._closing = False
             self._driver = GeneratorDriver(self._make_generator, self._prepare, self._vocab.pieces)
         except BaseException:
-            self._model.unload()
+            self._model.unload()  # type: ignore[no-untyped-call]
             raise
 
     # -- Engine protocol -----------------------------------------------------------------
@@ -197,7 +198,7 @@ class ExLlamaV2Engine:
             return
         self._closing = True
         await anyio.to_thread.run_sync(self._driver.close)
-        self._model.unload()
+        self._model.unload()  # type: ignore[no-untyped-call]
         torch.cuda.empty_cache()
 
     # -- preparing jobs ------------------------------------------------------------------
@@ -229,7 +230,9 @@ class ExLlamaV2Engine:
         request = job.request
         params = request.sampling
         prompt = request.prompt
-        ids = list(prompt.token_ids) if isinstance(prompt, TokenPrompt) else self._chat_tokens(prompt)
+        ids = (
+            list(prompt.token_ids) if isinstance(prompt, TokenPrompt) else self._chat_tokens(prompt)
+        )
         if not ids:
             raise GenerationFailed("The prompt is empty.")
         max_new = cap_new_tokens(
@@ -292,8 +295,8 @@ class ExLlamaV2Engine:
             paged=self._paged,
         )
         if previous is None:
-            generator.warmup()  # let the kernels autotune before the first request
-        return generator  # type: ignore[no-any-return]
+            generator.warmup()  # type: ignore[no-untyped-call]  # kernels autotune here
+        return cast(NativeGenerator, generator)
 
 
 def sampler_settings(plan: SamplerPlan, padded_vocab: int) -> ExLlamaV2Sampler.Settings:
@@ -314,7 +317,7 @@ def sampler_settings(plan: SamplerPlan, padded_vocab: int) -> ExLlamaV2Sampler.S
     return settings
 
 
-class GrammarFilter(GrammarFilterCore, ExLlamaV2Filter):  # type: ignore[misc]
+class GrammarFilter(GrammarFilterCore, ExLlamaV2Filter):
     """An llguidance constraint as an ExLlamaV2 filter (behaviour in the core)."""
 
     def __init__(
@@ -328,6 +331,11 @@ class GrammarFilter(GrammarFilterCore, ExLlamaV2Filter):  # type: ignore[misc]
     ) -> None:
         ExLlamaV2Filter.__init__(self, model, tokenizer)
         GrammarFilterCore.__init__(self, state, width=width, stop_token_ids=stop_token_ids)
+
+    def mask_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        # The logits are on the CPU here; numpy's view shares their memory.
+        self.apply_mask(logits.numpy())
+        return logits
 
 
 class SamplingHooks:
@@ -380,7 +388,7 @@ class SamplingHooks:
         self._records.append(SampledLogprob(token_id, logprob, top))
 
 
-class HookedJob(ExLlamaV2DynamicJob):  # type: ignore[misc]
+class HookedJob(ExLlamaV2DynamicJob):
     """An ExLlamaV2 job that runs :class:`SamplingHooks` around its sampling step."""
 
     def __init__(self, *, hooks: SamplingHooks, **kwargs: Any) -> None:
@@ -390,7 +398,8 @@ class HookedJob(ExLlamaV2DynamicJob):  # type: ignore[misc]
     def receive_logits(self, logits: torch.Tensor) -> Any:
         if not self._hooks.active:
             return super().receive_logits(logits)
-        after = self._hooks.before(logits, self.sequences[0].sequence_ids.torch())
+        sequence = self.sequences[0].sequence_ids.torch()  # type: ignore[no-untyped-call]
+        after = self._hooks.before(logits, sequence)
         result = super().receive_logits(logits)
         after(int(result[0].item()))
         return result

@@ -147,7 +147,7 @@ class GeneratorDriver:
                 continue
             try:
                 results = self._generator.iterate()
-            except Exception as exc:  # one bad batch must not end the server
+            except Exception as exc:  # noqa: BLE001  (one bad batch must not end the server)
                 self._recover(exc)
                 continue
             for result in results:
@@ -208,7 +208,9 @@ class GeneratorDriver:
                 name = str(result.get("eos_reason"))
                 reason = _REASONS.get(name)
                 if reason is None:
-                    raise GenerationFailed(f"The generator ended a job for an unknown reason {name!r}.")
+                    raise GenerationFailed(
+                        f"The generator ended a job for an unknown reason {name!r}."
+                    )
                 held = _token_ids(result.get("held", {}).get("token_ids"))
                 if name == "stop_token":
                     held = held[:-1]  # the stop token ends the turn; it is not output
@@ -304,7 +306,7 @@ class GeneratorDriver:
             try:
                 # A job the generator finished already is simply not found there.
                 self._generator.cancel(run.prepared.native)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (a failed cancel is a generator fault)
                 self._recover(exc)
                 return False
         return True

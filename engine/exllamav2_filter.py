@@ -5,6 +5,8 @@ token, ``feed(token)`` after each sampled token, and, when every filter says
 ``can_mask_logits()`` and ``use_background_worker()``, ``prepare_logit_mask()`` on its filter
 thread pool right after the next forward pass is queued on the GPU, then ``mask_logits(logits)``
 on the CPU logits just before sampling. So the grammar's mask is computed while the GPU works.
+``mask_logits`` itself lives in the adapter, which hands the tensor's memory to
+:meth:`GrammarFilterCore.apply_mask` as a numpy view.
 
 :class:`GrammarFilterCore` is that behaviour on top of :class:`~.constraints.ConstraintState`,
 with no import of torch or ExLlamaV2: the backend mixes it into an ``ExLlamaV2Filter``
@@ -35,16 +37,12 @@ class SupportsItem(Protocol):
     def item(self) -> int | float | bool: ...
 
 
-class CpuLogits(Protocol):
-    """A CPU tensor whose memory numpy can view (``torch.Tensor.numpy`` shares it)."""
-
-    def numpy(self) -> npt.NDArray[np.float32]: ...
-
-
 class GrammarFilterCore:
     """One job's grammar as ExLlamaV2 filter methods; see the module docstring."""
 
-    def __init__(self, state: ConstraintState, *, width: int, stop_token_ids: Sequence[int]) -> None:
+    def __init__(
+        self, state: ConstraintState, *, width: int, stop_token_ids: Sequence[int]
+    ) -> None:
         self._state = state
         #: Additive mask over the output layer's rows: 0 where allowed, -inf where not.
         self._mask = np.zeros(width, dtype=np.float32)
@@ -94,14 +92,13 @@ class GrammarFilterCore:
         self._mask[self._stop_ids[self._stop_ids < self._mask.shape[0]]] = 0.0
         return True
 
-    def mask_logits(self, logits: CpuLogits) -> CpuLogits:
-        """Forbid, in place, every token the grammar does not allow next."""
-        view = logits.numpy()
+    def apply_mask(self, view: npt.NDArray[np.float32]) -> None:
+        """Forbid, in place, every token the grammar does not allow next. The adapter's
+        ``mask_logits(logits)`` passes ``logits.numpy()``, which shares the tensor's memory."""
         width = min(view.shape[-1], self._mask.shape[0])
         view[..., :width] += self._mask[:width]
         # Rows of the output layer past llguidance's vocabulary are never valid text.
         view[..., width:] = -np.inf
-        return logits
 
     def _fail(self, message: str) -> None:
         if self.error is None:

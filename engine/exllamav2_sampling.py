@@ -94,15 +94,18 @@ class SamplerPlan:
 
     def settings_fields(self) -> dict[str, object]:
         """The values to set on ``Settings``, by field name (``token_bias`` still sparse)."""
-        return {
-            name: getattr(self, name) for name in self.__slots__ if name not in _NOT_SETTINGS
-        }
+        return {name: getattr(self, name) for name in self.__slots__ if name not in _NOT_SETTINGS}
 
 
 def fresh_state() -> dict[str, object]:
     """New values for the Settings fields that hold a job's state (DRY's n-gram trie and
     history, mirostat's mu, hooks), so that no two jobs share them."""
-    return {"post_sampling_hooks": [], "ngram_trie": None, "ngram_history": deque(), "mirostat_mu": None}
+    return {
+        "post_sampling_hooks": [],
+        "ngram_trie": None,
+        "ngram_history": deque(),
+        "mirostat_mu": None,
+    }
 
 
 _NOT_SETTINGS = frozenset({"output_penalties"})
@@ -137,7 +140,12 @@ def plan_sampler(params: SamplingParams, tokens: TokenTexts) -> SamplerPlan:
     if params.greedy:
         temperature, top_k, top_p, min_p = 1.0, 1, 0.0, 0.0
     else:
-        temperature, top_k, top_p, min_p = params.temperature, params.top_k, params.top_p, params.min_p
+        temperature, top_k, top_p, min_p = (
+            params.temperature,
+            params.top_k,
+            params.top_p,
+            params.min_p,
+        )
     dry = params.dry
     penalties = (
         OutputPenalties(params.frequency_penalty, params.presence_penalty)

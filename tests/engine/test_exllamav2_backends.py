@@ -9,7 +9,6 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
-
 from exloop.engine import backends
 from exloop.engine.backends import BackendUnavailable, gpu_problem, select_backend
 
@@ -46,7 +45,9 @@ def test_gguf_files_and_the_default_model_run_on_llama_cpp(gguf: str, backend: s
 
 @pytest.mark.usefixtures("gpu_ready")
 @pytest.mark.parametrize("backend", [None, "auto", "exllamav2"])
-def test_a_directory_runs_on_exllamav2_when_cuda_is_there(model_dir: str, backend: str | None) -> None:
+def test_a_directory_runs_on_exllamav2_when_cuda_is_there(
+    model_dir: str, backend: str | None
+) -> None:
     assert select_backend(model_dir, backend) == "exllamav2"
 
 
@@ -92,7 +93,9 @@ def test_choosing_never_imports_torch_or_exllamav2(gguf: str, model_dir: str) ->
     select_backend(gguf, "auto")
     with pytest.raises(BackendUnavailable):
         select_backend(model_dir, "llama.cpp")
-    assert not {name for name in set(sys.modules) - before if name.split(".")[0] in ("torch", "exllamav2")}
+    assert not {
+        name for name in set(sys.modules) - before if name.split(".")[0] in ("torch", "exllamav2")
+    }
 
 
 def test_importing_the_cpu_side_needs_neither() -> None:

@@ -24,7 +24,6 @@ from typing import Any
 import llama_cpp
 import numpy as np
 import pytest
-
 from exloop.engine.constraints import GrammarCompiler
 from exloop.engine.exllamav2_driver import SampledLogprob
 from exloop.engine.exllamav2_sampling import OutputPenalties, TokenTexts, plan_sampler
@@ -32,7 +31,11 @@ from exloop.engine.exllamav2_vocab import ModelVocabulary
 from exloop.engine.protocol import Grammar
 from exloop.engine.sampling import DrySettings, SamplingParams
 
-from .test_exllamav2_vocab import smollm_dir, vocabulary  # noqa: F401  (fixtures)
+from . import test_exllamav2_vocab as _vocab_tests
+
+# The model directory and its vocabulary, shared with the vocabulary tests.
+smollm_dir = _vocab_tests.smollm_dir
+vocabulary = _vocab_tests.vocabulary
 
 torch = pytest.importorskip("torch", reason="torch is not installed (the GPU extra brings it)")
 if importlib.util.find_spec("exllamav2") is None:
@@ -59,13 +62,17 @@ if not torch.cuda.is_available():
     sys.modules.setdefault("exllamav2_ext", _inert_extension())
 
 backend = importlib.import_module("exloop.engine.exllamav2_backend")
-from exllamav2 import ExLlamaV2Config, ExLlamaV2Tokenizer  # noqa: E402
-from exllamav2.generator import ExLlamaV2Sampler  # noqa: E402
+from exllamav2 import ExLlamaV2Config, ExLlamaV2Tokenizer
+from exllamav2.generator import ExLlamaV2Sampler
 
 
 def test_settings_hold_every_planned_value() -> None:
     params = SamplingParams(
-        temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1, logit_bias={3: -100.0, 7: 2.0},
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        repetition_penalty=1.1,
+        logit_bias={3: -100.0, 7: 2.0},
         dry=DrySettings(multiplier=0.8, base=1.5, allowed_length=3, sequence_breakers=("\n",)),
     )
     plan = plan_sampler(params, TokenTexts(["a", "\n", "b", "c", "d\n", "e", "f", "g"]))
@@ -86,10 +93,13 @@ def test_settings_hold_every_planned_value() -> None:
     other = backend.sampler_settings(plan, 32)
     assert other.ngram_history is not settings.ngram_history
     assert other.post_sampling_hooks is not settings.post_sampling_hooks
-    assert backend.sampler_settings(plan_sampler(SamplingParams(), TokenTexts(["a"])), 32).token_bias is None
+    assert (
+        backend.sampler_settings(plan_sampler(SamplingParams(), TokenTexts(["a"])), 32).token_bias
+        is None
+    )
 
 
-def test_grammar_filter_under_the_generators_protocol(vocabulary: ModelVocabulary) -> None:  # noqa: F811
+def test_grammar_filter_under_the_generators_protocol(vocabulary: ModelVocabulary) -> None:
     """Drive the filter as ``ExLlamaV2Sampler.sample`` and ``ExLlamaV2DynamicJob`` do: the
     mask branch (``get_next(mask=True)``, ``mask_logits`` on ``logits[0][0]``), ``feed`` with
     a ``(1, 1)`` tensor, then ``background_prepare_logit_mask`` on the filter pool."""
@@ -97,8 +107,11 @@ def test_grammar_filter_under_the_generators_protocol(vocabulary: ModelVocabular
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     width = -(-vocabulary.vocab_size // 32) * 32
     grammar_filter = backend.GrammarFilter(
-        None, None, compiler.start(compiler.compile(Grammar("json_schema", schema))),
-        width=width, stop_token_ids=vocabulary.stop_token_ids,
+        None,
+        None,
+        compiler.start(compiler.compile(Grammar("json_schema", schema))),
+        width=width,
+        stop_token_ids=vocabulary.stop_token_ids,
     )
     wanted = vocabulary.lltokenizer.tokenize_str('{"ok":true}')
     out: list[int] = []
@@ -126,8 +139,11 @@ def test_grammar_filter_under_the_generators_protocol(vocabulary: ModelVocabular
 def test_sampling_hooks_record_the_models_own_logprobs() -> None:
     records: deque[SampledLogprob] = deque()
     hooks = backend.SamplingHooks(
-        vocab_size=6, prompt_tokens=2, penalties=OutputPenalties(frequency=1.0, presence=0.5),
-        records=records, top=2,
+        vocab_size=6,
+        prompt_tokens=2,
+        penalties=OutputPenalties(frequency=1.0, presence=0.5),
+        records=records,
+        top=2,
     )
     logits = torch.tensor([[[0.0, 1.0, 2.0, 3.0, 0.5, 0.0, 9.0, 9.0]]])  # two padding rows
     raw = logits.clone()
@@ -144,11 +160,15 @@ def test_sampling_hooks_record_the_models_own_logprobs() -> None:
 
 
 def test_hooks_stay_out_of_the_way_when_unused() -> None:
-    hooks = backend.SamplingHooks(vocab_size=4, prompt_tokens=1, penalties=None, records=None, top=0)
+    hooks = backend.SamplingHooks(
+        vocab_size=4, prompt_tokens=1, penalties=None, records=None, top=0
+    )
     assert not hooks.active
 
 
-def test_exllamav2_tokenizes_prompts_as_llama_cpp(smollm_dir: Path, vocab_model: llama_cpp.Llama) -> None:  # noqa: F811
+def test_exllamav2_tokenizes_prompts_as_llama_cpp(
+    smollm_dir: Path, vocab_model: llama_cpp.Llama
+) -> None:
     """Special tokens in the rendered template become their ids (encode_special_tokens)."""
     config = ExLlamaV2Config()
     config.model_dir = str(smollm_dir)

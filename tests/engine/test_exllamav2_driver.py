@@ -17,17 +17,22 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
-from llguidance import LLTokenizer
-
 from exloop.engine.constraints import GrammarCompiler
 from exloop.engine.errors import GenerationFailed, InvalidParameter
-from exloop.engine.exllamav2_driver import GeneratorDriver, NativeGenerator, PreparedJob, SampledLogprob
+from exloop.engine.exllamav2_driver import (
+    GeneratorDriver,
+    NativeGenerator,
+    PreparedJob,
+    SampledLogprob,
+)
 from exloop.engine.exllamav2_filter import GrammarFilterCore
 from exloop.engine.handoff import ThreadedJob
 from exloop.engine.protocol import Delta, Finish, GenerationRequest, Grammar, JobEvent, TokenPrompt
 from exloop.engine.sampling import SamplingParams
+from llguidance import LLTokenizer
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +80,9 @@ class ScriptedGenerator:
         while self.pending_jobs and len(self.active_jobs) < self.batch:
             job = self.pending_jobs.pop(0)
             self.active_jobs.append(job)
-            results.append({"job": job, "stage": "started", "eos": False, "identifier": job.identifier})
+            results.append(
+                {"job": job, "stage": "started", "eos": False, "identifier": job.identifier}
+            )
         if self.iterations == self.fail_on:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         for job in list(self.active_jobs):
@@ -86,13 +93,24 @@ class ScriptedGenerator:
         token = job.script[job.new_tokens] if job.new_tokens < len(job.script) else BANG
         job.new_tokens += 1
         if job.records is not None:
-            job.records.append(SampledLogprob(token, -0.5, ((token, -0.5), (EOS, -2.0), (BANG, -3.0))))
+            job.records.append(
+                SampledLogprob(token, -0.5, ((token, -0.5), (EOS, -2.0), (BANG, -3.0)))
+            )
         job.held.append(token)
-        result: dict[str, Any] = {"job": job, "stage": "streaming", "eos": False, "identifier": job.identifier}
+        result: dict[str, Any] = {
+            "job": job,
+            "stage": "streaming",
+            "eos": False,
+            "identifier": job.identifier,
+        }
         if token == EOS:
             self.active_jobs.remove(job)
-            result.update(eos=True, eos_reason="stop_token", cached_tokens=3,
-                          held={"token_ids": np.array([job.held])})
+            result.update(
+                eos=True,
+                eos_reason="stop_token",
+                cached_tokens=3,
+                held={"token_ids": np.array([job.held])},
+            )
             return result
         if token == HALF:  # an incomplete character: ExLlamaV2 holds it back
             return result
@@ -105,7 +123,11 @@ class ScriptedGenerator:
 
 
 class Harness:
-    def __init__(self, *generators: ScriptedGenerator, constraint: Callable[[], GrammarFilterCore] | None = None) -> None:
+    def __init__(
+        self,
+        *generators: ScriptedGenerator,
+        constraint: Callable[[], GrammarFilterCore] | None = None,
+    ) -> None:
         self.generators = deque(generators)
         self.built: list[tuple[ScriptedGenerator, NativeGenerator | None]] = []
         self.constraint = constraint
@@ -175,7 +197,9 @@ async def test_max_tokens_ends_with_length(harness: Harness) -> None:
     assert (text, finish.reason, finish.usage.completion_tokens) == ("Hello", "length", 2)
 
 
-async def test_a_stop_sequence_across_tokens_cancels_the_job_in_the_generator(harness: Harness) -> None:
+async def test_a_stop_sequence_across_tokens_cancels_the_job_in_the_generator(
+    harness: Harness,
+) -> None:
     job = harness.submit(HEL, LO, WOR, LD, EOS, stop=("lo wo",))
     text, finish, _ = await collect(job)
     assert (text, finish.reason, finish.stop_sequence) == ("Hel", "stop", "lo wo")
@@ -235,7 +259,7 @@ async def test_a_consumer_that_leaves_cancels_its_job() -> None:
         for _ in range(200):
             if harness.generator.cancelled:
                 break
-            time.sleep(0.005)
+            await anyio.sleep(0.005)
         assert [native.identifier for native in harness.generator.cancelled] == [job]
     finally:
         harness.driver.close()

@@ -19,7 +19,6 @@ import anyio
 import httpx
 import openai
 import pytest
-
 from exloop.engine.backends import gpu_problem
 from exloop.engine.protocol import (
     Chat,
@@ -40,12 +39,14 @@ if _problem is None and not os.environ.get("EXLOOP_GPU_MODEL"):
 if _problem is not None:
     pytest.skip(f"GPU tests skipped: {_problem}", allow_module_level=True)
 
-from exloop.engine.exllamav2_backend import ExLlamaV2Engine  # noqa: E402
-from exloop.orchestrator.service import Orchestrator  # noqa: E402
-from exloop.server.app import AppSettings, build_app  # noqa: E402
+from exloop.engine.exllamav2_backend import ExLlamaV2Engine
+from exloop.orchestrator.service import Orchestrator
+from exloop.server.app import AppSettings, build_app
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
-LONG_SYSTEM = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly." for i in range(120))
+LONG_SYSTEM = "You are a careful assistant. " + " ".join(
+    f"Rule {i}: answer briefly." for i in range(120)
+)
 
 
 def chat(text: str, system: str = "You are a helpful assistant.") -> Chat:
@@ -54,12 +55,16 @@ def chat(text: str, system: str = "You are a helpful assistant.") -> Chat:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[ExLlamaV2Engine]:
-    loaded = ExLlamaV2Engine(Path(os.environ["EXLOOP_GPU_MODEL"]), max_seq_len=4096, max_batch_size=8)
+    loaded = ExLlamaV2Engine(
+        Path(os.environ["EXLOOP_GPU_MODEL"]), max_seq_len=4096, max_batch_size=8
+    )
     yield loaded
     anyio.run(loaded.aclose)
 
 
-async def run(engine: ExLlamaV2Engine, request: GenerationRequest) -> tuple[str, Finish, list[Delta]]:
+async def run(
+    engine: ExLlamaV2Engine, request: GenerationRequest
+) -> tuple[str, Finish, list[Delta]]:
     deltas: list[Delta] = []
     finish: Finish | None = None
     async for event in engine.submit(request).events():
@@ -82,19 +87,30 @@ async def test_greedy_output_is_repeatable(engine: ExLlamaV2Engine) -> None:
 
 
 async def test_a_seed_makes_sampling_reproducible(engine: ExLlamaV2Engine) -> None:
-    request = GenerationRequest(chat("Tell me a story."), SamplingParams(temperature=1.0, seed=11, max_tokens=24))
+    request = GenerationRequest(
+        chat("Tell me a story."), SamplingParams(temperature=1.0, seed=11, max_tokens=24)
+    )
     assert (await run(engine, request))[0] == (await run(engine, request))[0]
 
 
 async def test_max_tokens_and_stop_sequences(engine: ExLlamaV2Engine) -> None:
-    text, finish, _ = await run(engine, GenerationRequest(chat("Write a long essay."), SamplingParams(temperature=0.0, max_tokens=5)))
+    text, finish, _ = await run(
+        engine,
+        GenerationRequest(
+            chat("Write a long essay."), SamplingParams(temperature=0.0, max_tokens=5)
+        ),
+    )
     assert finish.reason in ("length", "eos") and finish.usage.completion_tokens <= 5
     full, _, _ = await run(engine, GenerationRequest(chat("Write a long essay."), GREEDY))
     stop = full[3:6]
     if len(stop) < 3:
         pytest.skip("the model's greedy answer is too short to cut")
     text, finish, _ = await run(
-        engine, GenerationRequest(chat("Write a long essay."), SamplingParams(temperature=0.0, max_tokens=24, stop=(stop,)))
+        engine,
+        GenerationRequest(
+            chat("Write a long essay."),
+            SamplingParams(temperature=0.0, max_tokens=24, stop=(stop,)),
+        ),
     )
     assert finish.reason == "stop" and finish.stop_sequence == stop
     assert text == full[: full.index(stop)]
@@ -108,7 +124,9 @@ async def test_json_schema_constraint(engine: ExLlamaV2Engine) -> None:
         "additionalProperties": False,
     }
     request = GenerationRequest(
-        chat("Give a person as JSON."), SamplingParams(temperature=0.8, seed=3, max_tokens=64), Grammar("json_schema", schema)
+        chat("Give a person as JSON."),
+        SamplingParams(temperature=0.8, seed=3, max_tokens=64),
+        Grammar("json_schema", schema),
     )
     text, finish, _ = await run(engine, request)
     assert finish.reason == "eos", text
@@ -132,7 +150,11 @@ async def test_logprobs_and_logit_bias(engine: ExLlamaV2Engine) -> None:
 
 
 async def test_cancel_frees_the_job(engine: ExLlamaV2Engine) -> None:
-    job = engine.submit(GenerationRequest(chat("Write a long essay."), SamplingParams(temperature=1.0, seed=1, max_tokens=2000)))
+    job = engine.submit(
+        GenerationRequest(
+            chat("Write a long essay."), SamplingParams(temperature=1.0, seed=1, max_tokens=2000)
+        )
+    )
     finish: Finish | None = None
     async for event in job.events():
         if isinstance(event, Delta):
@@ -172,17 +194,23 @@ async def sdk(engine: ExLlamaV2Engine) -> AsyncIterator[openai.AsyncOpenAI]:
         try:
             transport = httpx.ASGITransport(app)  # type: ignore[arg-type]
             async with httpx.AsyncClient(transport=transport, base_url="http://exloop/v1") as http:
-                yield openai.AsyncOpenAI(base_url="http://exloop/v1", api_key="k", http_client=http, max_retries=0)
+                yield openai.AsyncOpenAI(
+                    base_url="http://exloop/v1", api_key="k", http_client=http, max_retries=0
+                )
         finally:
             await app.stop()
 
 
 async def test_responses_create_and_stream(engine: ExLlamaV2Engine) -> None:
     async with sdk(engine) as client:
-        created = await client.responses.create(input="Say hi.", temperature=0, max_output_tokens=16)
+        created = await client.responses.create(
+            input="Say hi.", temperature=0, max_output_tokens=16
+        )
         assert created.status in ("completed", "incomplete")
         assert created.usage is not None and created.usage.output_tokens > 0
-        async with client.responses.stream(input="Say hi.", temperature=0, max_output_tokens=16) as stream:
+        async with client.responses.stream(
+            input="Say hi.", temperature=0, max_output_tokens=16
+        ) as stream:
             async for _ in stream:
                 pass
             streamed = await stream.get_final_response()
@@ -190,17 +218,26 @@ async def test_responses_create_and_stream(engine: ExLlamaV2Engine) -> None:
 
 
 async def test_responses_json_schema_and_follow_up(engine: ExLlamaV2Engine) -> None:
-    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
-              "required": ["city"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
     async with sdk(engine) as client:
         first = await client.responses.create(
             input=LONG_SYSTEM + " Name a city.",
-            text={"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}},
+            text={
+                "format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}
+            },
             max_output_tokens=40,
         )
         assert set(json.loads(first.output_text)) == {"city"}
         follow = await client.responses.create(
-            input="And another one.", previous_response_id=first.id, max_output_tokens=8, temperature=0
+            input="And another one.",
+            previous_response_id=first.id,
+            max_output_tokens=8,
+            temperature=0,
         )
         assert follow.usage is not None
         assert follow.usage.input_tokens_details.cached_tokens >= 256
@@ -209,10 +246,16 @@ async def test_responses_json_schema_and_follow_up(engine: ExLlamaV2Engine) -> N
 async def test_chat_completions_create_and_stream(engine: ExLlamaV2Engine) -> None:
     messages = [{"role": "user", "content": "Say hi."}]
     async with sdk(engine) as client:
-        created = await client.chat.completions.create(model="gpu", messages=messages, temperature=0, max_tokens=16)  # type: ignore[arg-type]
+        created = await client.chat.completions.create(
+            model="gpu", messages=messages, temperature=0, max_tokens=16
+        )  # type: ignore[arg-type]
         text = created.choices[0].message.content or ""
         chunks = await client.chat.completions.create(
-            model="gpu", messages=messages, temperature=0, max_tokens=16, stream=True  # type: ignore[arg-type]
+            model="gpu",
+            messages=messages,
+            temperature=0,
+            max_tokens=16,
+            stream=True,  # type: ignore[arg-type]
         )
         streamed = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
         assert streamed == text

@@ -13,7 +13,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from exloop.engine.errors import ContextLengthExceeded, InvalidParameter
 from exloop.engine.exllamav2_sampling import (
     MIN_DEFAULT_NEW_TOKENS,
@@ -28,13 +27,42 @@ from exloop.engine.sampling import DrySettings, SamplingParams
 
 #: ``ExLlamaV2Sampler.Settings``' fields in exllamav2 0.3.2, in declaration order.
 SETTINGS_FIELDS_0_3_2 = (
-    "token_repetition_penalty", "token_repetition_range", "token_repetition_decay",
-    "token_frequency_penalty", "token_presence_penalty", "temperature", "smoothing_factor",
-    "min_temp", "max_temp", "temp_exponent", "top_k", "top_p", "top_a", "min_p", "tfs",
-    "typical", "skew", "temperature_last", "mirostat", "mirostat_tau", "mirostat_eta",
-    "mirostat_mu", "token_bias", "cfg_scale", "post_sampling_hooks", "dry_allowed_length",
-    "dry_base", "dry_multiplier", "dry_sequence_breakers", "dry_range", "dry_max_ngram",
-    "ngram_trie", "ngram_index", "ngram_history", "xtc_probability", "xtc_threshold",
+    "token_repetition_penalty",
+    "token_repetition_range",
+    "token_repetition_decay",
+    "token_frequency_penalty",
+    "token_presence_penalty",
+    "temperature",
+    "smoothing_factor",
+    "min_temp",
+    "max_temp",
+    "temp_exponent",
+    "top_k",
+    "top_p",
+    "top_a",
+    "min_p",
+    "tfs",
+    "typical",
+    "skew",
+    "temperature_last",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+    "mirostat_mu",
+    "token_bias",
+    "cfg_scale",
+    "post_sampling_hooks",
+    "dry_allowed_length",
+    "dry_base",
+    "dry_multiplier",
+    "dry_sequence_breakers",
+    "dry_range",
+    "dry_max_ngram",
+    "ngram_trie",
+    "ngram_index",
+    "ngram_history",
+    "xtc_probability",
+    "xtc_threshold",
     "xtc_ignore_tokens",
 )
 
@@ -59,19 +87,34 @@ def test_the_installed_exllamav2_has_the_same_fields() -> None:
         pytest.skip("exllamav2 is not installed (pip install 'exloop[gpu]')")
     source = Path(spec.submodule_search_locations[0], "generator", "sampler.py").read_text()
     settings = next(
-        node for node in ast.walk(ast.parse(source))
+        node
+        for node in ast.walk(ast.parse(source))
         if isinstance(node, ast.ClassDef) and node.name == "Settings"
     )
-    fields = {n.target.id for n in settings.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    fields = {
+        n.target.id
+        for n in settings.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
     assert fields == _set_fields(plan_sampler(SamplingParams(), TEXTS))
 
 
 def test_defaults_are_neutral_where_exllamav2_s_are_not() -> None:
     plan = plan_sampler(SamplingParams(), TEXTS)
     # ExLlamaV2's own defaults: top_k 50, top_p 0.8, temperature 0.8, repetition 1.025.
-    assert (plan.top_k, plan.top_p, plan.temperature, plan.token_repetition_penalty) == (0, 1.0, 1.0, 1.0)
+    assert (plan.top_k, plan.top_p, plan.temperature, plan.token_repetition_penalty) == (
+        0,
+        1.0,
+        1.0,
+        1.0,
+    )
     assert (plan.min_p, plan.top_a, plan.tfs, plan.typical, plan.skew) == (0.0,) * 5
-    assert (plan.smoothing_factor, plan.min_temp, plan.max_temp, plan.temp_exponent) == (0.0, 0.0, 0.0, 1.0)
+    assert (plan.smoothing_factor, plan.min_temp, plan.max_temp, plan.temp_exponent) == (
+        0.0,
+        0.0,
+        0.0,
+        1.0,
+    )
     assert not plan.mirostat and plan.xtc_probability == 0.0 and plan.cfg_scale is None
     assert plan.dry_multiplier == 0.0 and plan.dry_sequence_breakers == frozenset()
     assert plan.token_bias == () and plan.output_penalties is None
@@ -80,7 +123,9 @@ def test_defaults_are_neutral_where_exllamav2_s_are_not() -> None:
 
 
 def test_sampling_values_carry_over() -> None:
-    params = SamplingParams(temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1)
+    params = SamplingParams(
+        temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1
+    )
     plan = plan_sampler(params, TEXTS)
     assert (plan.temperature, plan.top_p, plan.top_k, plan.min_p) == (0.7, 0.9, 40, 0.05)
     assert plan.token_repetition_penalty == 1.1 and plan.token_repetition_range == -1

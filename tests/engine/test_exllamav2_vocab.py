@@ -4,7 +4,7 @@ The directory is SmolLM2's, written from the default GGUF: its vocabulary and me
 Hugging Face ``tokenizer.json`` (byte-level BPE), next to ``config.json`` and
 ``tokenizer_config.json`` as the Hub ships them. The filter is driven exactly as ExLlamaV2's
 generator drives it (``begin``, then per token: ``prepare_logit_mask`` on a worker thread,
-``mask_logits`` on the CPU logits, ``feed`` with the sampled token as a ``(1, 1)`` array).
+``apply_mask`` on the CPU logits, ``feed`` with the sampled token as a ``(1, 1)`` array).
 """
 
 from __future__ import annotations
@@ -18,16 +18,26 @@ from typing import Any, BinaryIO
 
 import llama_cpp
 import numpy as np
-import numpy.typing as npt
 import pytest
-
 from exloop.engine.constraints import GrammarCompiler
 from exloop.engine.errors import ModelNotFound
 from exloop.engine.exllamav2_filter import GrammarFilterCore
 from exloop.engine.exllamav2_vocab import ModelVocabulary, read_vocabulary
 from exloop.engine.protocol import Grammar
 
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _WANTED = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type")
 
 
@@ -64,14 +74,26 @@ def smollm_dir(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Pa
     arrays = gguf_tokenizer(model_path)
     tokens, kinds = arrays["tokenizer.ggml.tokens"], arrays["tokenizer.ggml.token_type"]
     control = [i for i, kind in enumerate(kinds) if kind == 3]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    byte_level = {
+        "type": "ByteLevel",
+        "add_prefix_space": False,
+        "trim_offsets": True,
+        "use_regex": True,
+    }
     tokenizer = {
         "version": "1.0",
         "truncation": None,
         "padding": None,
         "added_tokens": [
-            {"id": i, "content": tokens[i], "single_word": False, "lstrip": False,
-             "rstrip": False, "normalized": False, "special": True}
+            {
+                "id": i,
+                "content": tokens[i],
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
             for i in control
         ],
         "normalizer": None,
@@ -79,8 +101,13 @@ def smollm_dir(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Pa
         "post_processor": None,
         "decoder": byte_level,
         "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
             "vocab": {token: i for i, token in enumerate(tokens)},
             "merges": arrays["tokenizer.ggml.merges"],
         },
@@ -90,14 +117,27 @@ def smollm_dir(tmp_path_factory: pytest.TempPathFactory, model_path: Path) -> Pa
     llm.close()
     directory = tmp_path_factory.mktemp("SmolLM2-135M-Instruct")
     (directory / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
-    (directory / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "vocab_size": len(tokens), "bos_token_id": 1,
-        "eos_token_id": 2, "max_position_embeddings": 8192,
-    }))
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "add_bos_token": False, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
-        "chat_template": template,
-    }))
+    (directory / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "vocab_size": len(tokens),
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+                "max_position_embeddings": 8192,
+            }
+        )
+    )
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "add_bos_token": False,
+                "bos_token": "<|im_start|>",
+                "eos_token": "<|im_end|>",
+                "chat_template": template,
+            }
+        )
+    )
     return directory
 
 
@@ -119,7 +159,9 @@ def test_vocabulary_reads_the_model_directory(
     assert vocabulary.lltokenizer.eos_tokens == [2]
 
 
-def test_token_bytes_match_llama_cpp(vocabulary: ModelVocabulary, vocab_model: llama_cpp.Llama) -> None:
+def test_token_bytes_match_llama_cpp(
+    vocabulary: ModelVocabulary, vocab_model: llama_cpp.Llama
+) -> None:
     """Every token's bytes as llama.cpp renders them (special tokens as their text)."""
     vocab = llama_cpp.llama_model_get_vocab(vocab_model.model)
     buffer = ctypes.create_string_buffer(256)
@@ -132,10 +174,14 @@ def test_token_bytes_match_llama_cpp(vocabulary: ModelVocabulary, vocab_model: l
     assert b"".join(vocabulary.pieces[t] for t in ids).decode() == text
 
 
-def test_llguidance_tokenizes_as_llama_cpp(vocabulary: ModelVocabulary, vocab_model: llama_cpp.Llama) -> None:
+def test_llguidance_tokenizes_as_llama_cpp(
+    vocabulary: ModelVocabulary, vocab_model: llama_cpp.Llama
+) -> None:
     """The merges made it into tokenizer.json: llguidance's tokenizer is SmolLM2's."""
     text = "The quick brown fox jumps over the lazy dog."
-    assert vocabulary.lltokenizer.tokenize_str(text) == vocab_model.tokenize(text.encode(), add_bos=False)
+    assert vocabulary.lltokenizer.tokenize_str(text) == vocab_model.tokenize(
+        text.encode(), add_bos=False
+    )
 
 
 def test_dry_breakers_are_tokens_containing_them(vocabulary: ModelVocabulary) -> None:
@@ -157,10 +203,17 @@ def test_missing_files_name_the_fix(tmp_path: Path, smollm_dir: Path) -> None:
 def test_chat_template_from_a_named_list(tmp_path: Path, smollm_dir: Path) -> None:
     for name in ("config.json", "tokenizer.json"):
         (tmp_path / name).write_text((smollm_dir / name).read_text())
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
-        "eos_token": {"content": "<|im_end|>"},
-        "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}],
-    }))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "eos_token": {"content": "<|im_end|>"},
+                "chat_template": [
+                    {"name": "tool_use", "template": "T"},
+                    {"name": "default", "template": "D"},
+                ],
+            }
+        )
+    )
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 0]}))
     vocabulary = read_vocabulary(tmp_path)
     assert vocabulary.chat_template == "D"
@@ -175,16 +228,6 @@ def _filter(vocabulary: ModelVocabulary, grammar: Grammar) -> GrammarFilterCore:
     state = compiler.start(compiler.compile(grammar))
     width = -(-vocabulary.vocab_size // 32) * 32
     return GrammarFilterCore(state, width=width, stop_token_ids=vocabulary.stop_token_ids)
-
-
-class _CpuTensor:
-    """What ``mask_logits`` gets: a CPU tensor, whose ``numpy()`` shares its memory."""
-
-    def __init__(self, array: npt.NDArray[np.float32]) -> None:
-        self.array = array
-
-    def numpy(self) -> npt.NDArray[np.float32]:
-        return self.array
 
 
 def _generate(
@@ -205,7 +248,7 @@ def _generate(
             if len(out) < len(wanted):
                 logits[wanted[len(out)]] = 10.0
             logits[vocabulary.stop_token_ids[0]] = 5.0
-            core.mask_logits(_CpuTensor(logits))
+            core.apply_mask(logits)
             token = int(np.argmax(logits))
             core.feed(np.array([[token]]))
             if token in vocabulary.stop_token_ids:
@@ -215,9 +258,15 @@ def _generate(
     return out, core
 
 
-def test_filter_follows_a_json_schema_and_ends_on_the_stop_token(vocabulary: ModelVocabulary) -> None:
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
-              "additionalProperties": False}
+def test_filter_follows_a_json_schema_and_ends_on_the_stop_token(
+    vocabulary: ModelVocabulary,
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
     out, core = _generate(vocabulary, Grammar("json_schema", schema), '{"n":42}')
     assert b"".join(vocabulary.pieces[t] for t in out) == b'{"n":42}'
     assert core.finished and core.error is None
@@ -239,7 +288,7 @@ def test_filter_masks_padding_rows_and_forbidden_tokens(vocabulary: ModelVocabul
     assert core.can_mask_logits() and core.use_background_worker()
     core.prepare_logit_mask()
     logits = np.zeros(vocabulary.vocab_size + 64, dtype=np.float32)  # an output layer padded wider
-    core.mask_logits(_CpuTensor(logits))
+    core.apply_mask(logits)
     allowed = np.flatnonzero(np.isfinite(logits))
     assert 0 < allowed.size < 200
     assert all(vocabulary.pieces[t].decode().isdigit() for t in allowed)
@@ -253,7 +302,7 @@ def test_a_rejected_token_is_recorded_not_raised(vocabulary: ModelVocabulary) ->
     assert core.error is not None and not core.finished
     assert core.prepare_logit_mask() is True
     logits = np.zeros(-(-vocabulary.vocab_size // 32) * 32, dtype=np.float32)
-    core.mask_logits(_CpuTensor(logits))
+    core.apply_mask(logits)
     # Only the stop tokens remain, so the job ends at its next token.
     assert list(np.flatnonzero(np.isfinite(logits))) == list(vocabulary.stop_token_ids)
 
