@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-seq-len", type=_positive, default=_env("MAX_SEQ_LEN"), metavar="N",
-        help="ExLlamaV2: context length per job (EXLOOP_MAX_SEQ_LEN); default: the model's",
+        help="ExLlamaV2: context length per job (EXLOOP_MAX_SEQ_LEN); default: the model's "
+        "training context, at most 8192",
     )
     serve.add_argument(
         "--cache-mode", choices=CACHE_MODES, default=_env("CACHE_MODE", "fp16"),
