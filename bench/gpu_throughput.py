@@ -205,7 +205,7 @@ async def served(
     gc.collect()  # the raw generator's cache and buffers, before the engine allocates its own
     torch.cuda.empty_cache()
     engine = await anyio.to_thread.run_sync(
-        lambda: ExLlamaV2Engine(
+        lambda: ExLlamaV2Engine.load(
             args.model,
             cache_mode=args.cache_mode,
             max_seq_len=args.max_seq_len,

@@ -100,7 +100,7 @@ def open_engine(settings: EngineSettings) -> Engine:
     if settings.backend == "exllamav2":
         from .exllamav2_backend import ExLlamaV2Engine
 
-        return ExLlamaV2Engine(
+        return ExLlamaV2Engine.load(
             settings.model,
             cache_mode=settings.cache_mode,
             max_seq_len=settings.max_seq_len,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, cast
 
@@ -59,7 +60,7 @@ from .exllamav2_sampling import (
     fresh_state,
     plan_sampler,
 )
-from .exllamav2_vocab import read_vocabulary
+from .exllamav2_vocab import ModelVocabulary, read_vocabulary
 from .handoff import ThreadedJob
 from .protocol import Chat, GenerationRequest, ModelInfo, TokenPrompt
 from .tool_calls import detect_format, get_format
@@ -84,17 +85,90 @@ DEFAULT_CACHE_CAP = 65536
 _PAGE = 256  # ExLlamaV2's page size; the cache size must be a multiple of it
 
 
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model on the GPU with its cache and tokenizer, as :func:`load_model` leaves it."""
+
+    path: Path
+    vocab: ModelVocabulary
+    model: ExLlamaV2
+    cache: ExLlamaV2CacheBase
+    tokenizer: ExLlamaV2Tokenizer
+    max_seq_len: int
+    #: Tokens the cache holds, shared by all jobs (a multiple of 256).
+    cache_tokens: int
+    #: Paged attention (flash-attn) is available: jobs are batched.
+    paged: bool
+    #: Jobs generated together (1 when unpaged).
+    max_batch_size: int
+
+
+def load_model(
+    model_dir: str | Path,
+    *,
+    cache_mode: CacheMode = "fp16",
+    max_seq_len: int | None = None,
+    max_batch_size: int = 8,
+    cache_tokens: int | None = None,
+    progress: bool = True,
+) -> LoadedModel:
+    """Load a model directory onto the GPUs (blocks; shows a progress bar on stderr).
+
+    ``cache_tokens`` sizes the KV cache shared by all jobs (default: ``max_seq_len *
+    max_batch_size``, at most :data:`DEFAULT_CACHE_CAP`, at least one full context).
+    """
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelNotFound(
+            f"No model directory at {path}: the GPU backend loads a Hugging Face model "
+            f"directory (EXL2 or safetensors weights, config.json, tokenizer.json).",
+            param="model",
+        )
+    if cache_mode not in _CACHES:
+        raise InvalidParameter(
+            f"Unknown cache mode {cache_mode!r}; choose one of {', '.join(_CACHES)}.",
+            param="cache_mode",
+        )
+    if not torch.cuda.is_available():
+        raise EngineError("The GPU backend needs CUDA, and torch finds no CUDA device.")
+    vocab = read_vocabulary(path)
+    config = ExLlamaV2Config(str(path))
+    seq_len = max_seq_len or min(vocab.trained_context, DEFAULT_MAX_SEQ_LEN)
+    config.max_seq_len = seq_len
+    paged = bool(exl_attn.has_flash_attn_with_paged) and not config.no_flash_attn
+    batch = max_batch_size if paged else 1
+    tokens = _cache_size(cache_tokens, seq_len, batch)
+    logger.info(
+        "ExLlamaV2 %s: %s",
+        "paged" if paged else "unpaged",
+        f"flash-attn paged attention, continuous batching of up to {batch} jobs "
+        f"over a {tokens}-token {cache_mode} cache"
+        if paged
+        else "flash-attn >= 2.5.7 is not installed, so jobs run one at a time "
+        f"(a {tokens}-token {cache_mode} cache)",
+    )
+    model = ExLlamaV2(config)
+    cache = _CACHES[cache_mode](model, max_seq_len=tokens, lazy=True)
+    _load(model, cache, path.name, progress)
+    try:
+        tokenizer = ExLlamaV2Tokenizer(config)  # type: ignore[no-untyped-call]
+    except BaseException:
+        model.unload()  # type: ignore[no-untyped-call]
+        raise
+    return LoadedModel(path, vocab, model, cache, tokenizer, seq_len, tokens, paged, batch)
+
+
 class ExLlamaV2Engine:
     """An :class:`~exloop.engine.protocol.Engine` running one model on CUDA GPUs.
 
-    The constructor loads the model (with a progress bar on stderr) and blocks: call it from
-    a worker thread in async code. ``cache_tokens`` sizes the KV cache shared by all jobs
-    (default: ``max_seq_len * max_batch_size``, at most :data:`DEFAULT_CACHE_CAP`, at least
-    one full context).
+    :meth:`load` loads a model directory and blocks: call it from a worker thread in async
+    code. ``tool_call_format`` overrides the format detected from the chat template. The
+    engine owns the model from then on: :meth:`aclose` unloads it.
     """
 
-    def __init__(
-        self,
+    @classmethod
+    def load(
+        cls,
         model_dir: str | Path,
         *,
         cache_mode: CacheMode = "fp16",
@@ -104,64 +178,51 @@ class ExLlamaV2Engine:
         name: str | None = None,
         tool_call_format: str | None = None,
         progress: bool = True,
-    ) -> None:
-        path = Path(model_dir)
-        if not path.is_dir():
-            raise ModelNotFound(
-                f"No model directory at {path}: the GPU backend loads a Hugging Face model "
-                f"directory (EXL2 or safetensors weights, config.json, tokenizer.json).",
-                param="model",
-            )
-        if cache_mode not in _CACHES:
-            raise InvalidParameter(
-                f"Unknown cache mode {cache_mode!r}; choose one of {', '.join(_CACHES)}.",
-                param="cache_mode",
-            )
-        if not torch.cuda.is_available():
-            raise EngineError("The GPU backend needs CUDA, and torch finds no CUDA device.")
-        self._vocab = read_vocabulary(path)
-        config = ExLlamaV2Config(str(path))
-        self._max_seq_len = max_seq_len or min(self._vocab.trained_context, DEFAULT_MAX_SEQ_LEN)
-        config.max_seq_len = self._max_seq_len
-        self._paged = bool(exl_attn.has_flash_attn_with_paged) and not config.no_flash_attn
-        self._batch = max_batch_size if self._paged else 1
-        self._cache_tokens = _cache_size(cache_tokens, self._max_seq_len, self._batch)
-        logger.info(
-            "ExLlamaV2 %s: %s",
-            "paged" if self._paged else "unpaged",
-            f"flash-attn paged attention, continuous batching of up to {self._batch} jobs "
-            f"over a {self._cache_tokens}-token {cache_mode} cache"
-            if self._paged
-            else "flash-attn >= 2.5.7 is not installed, so jobs run one at a time "
-            f"(a {self._cache_tokens}-token {cache_mode} cache)",
+    ) -> ExLlamaV2Engine:
+        """Load ``model_dir`` (see :func:`load_model`) and start the generator thread."""
+        loaded = load_model(
+            model_dir,
+            cache_mode=cache_mode,
+            max_seq_len=max_seq_len,
+            max_batch_size=max_batch_size,
+            cache_tokens=cache_tokens,
+            progress=progress,
         )
+        return cls(loaded, name=name, tool_call_format=tool_call_format)
 
-        self._model = ExLlamaV2(config)
-        self._cache = _CACHES[cache_mode](self._model, max_seq_len=self._cache_tokens, lazy=True)
-        _load(self._model, self._cache, path.name, progress)
+    def __init__(
+        self, loaded: LoadedModel, *, name: str | None = None, tool_call_format: str | None = None
+    ) -> None:
+        self._loaded = loaded
+        self._vocab = vocab = loaded.vocab
+        self._model = loaded.model
+        self._tokenizer = loaded.tokenizer
+        self._max_seq_len = loaded.max_seq_len
+        self._cache_tokens = loaded.cache_tokens
+        self._paged = loaded.paged
+        self._batch = loaded.max_batch_size
         try:
-            self._tokenizer = ExLlamaV2Tokenizer(config)  # type: ignore[no-untyped-call]
             format_name = tool_call_format or detect_format(
-                self._vocab.chat_template, self._vocab.special_tokens
+                vocab.chat_template, vocab.special_tokens
             )
             self._template = ChatTemplate(
-                self._vocab.chat_template,
-                bos_token=self._vocab.bos_token,
-                eos_token=self._vocab.eos_token,
+                vocab.chat_template,
+                bos_token=vocab.bos_token,
+                eos_token=vocab.eos_token,
                 tool_format=get_format(format_name),
             )
-            self._grammars = GrammarCompiler(self._vocab.lltokenizer)
+            self._grammars = GrammarCompiler(vocab.lltokenizer)
             self._info = ModelInfo(
-                name=name or path.name,
+                name=name or loaded.path.name,
                 backend="exllamav2",
-                context_length=self._max_seq_len,
-                chat_template=self._vocab.chat_template,
+                context_length=loaded.max_seq_len,
+                chat_template=vocab.chat_template,
                 tool_call_format=format_name,
             )
-            self._padded_vocab = -(-config.vocab_size // 32) * 32
-            self._page_size = _PAGE if self._paged else self._cache_tokens
+            self._padded_vocab = -(-loaded.model.config.vocab_size // 32) * 32
+            self._page_size = _PAGE if loaded.paged else loaded.cache_tokens
             self._closing = False
-            self._driver = GeneratorDriver(self._make_generator, self._prepare, self._vocab.pieces)
+            self._driver = GeneratorDriver(self._make_generator, self._prepare, vocab.pieces)
         except BaseException:
             self._model.unload()  # type: ignore[no-untyped-call]
             raise
@@ -288,7 +349,7 @@ class ExLlamaV2Engine:
                     pool.shutdown(wait=False, cancel_futures=True)
         generator = ExLlamaV2DynamicGenerator(
             model=self._model,
-            cache=self._cache,
+            cache=self._loaded.cache,
             tokenizer=self._tokenizer,
             max_batch_size=self._batch,
             max_seq_len=self._max_seq_len,

@@ -1,11 +1,12 @@
 """The GPU backend's pieces against ExLlamaV2's real Python classes, where torch and exllamav2
 are installed.
 
-On a machine without CUDA, importing exllamav2 would compile its CUDA extension; an inert
-module stands in for the extension there, so the pure-Python classes load (``Settings``, the
+On a machine without CUDA, importing exllamav2 would compile its CUDA extension; a module of
+plain-torch stand-ins for the few extension functions that sampling uses takes its place
+there (:func:`cpu_extension`), so the pure-Python classes load (``Settings``, the
 ``ExLlamaV2Filter`` base with its background-worker protocol, ``ExLlamaV2DynamicJob``,
-``ExLlamaV2Tokenizer``) while nothing that needs the extension can run. With CUDA the real
-extension is used. Without torch or exllamav2 (CI) the module is skipped.
+``ExLlamaV2Tokenizer``, the dynamic generator itself). With CUDA the real extension is used.
+Without torch or exllamav2 (CI) the module is skipped.
 """
 
 from __future__ import annotations
@@ -42,8 +43,99 @@ if importlib.util.find_spec("exllamav2") is None:
     pytest.skip("exllamav2 is not installed (pip install 'exloop[gpu]')", allow_module_level=True)
 
 
-def _inert_extension() -> types.ModuleType:
+def cpu_extension() -> types.ModuleType:
+    """The few functions of ``exllamav2_ext`` that sampling and the generator's bookkeeping
+    call, in plain torch (greedy and truncated sampling as ``sample_basic`` does them);
+    anything else raises. Used only where CUDA is absent, in place of compiling the real one."""
     module = types.ModuleType("exllamav2_ext")
+
+    def count_match(a: Any, b: Any, limit: int) -> int:
+        n = min(limit, a.shape[-1], b.shape[-1])
+        differ = (a[0, :n] != b[0, :n]).nonzero()
+        return int(differ[0, 0]) if len(differ) else n
+
+    def fast_fill_cpu_ones_bool(mask: Any) -> None:
+        mask.fill_(True)
+
+    def fast_fadd_cpu(logits: Any, bias: Any) -> None:
+        logits += bias[: logits.shape[-1]]
+
+    def logit_filter_exclusive(mask: Any, lists: list[list[int]]) -> None:
+        for row, allowed in enumerate(lists):
+            keep = mask[row, allowed].clone()
+            mask[row] = False
+            mask[row, allowed] = keep
+
+    def apply_rep_penalty(
+        sequence: Any,
+        penalty: float,
+        sustain: int,
+        decay: int,
+        frequency: float,
+        presence: float,
+        logits: Any,
+    ) -> None:
+        for row in range(sequence.shape[0]):
+            seen = sequence[row].unique()
+            values = logits[row, 0, seen]
+            logits[row, 0, seen] = torch.where(values > 0, values / penalty, values * penalty)
+
+    def sample_basic(
+        logits: Any,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        top_a: float,
+        min_p: float,
+        tfs: float,
+        typical: float,
+        random: float,
+        output_tokens: Any,
+        output_probs: Any,
+        output_kprobs: Any,
+        output_ktokens: Any,
+        logit_filter: Any,
+        mirostat: bool,
+        mirostat_mu: list[float],
+        *rest: Any,
+    ) -> list[float]:
+        post_temperature = rest[2]
+        for row in range(logits.shape[0]):
+            values = logits[row, 0].clone()
+            if not logit_filter.is_meta:
+                values[~logit_filter[row]] = float("-inf")
+            if temperature < 0.01:
+                top_k, temperature = 1, 1.0
+            probs, order = torch.softmax(values / temperature, dim=-1).sort(descending=True)
+            keep = len(probs)
+            if 0 < top_k < keep:
+                keep = top_k
+            if 0.0 < top_p < 1.0:
+                keep = min(keep, int((probs.cumsum(0) < top_p).sum()) + 1)
+            if 0.0 < min_p < 1.0:
+                keep = min(keep, int((probs >= min_p * probs[0]).sum()))
+            probs, order = probs[:keep], order[:keep]
+            if post_temperature != 1.0:
+                probs = probs ** (1.0 / post_temperature)
+            probs = probs / probs.sum()
+            pick = min(int((probs.cumsum(0) < random * 0.9998).sum()), keep - 1)
+            output_tokens[row, 0] = order[pick]
+            output_probs[row, 0] = probs[pick]
+            if not output_kprobs.is_meta:
+                k = output_kprobs.shape[-1]
+                output_ktokens[row, 0, : min(k, keep)] = order[:k]
+                output_kprobs[row, 0, : min(k, keep)] = probs[:k]
+        return mirostat_mu
+
+    for function in (
+        count_match,
+        fast_fill_cpu_ones_bool,
+        fast_fadd_cpu,
+        logit_filter_exclusive,
+        apply_rep_penalty,
+        sample_basic,
+    ):
+        setattr(module, function.__name__, function)
 
     def __getattr__(name: str) -> Any:
         if name.startswith("__"):
@@ -59,7 +151,7 @@ def _inert_extension() -> types.ModuleType:
 
 
 if not torch.cuda.is_available():
-    sys.modules.setdefault("exllamav2_ext", _inert_extension())
+    sys.modules.setdefault("exllamav2_ext", cpu_extension())
 
 backend = importlib.import_module("exloop.engine.exllamav2_backend")
 from exllamav2 import ExLlamaV2Config, ExLlamaV2Tokenizer

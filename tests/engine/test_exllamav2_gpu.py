@@ -55,7 +55,7 @@ def chat(text: str, system: str = "You are a helpful assistant.") -> Chat:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[ExLlamaV2Engine]:
-    loaded = ExLlamaV2Engine(
+    loaded = ExLlamaV2Engine.load(
         Path(os.environ["EXLOOP_GPU_MODEL"]), max_seq_len=4096, max_batch_size=8
     )
     yield loaded
