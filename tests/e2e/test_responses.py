@@ -11,6 +11,7 @@ import openai
 import pydantic
 import pytest
 from openai.types.responses import Response as SdkResponse
+from openai.types.responses import ResponseStreamEvent
 from openresponses_types import types as open_responses
 
 from .conftest import ServerProcess
@@ -23,6 +24,26 @@ def validate(response: dict[str, object]) -> None:
     """The object parses as OpenAI's SDK type and as Open Responses' ResponseResource."""
     SdkResponse.model_validate(response)
     open_responses.ResponseResource.model_validate(response)
+
+
+SDK_EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
+
+
+def open_responses_event_types() -> dict[str, type[pydantic.BaseModel]]:
+    """Open Responses' streaming event models by the ``type`` they carry (an enum there)."""
+    models = {}
+    for name in dir(open_responses):
+        model = getattr(open_responses, name)
+        if name.endswith("StreamingEvent") and isinstance(model, type):
+            kind = model.model_fields["type"].annotation
+            models[next(iter(kind)).value] = model  # type: ignore[union-attr, call-overload]
+    return models
+
+
+def validate_event(event: dict[str, object], spec: dict[str, type[pydantic.BaseModel]]) -> None:
+    SDK_EVENT.validate_python(event)
+    if event["type"] in spec:
+        spec[str(event["type"])].model_validate(event)
 
 
 def sse_events(response: httpx.Response) -> tuple[list[dict[str, object]], list[str]]:
@@ -89,6 +110,10 @@ def test_stream_event_order_and_done(http: httpx.Client) -> None:
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert text == events[-1]["response"]["output"][0]["content"][0]["text"]
     validate(events[-1]["response"])
+    spec = open_responses_event_types()
+    assert "response.output_text.delta" in spec
+    for event in events:
+        validate_event(event, spec)
 
 
 def test_sdk_stream_helper_accepts_the_stream(client: openai.OpenAI) -> None:
