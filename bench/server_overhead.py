@@ -50,8 +50,16 @@ class Server:
     def __init__(self, model: Path) -> None:
         self.port = free_port()
         command = [
-            sys.executable, "-m", "exloop.server.cli", "serve", "--model", str(model),
-            "--host", "127.0.0.1", "--port", str(self.port),
+            sys.executable,
+            "-m",
+            "exloop.server.cli",
+            "serve",
+            "--model",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
         ]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -114,7 +122,9 @@ async def server_round(url: str, n: int, tokens: int, eos: int) -> tuple[int, fl
         usage = json.loads(last.removeprefix("data: "))["response"]["usage"]
         total += usage["output_tokens"]
 
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=600, limits=httpx.Limits(max_connections=64)
+    ) as client:
         started = time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(n):

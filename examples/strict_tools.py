@@ -62,8 +62,12 @@ def get_weather(city: str, unit: str) -> str:
 def convert_currency(amount: float, source: str, target: str) -> str:
     rates = {"EUR": 1.0, "USD": 1.08, "GBP": 0.85, "JPY": 162.0}
     if source not in rates or target not in rates:
-        return json.dumps({"error": f"unknown currency {source if source not in rates else target}"})
-    return json.dumps({"amount": round(amount / rates[source] * rates[target], 2), "currency": target})
+        return json.dumps(
+            {"error": f"unknown currency {source if source not in rates else target}"}
+        )
+    return json.dumps(
+        {"amount": round(amount / rates[source] * rates[target], 2), "currency": target}
+    )
 
 
 FUNCTIONS: dict[str, Callable[..., str]] = {
@@ -96,7 +100,9 @@ def main() -> None:
             arguments = json.loads(call.arguments)  # valid by construction for strict tools
             result = FUNCTIONS[call.name](**arguments)
             print(f"-> {call.name}({arguments}) = {result}")
-            outputs.append({"type": "function_call_output", "call_id": call.call_id, "output": result})
+            outputs.append(
+                {"type": "function_call_output", "call_id": call.call_id, "output": result}
+            )
         response = client.responses.create(
             model="default",
             previous_response_id=response.id,

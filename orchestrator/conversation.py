@@ -26,18 +26,14 @@ def resolve_references(items: Iterable[Item], store: ResponseStore) -> list[Item
         if isinstance(item, ItemReference):
             found = store.find_item(item.id)
             if found is None:
-                raise InvalidRequest(
-                    f"Item with id '{item.id}' not found.", param=f"input[{i}].id"
-                )
+                raise InvalidRequest(f"Item with id '{item.id}' not found.", param=f"input[{i}].id")
             resolved.append(found)
         else:
             resolved.append(item)
     return resolved
 
 
-def to_messages(
-    items: Sequence[Item], instructions: str | None = None
-) -> list[ChatMessage]:
+def to_messages(items: Sequence[Item], instructions: str | None = None) -> list[ChatMessage]:
     """Chat messages for ``items``, with ``instructions`` as the first system message.
 
     Consecutive function calls join the assistant turn before them (one turn may hold text

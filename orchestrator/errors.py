@@ -33,7 +33,11 @@ class InvalidState(OrchestratorError):
     finished response). ``conflict`` marks the cases answered with 409."""
 
     def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None,
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
         conflict: bool = False,
     ) -> None:
         super().__init__(message, param=param, code=code)

@@ -82,9 +82,7 @@ class FunctionCall(msgspec.Struct, tag="function_call", tag_field="type", frozen
     status: ItemStatus | None = None
 
 
-class FunctionCallOutput(
-    msgspec.Struct, tag="function_call_output", tag_field="type", frozen=True
-):
+class FunctionCallOutput(msgspec.Struct, tag="function_call_output", tag_field="type", frozen=True):
     call_id: str
     output: str
     id: str | None = None

@@ -103,7 +103,9 @@ class OutputWriter:
         record.emit(lambda n: ev.ContentPartDone(sequence_number=n, part=part, **base))
         item = Message(role="assistant", content=[part], id=msg.id, status=status)
         record.output[msg.index] = item
-        record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=msg.index, item=item))
+        record.emit(
+            lambda n: ev.OutputItemDone(sequence_number=n, output_index=msg.index, item=item)
+        )
         return item
 
     def _open_message(self) -> _OpenMessage:
@@ -112,7 +114,9 @@ class OutputWriter:
         self._message = msg
         empty = Message(role="assistant", content=[], id=msg.id, status="in_progress")
         record.output.append(empty)
-        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=msg.index, item=empty))
+        record.emit(
+            lambda n: ev.OutputItemAdded(sequence_number=n, output_index=msg.index, item=empty)
+        )
         record.emit(
             lambda n: ev.ContentPartAdded(
                 sequence_number=n,
@@ -139,7 +143,9 @@ class OutputWriter:
         self._call = call
         item = self._call_item(call, "in_progress")
         record.output.append(item)
-        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=call.index, item=item))
+        record.emit(
+            lambda n: ev.OutputItemAdded(sequence_number=n, output_index=call.index, item=item)
+        )
 
     def call_arguments(self, delta: str) -> None:
         call = self._call
@@ -172,13 +178,19 @@ class OutputWriter:
         )
         item = self._call_item(call, status)
         record.output[call.index] = item
-        record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item))
+        record.emit(
+            lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item)
+        )
         return item
 
     @staticmethod
     def _call_item(call: _OpenCall, status: ItemStatus) -> FunctionCall:
         return FunctionCall(
-            call_id=call.call_id, name=call.name, arguments=call.arguments, id=call.id, status=status
+            call_id=call.call_id,
+            name=call.name,
+            arguments=call.arguments,
+            id=call.id,
+            status=status,
         )
 
     def close_all(self, status: ItemStatus) -> None:
@@ -198,21 +210,31 @@ class OutputWriter:
         record.output.append(item)
         record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
         record.emit(
-            lambda n: ev.WebSearchCallInProgress(sequence_number=n, item_id=item.id, output_index=index)
+            lambda n: ev.WebSearchCallInProgress(
+                sequence_number=n, item_id=item.id, output_index=index
+            )
         )
         record.emit(
-            lambda n: ev.WebSearchCallSearching(sequence_number=n, item_id=item.id, output_index=index)
+            lambda n: ev.WebSearchCallSearching(
+                sequence_number=n, item_id=item.id, output_index=index
+            )
         )
         record.output[index] = WebSearchCall(id=item.id, status="searching", action=action)
         return index
 
-    def close_web_search(self, index: int, action: WebSearchAction, *, failed: bool = False) -> None:
+    def close_web_search(
+        self, index: int, action: WebSearchAction, *, failed: bool = False
+    ) -> None:
         record = self._record
         current = record.output[index]
-        item = WebSearchCall(id=current.id or "", status="failed" if failed else "completed", action=action)
+        item = WebSearchCall(
+            id=current.id or "", status="failed" if failed else "completed", action=action
+        )
         record.output[index] = item
         if not failed:
             record.emit(
-                lambda n: ev.WebSearchCallCompleted(sequence_number=n, item_id=item.id, output_index=index)
+                lambda n: ev.WebSearchCallCompleted(
+                    sequence_number=n, item_id=item.id, output_index=index
+                )
             )
         record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))

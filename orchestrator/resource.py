@@ -89,9 +89,7 @@ class WebSearchTool(msgspec.Struct, tag="web_search", tag_field="type", frozen=T
     user_location: UserLocation | None = None
 
 
-class WebSearchPreviewTool(
-    msgspec.Struct, tag="web_search_preview", tag_field="type", frozen=True
-):
+class WebSearchPreviewTool(msgspec.Struct, tag="web_search_preview", tag_field="type", frozen=True):
     search_context_size: Literal["low", "medium", "high"] = "medium"
     user_location: UserLocation | None = None
 

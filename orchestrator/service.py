@@ -130,7 +130,9 @@ class Orchestrator:
         builtins = BuiltinRegistry(self._builtins(spec) if self._builtins else [])
         if spec.tools.web_search is not None and not builtins:
             raise InvalidRequest("Web search is not enabled on this server.", param="tools")
-        self._engine.check(GenerationRequest(prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint))
+        self._engine.check(
+            GenerationRequest(prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint)
+        )
         await self._check_context(spec, (*context, *inputs))
 
         record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
@@ -148,7 +150,9 @@ class Orchestrator:
         if spec.truncation == "auto":
             return  # the loop drops the oldest turns as needed
         tools = (*spec.tools.functions,)
-        tokens = await self._engine.count_tokens(Chat(tuple(to_messages(items, spec.instructions)), tools))
+        tokens = await self._engine.count_tokens(
+            Chat(tuple(to_messages(items, spec.instructions)), tools)
+        )
         limit = self._engine.info.context_length
         if tokens + (spec.sampling.max_tokens or 1) > limit:
             raise ContextLengthExceeded(
@@ -187,7 +191,9 @@ class Orchestrator:
     def _stored(self, response_id: str) -> ResponseRecord:
         record = self._store.get(response_id)
         if record is None:
-            raise ResponseNotFound(f"Response with id '{response_id}' not found.", param="response_id")
+            raise ResponseNotFound(
+                f"Response with id '{response_id}' not found.", param="response_id"
+            )
         return record
 
     async def retrieve(self, response_id: str) -> Response:

@@ -44,7 +44,11 @@ class Transition(enum.Enum):
 _T = Transition
 TRANSITIONS: Final = MappingProxyType(
     {
-        Phase.QUEUED: {_T.START: Phase.GENERATING, _T.CANCEL: Phase.CANCELLED, _T.FAIL: Phase.FAILED},
+        Phase.QUEUED: {
+            _T.START: Phase.GENERATING,
+            _T.CANCEL: Phase.CANCELLED,
+            _T.FAIL: Phase.FAILED,
+        },
         Phase.GENERATING: {
             _T.RUN_TOOLS: Phase.RUNNING_TOOLS,
             _T.COMPLETE: Phase.COMPLETED,

@@ -128,7 +128,9 @@ class ModelStep:
             if finish.reason != "length":
                 raise
         return StepResult(
-            text=sink.raw_text, calls=tuple(sink.completed), finish=finish.reason,
+            text=sink.raw_text,
+            calls=tuple(sink.completed),
+            finish=finish.reason,
             completion_tokens=used,
         )
 

@@ -72,8 +72,16 @@ def test_create_returns_every_field(http: httpx.Client) -> None:
     validate(body)
     assert body["status"] == "completed"
     assert body["model"] == "my-model"  # answers to any name, reports the one asked for
-    for key in ("instructions", "previous_response_id", "incomplete_details", "error",
-                "max_output_tokens", "max_tool_calls", "reasoning", "completed_at"):
+    for key in (
+        "instructions",
+        "previous_response_id",
+        "incomplete_details",
+        "error",
+        "max_output_tokens",
+        "max_tool_calls",
+        "reasoning",
+        "completed_at",
+    ):
         assert key in body
     usage = body["usage"]
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"] > 0
@@ -117,9 +125,7 @@ def test_stream_event_order_and_done(http: httpx.Client) -> None:
 
 
 def test_sdk_stream_helper_accepts_the_stream(client: openai.OpenAI) -> None:
-    with client.responses.stream(
-        model="default", input="Greet me.", extra_body=SHORT
-    ) as stream:
+    with client.responses.stream(model="default", input="Greet me.", extra_body=SHORT) as stream:
         for _ in stream:
             pass
         final = stream.get_final_response()
@@ -220,9 +226,7 @@ def test_background_stream_and_resume(http: httpx.Client, client: openai.OpenAI)
 
 
 def test_disconnect_cancels_a_streamed_response(http: httpx.Client) -> None:
-    with http.stream(
-        "POST", "/v1/responses", json={**LONG, "stream": True}
-    ) as response:
+    with http.stream("POST", "/v1/responses", json={**LONG, "stream": True}) as response:
         lines = response.iter_lines()
         created = None
         for line in lines:
@@ -261,14 +265,14 @@ def test_previous_response_id_chains_turns(client: openai.OpenAI) -> None:
     # The second prompt holds the first turn, so it is longer than the first prompt.
     assert second.usage.input_tokens > first.usage.input_tokens
     with pytest.raises(openai.NotFoundError) as info:
-        client.responses.create(
-            model="default", input="hi", previous_response_id="resp_missing"
-        )
+        client.responses.create(model="default", input="hi", previous_response_id="resp_missing")
     assert info.value.body["param"] == "previous_response_id"  # type: ignore[index]
 
 
 def test_follow_up_reuses_the_kv_cache(client: openai.OpenAI) -> None:
-    first = client.responses.create(model="default", input="Tell me about cats.", max_output_tokens=8)
+    first = client.responses.create(
+        model="default", input="Tell me about cats.", max_output_tokens=8
+    )
     second = client.responses.create(
         model="default", input="And dogs?", previous_response_id=first.id, max_output_tokens=4
     )
@@ -286,11 +290,11 @@ def test_store_false_is_not_retrievable(client: openai.OpenAI) -> None:
 
 
 def test_input_items_paginate(client: openai.OpenAI) -> None:
-    items = [
-        {"role": "user", "content": f"message {i}"} for i in range(5)
-    ]
+    items = [{"role": "user", "content": f"message {i}"} for i in range(5)]
     response = client.responses.create(
-        model="default", input=items, extra_body=SHORT  # type: ignore[arg-type]
+        model="default",
+        input=items,
+        extra_body=SHORT,  # type: ignore[arg-type]
     )
     page = client.responses.input_items.list(response.id, limit=2, order="asc")
     assert [item.content[0].text for item in page.data] == ["message 0", "message 1"]  # type: ignore[union-attr]
@@ -310,7 +314,9 @@ def test_replayed_output_items_are_valid_input(client: openai.OpenAI) -> None:
         {"role": "user", "content": [{"type": "input_text", "text": "Again."}]},
     ]
     second = client.responses.create(
-        model="default", input=replay, extra_body=SHORT  # type: ignore[arg-type]
+        model="default",
+        input=replay,
+        extra_body=SHORT,  # type: ignore[arg-type]
     )
     assert second.status == "completed"
 
@@ -344,9 +350,7 @@ def test_truncation(start_server: Callable[..., ServerProcess]) -> None:
         assert refused.status_code == 400
         error = refused.json()["error"]
         assert error["code"] == "context_length_exceeded" and error["param"] == "input"
-        truncated = http.post(
-            "/v1/responses", json={"input": turns, "truncation": "auto", **SHORT}
-        )
+        truncated = http.post("/v1/responses", json={"input": turns, "truncation": "auto", **SHORT})
     assert truncated.status_code == 200, truncated.text
     body = truncated.json()
     assert body["status"] == "completed" and body["truncation"] == "auto"

@@ -84,9 +84,7 @@ class ScriptedJob:
 
 def _pending_stop(text: str, stops: tuple[str, ...]) -> int:
     """Length of the longest tail of ``text`` that begins some stop sequence."""
-    return max(
-        (n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0
-    )
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
 def _prompt_text(request: GenerationRequest) -> str:
@@ -134,4 +132,3 @@ class ScriptedEngine:
 
     async def aclose(self) -> None:
         return None
-

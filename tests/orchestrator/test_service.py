@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import anyio
 import pytest
 
@@ -11,7 +12,7 @@ from exloop.engine.sampling import SamplingParams
 from exloop.orchestrator import events as ev
 from exloop.orchestrator.builtin import BuiltinCall, BuiltinTool
 from exloop.orchestrator.errors import InvalidState, ResponseNotFound
-from exloop.orchestrator.items import FunctionCall, InputText, Message, WebSearchCall, SearchAction
+from exloop.orchestrator.items import FunctionCall, InputText, Message, SearchAction, WebSearchCall
 from exloop.orchestrator.output import OutputWriter
 from exloop.orchestrator.service import Orchestrator
 from exloop.orchestrator.spec import RunSpec, ToolPolicy
@@ -66,7 +67,7 @@ async def test_max_output_tokens_gives_incomplete() -> None:
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
     assert response.output[0].status == "incomplete"  # type: ignore[union-attr]
-    assert isinstance(list([e async for e in handle.events()])[-1], ev.ResponseIncomplete)
+    assert isinstance([e async for e in handle.events()][-1], ev.ResponseIncomplete)
 
 
 async def test_background_cancel_stops_the_job_and_stays_cancelled() -> None:

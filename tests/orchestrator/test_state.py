@@ -11,7 +11,7 @@ def test_every_phase_has_a_status_and_a_row() -> None:
 
 
 def test_terminal_phases_accept_nothing() -> None:
-    assert TERMINAL == {Phase.COMPLETED, Phase.INCOMPLETE, Phase.CANCELLED, Phase.FAILED}
+    assert {Phase.COMPLETED, Phase.INCOMPLETE, Phase.CANCELLED, Phase.FAILED} == TERMINAL
     for phase in TERMINAL:
         for transition in Transition:
             with pytest.raises(InvalidState):
