@@ -88,19 +88,38 @@ class OutputWriter:
             return None
         record = self._record
         part = OutputText(text=msg.text, annotations=annotations or [], logprobs=msg.logprobs)
-        base = {"item_id": msg.id, "output_index": msg.index, "content_index": 0}
+        where = msg.id, msg.index
         for i, annotation in enumerate(annotations or []):
+            # emit() calls the factory at once, so the loop variables are current.
             record.emit(
-                lambda n, i=i, a=annotation: ev.OutputTextAnnotationAdded(
-                    sequence_number=n, annotation_index=i, annotation=a, **base
+                lambda n: ev.OutputTextAnnotationAdded(
+                    sequence_number=n,
+                    item_id=where[0],
+                    output_index=where[1],
+                    content_index=0,
+                    annotation_index=i,  # noqa: B023
+                    annotation=annotation,  # noqa: B023
                 )
             )
         record.emit(
             lambda n: ev.OutputTextDone(
-                sequence_number=n, text=msg.text, logprobs=msg.logprobs, **base
+                sequence_number=n,
+                item_id=where[0],
+                output_index=where[1],
+                content_index=0,
+                text=msg.text,
+                logprobs=msg.logprobs,
             )
         )
-        record.emit(lambda n: ev.ContentPartDone(sequence_number=n, part=part, **base))
+        record.emit(
+            lambda n: ev.ContentPartDone(
+                sequence_number=n,
+                item_id=where[0],
+                output_index=where[1],
+                content_index=0,
+                part=part,
+            )
+        )
         item = Message(role="assistant", content=[part], id=msg.id, status=status)
         record.output[msg.index] = item
         record.emit(

@@ -100,7 +100,7 @@ class ResponseRecord:
         return Response(
             id=self.id,
             created_at=self.created_at,
-            status=STATUS[self.phase],  # type: ignore[arg-type]
+            status=STATUS[self.phase],
             model=spec.model,
             output=list(self.output),
             tools=list(echo.tools),

@@ -254,4 +254,4 @@ def _with_id(item: Item) -> Item:
     prefix = _ID_PREFIX.get(type(item))
     if prefix is None or getattr(item, "id", None):
         return item
-    return msgspec.structs.replace(item, id=new_id(prefix))  # type: ignore[type-var]
+    return msgspec.structs.replace(item, id=new_id(prefix))
