@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, runtime_checkable
 
 from exloop.engine.protocol import ToolSpec
 
+from .items import UrlCitation
 from .output import OutputWriter
 from .spec import RunSpec
 
@@ -35,6 +36,15 @@ class BuiltinTool(Protocol):
 
     async def run(self, call: BuiltinCall, writer: OutputWriter) -> str:
         """Run the call, writing its output items; return the result text for the model."""
+        ...
+
+
+@runtime_checkable
+class Citing(Protocol):
+    """A built-in tool that keeps the sources the model read and can cite them."""
+
+    def cite(self, text: str) -> list[UrlCitation]:
+        """The ``url_citation`` annotations of the final answer ``text``."""
         ...
 
 
@@ -61,3 +71,9 @@ class BuiltinRegistry:
     @property
     def specs(self) -> tuple[ToolSpec, ...]:
         return tuple(tool.spec for tool in self._tools.values())
+
+    def annotate(self, text: str) -> list[UrlCitation]:
+        """Citations for the final answer, from the tools that keep sources, in text order."""
+        citing = [tool for tool in self._tools.values() if isinstance(tool, Citing)]
+        found = [citation for tool in citing for citation in tool.cite(text)]
+        return sorted(found, key=lambda c: (c.start_index, c.end_index))

@@ -112,7 +112,11 @@ class ToolLoop:
                     writer.close_all("incomplete")
                     record.stop_short(IncompleteDetails(reason="max_output_tokens"))
                     return
-                case FinalMessage() | AwaitClientTools():
+                case FinalMessage():
+                    writer.close_message(annotations=self._builtins.annotate(writer.message_text))
+                    record.complete()
+                    return
+                case AwaitClientTools():
                     writer.close_message()
                     record.complete()
                     return

@@ -1,0 +1,212 @@
+"""Built-in web search: the ``web_search`` and ``open_page`` tools over ``WebResearch``.
+
+A request that asks for web search (``web_search_options``, or a ``web_search`` tool) gets two
+built-in tools: ``web_search(query)`` searches and reads the top pages, ``open_page(url)`` reads
+one page. Each call becomes a ``web_search_call`` output item (a ``search`` or ``open_page``
+action) with its events, and returns text for the model in which every page carries a number,
+``[n]``, that is the same for that page throughout the response (a :class:`SourceLedger`).
+
+A provider or fetch failure is the tool's result text, and its item ends ``failed``; the
+response goes on. After the final answer, the loop asks the registry for citations, and the
+search tool answers from the ledger (see :mod:`.citations` for the rule).
+
+``action.sources`` is filled only when the request includes ``web_search_call.action.sources``,
+as OpenAI does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from exloop.engine.protocol import ToolSpec
+from exloop.tools.errors import ToolError
+from exloop.tools.research import SearchOutcome, WebResearch
+from exloop.tools.research import UserLocation as ResearchLocation
+
+from .builtin import BuiltinCall, BuiltinFactory, BuiltinTool
+from .citations import SourceLedger
+from .items import Item, Message, OpenPageAction, SearchAction, SearchSource, UrlCitation
+from .output import OutputWriter
+from .spec import RunSpec, WebSearchOptions
+
+SEARCH_TOOL = "web_search"
+OPEN_PAGE_TOOL = "open_page"
+INCLUDE_SOURCES = "web_search_call.action.sources"
+
+SEARCH_DESCRIPTION = (
+    "Search the web. Returns numbered sources with the passages of their pages that match the "
+    "query; cite a source by its number, like [1]."
+)
+OPEN_PAGE_DESCRIPTION = (
+    "Open a web page by its URL, for example one from the search results, and read its text."
+)
+
+# The header `WebResearch` writes for each source: "[n] title\nURL: url".
+_SOURCE_HEADER = re.compile(r"^\[(\d+)\] (?=.*\nURL: )", re.MULTILINE)
+
+
+def web_search_builtins(research: WebResearch) -> BuiltinFactory:
+    """The factory for ``Orchestrator(builtins=...)``: the web tools for requests asking for
+    web search (``spec.tools.web_search`` set), none for the others."""
+
+    def make(spec: RunSpec) -> list[BuiltinTool]:
+        options = spec.tools.web_search
+        if options is None:
+            return []
+        session = _Session(
+            research,
+            options,
+            SourceLedger(),
+            question=last_user_text(spec.input),
+            include_sources=INCLUDE_SOURCES in spec.echo.include,
+        )
+        # Search first: a forced first step calls the registry's first tool.
+        return [SearchTool(session), OpenPageTool(session)]
+
+    return make
+
+
+def last_user_text(items: tuple[Item, ...]) -> str | None:
+    """The text of the last user message, the fallback for an empty search query."""
+    for item in reversed(items):
+        if isinstance(item, Message) and item.role == "user" and item.text.strip():
+            return item.text.strip()
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """What the two tools of one response share."""
+
+    research: WebResearch
+    options: WebSearchOptions
+    ledger: SourceLedger
+    question: str | None
+    include_sources: bool
+
+    @property
+    def location(self) -> ResearchLocation | None:
+        where = self.options.user_location
+        if where is None:
+            return None
+        return ResearchLocation(
+            country=where.country, region=where.region, city=where.city, timezone=where.timezone
+        )
+
+
+class SearchTool:
+    """``web_search(query)``: search, read the top pages, return numbered passages."""
+
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name=SEARCH_TOOL,
+            description=self._session.options.search_description or SEARCH_DESCRIPTION,
+            parameters=_schema("query", "What to search for."),
+            strict=True,
+        )
+
+    async def run(self, call: BuiltinCall, writer: OutputWriter) -> str:
+        session = self._session
+        # An empty query (a forced search the model left blank) falls back to the question.
+        query = _argument(call.arguments, "query") or session.question or ""
+        action = SearchAction(query=query)
+        index = writer.open_web_search(action)
+        if not query:
+            writer.close_web_search(index, action, failed=True)
+            return "Error: the search needs a query."
+        try:
+            outcome = await session.research.search(
+                query,
+                context_size=session.options.search_context_size,
+                location=session.location,
+            )
+        except ToolError as exc:
+            writer.close_web_search(index, action, failed=True)
+            return str(exc)
+        except BaseException:
+            # Cancelled (or a bug): the item must not stay "searching" in a finished response.
+            writer.close_web_search(index, action, failed=True)
+            raise
+        if session.include_sources:
+            action = SearchAction(
+                query=query, sources=[SearchSource(url=s.url) for s in outcome.sources]
+            )
+        writer.close_web_search(index, action)
+        return self._record(outcome)
+
+    def cite(self, text: str) -> list[UrlCitation]:
+        """The final answer's citations of every page this response's model read."""
+        return self._session.ledger.cite(text)
+
+    def _record(self, outcome: SearchOutcome) -> str:
+        """Enter the sources in the ledger; the model's text, renumbered run-wide, with the
+        pages that could not be read and why."""
+        ledger = self._session.ledger
+        numbers: dict[int, int] = {}
+        for source in outcome.sources:
+            passages = [p.text for p in outcome.passages if p.source == source.number]
+            read = "\n".join(passages) or source.snippet
+            numbers[source.number] = ledger.add(source.url, source.title, read)
+        text = _SOURCE_HEADER.sub(lambda m: f"[{numbers.get(int(m[1]), m[1])}] ", outcome.text)
+        by_url = {s.url: numbers[s.number] for s in outcome.sources}
+        unread = [f"[{by_url[f.url]}] {f.reason}" for f in outcome.failures if f.url in by_url]
+        if unread:
+            text += "\n\nPages that could not be read (their snippets stand in):\n"
+            text += "\n".join(unread)
+        return text
+
+
+class OpenPageTool:
+    """``open_page(url)``: read one page; it joins the response's numbered sources."""
+
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(
+            name=OPEN_PAGE_TOOL,
+            description=self._session.options.extract_description or OPEN_PAGE_DESCRIPTION,
+            parameters=_schema("url", "The http or https URL of the page."),
+            strict=True,
+        )
+
+    async def run(self, call: BuiltinCall, writer: OutputWriter) -> str:
+        session = self._session
+        url = _argument(call.arguments, "url")
+        action = OpenPageAction(url=url)
+        index = writer.open_web_search(action)
+        try:
+            page = await session.research.open(
+                url, session.question, context_size=session.options.search_context_size
+            )
+        except ToolError as exc:
+            writer.close_web_search(index, action, failed=True)
+            return f"Could not open the page: {exc}"
+        except BaseException:
+            writer.close_web_search(index, action, failed=True)
+            raise
+        writer.close_web_search(index, action)
+        read = "\n".join(p.text for p in page.passages)
+        number = session.ledger.add(page.url, page.title, read)
+        return f"[{number}] {page.text}"
+
+
+def _schema(name: str, description: str) -> dict[str, object]:
+    return {
+        "type": "object",
+        "properties": {name: {"type": "string", "description": description}},
+        "required": [name],
+        "additionalProperties": False,
+    }
+
+
+def _argument(arguments: Mapping[str, object], name: str) -> str:
+    value = arguments.get(name)
+    return value.strip() if isinstance(value, str) else ""
