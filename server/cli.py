@@ -28,6 +28,9 @@ from exloop.engine.backends import (
     select_backend,
 )
 from exloop.engine.errors import EngineError, ModelNotFound
+from exloop.tools.fetch import SafeFetcher
+from exloop.tools.research import WebResearch
+from exloop.tools.web_search import DdgsProvider, SearchProvider, SearxngProvider
 
 log = logging.getLogger("exloop")
 
@@ -54,6 +57,8 @@ class ServeSettings:
     cache_mode: str
     max_batch_size: int
     log_level: str
+    #: Hidden test option: ddgs searches a stand-in of DuckDuckGo's HTML endpoint at this URL.
+    ddgs_url: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
@@ -68,6 +73,7 @@ class ServeSettings:
             api_key=args.api_key or None,
             search_provider=args.search_provider,
             searxng_url=args.searxng_url or None,
+            ddgs_url=args.ddgs_url or None,
             fetch_allow_private=args.fetch_allow_private,
             n_ctx=args.n_ctx,
             max_seq_len=args.max_seq_len,
@@ -166,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="base URL of a SearXNG instance with the JSON format enabled, for "
         "--search-provider searxng (EXLOOP_SEARXNG_URL)",
     )
+    # Tests point ddgs at a loopback stand-in of DuckDuckGo's HTML endpoint.
+    serve.add_argument("--ddgs-url", default=_env("DDGS_URL"), help=argparse.SUPPRESS)
     serve.add_argument(
         "--fetch-allow-private", action="store_true",
         default=(_env("FETCH_ALLOW_PRIVATE", "") or "").lower() in _TRUE,
@@ -204,16 +212,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def web_research(settings: ServeSettings) -> WebResearch:
+    """The built-in web search's provider and page fetcher, as the flags choose them.
+
+    The SearXNG URL is the operator's, so it is reached without the SSRF guard; every page a
+    search result or the model names goes through ``SafeFetcher``.
+    """
+    provider: SearchProvider
+    if settings.search_provider == "searxng":
+        if not settings.searxng_url:
+            raise SystemExit("exloop: --search-provider searxng needs --searxng-url")
+        provider = SearxngProvider(settings.searxng_url)
+    else:
+        provider = DdgsProvider(duckduckgo_url=settings.ddgs_url)
+    return WebResearch(provider, SafeFetcher(allow_private=settings.fetch_allow_private))
+
+
 async def serve(settings: ServeSettings) -> None:
     """Load the model, then serve until interrupted; runs stop when the server does."""
     # Imported here so `exloop --help` and `fetch-model` do not load llama.cpp.
     from exloop.engine.default_model import default_model_path
     from exloop.orchestrator.service import Orchestrator
+    from exloop.orchestrator.web_search import web_search_builtins
 
     from .app import AppSettings, build_app
 
-    if settings.search_provider == "searxng" and not settings.searxng_url:
-        raise SystemExit("exloop: --search-provider searxng needs --searxng-url")
+    research = web_research(settings)
     backend = select_backend(
         str(settings.model) if settings.model else None, settings.backend
     )
@@ -232,7 +256,10 @@ async def serve(settings: ServeSettings) -> None:
     try:
         served = settings.served_model_name or engine.info.name
         async with Orchestrator(
-            engine, model_name=served, max_tool_rounds=settings.max_tool_rounds
+            engine,
+            model_name=served,
+            max_tool_rounds=settings.max_tool_rounds,
+            builtins=web_search_builtins(research),
         ) as orchestrator:
             app = build_app(orchestrator, AppSettings(served, settings.api_key))
             server = uvicorn.Server(uvicorn.Config(
