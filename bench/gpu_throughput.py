@@ -35,6 +35,7 @@ from typing import Any
 
 import anyio
 import httpx
+
 from exloop.engine.backends import gpu_problem
 from exloop.engine.exllamav2_vocab import ModelVocabulary, read_vocabulary
 from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest, Grammar
@@ -101,6 +102,7 @@ def raw_generator(
     from exllamav2 import attn as exl_attn
     from exllamav2.embedding import ExLlamaV2Embedding
     from exllamav2.generator import ExLlamaV2DynamicGenerator, ExLlamaV2DynamicJob
+
     from exloop.engine.exllamav2_backend import _CACHES, _cache_size, sampler_settings
     from exloop.engine.exllamav2_sampling import plan_sampler
 
@@ -120,12 +122,11 @@ def raw_generator(
         max_seq_len=max_seq_len,
         paged=paged,
     )
-    print(
-        f"mode: {'paged (continuous batching)' if paged else 'unpaged: no flash-attn, one job at a time'}"
-    )
+    mode = "paged (continuous batching)" if paged else "unpaged: no flash-attn, one job at a time"
+    print(f"mode: {mode}")
     generator.warmup()
     # The same settings the server gives these requests: greedy, stop tokens banned.
-    params = SamplingParams(temperature=0.0, logit_bias={t: -100.0 for t in vocab.stop_token_ids})
+    params = SamplingParams(temperature=0.0, logit_bias=dict.fromkeys(vocab.stop_token_ids, -100.0))
     plan = plan_sampler(params, vocab.texts)
     padded = -(-config.vocab_size // 32) * 32
     ids = tokenizer.encode(PROMPT, encode_special_tokens=True)
@@ -165,7 +166,8 @@ def raw_generator(
     bound = bandwidth / weight_bytes
     print(
         f"single-stream decode: {decode_rate:.1f} tok/s; bound {bound:.1f} tok/s "
-        f"({weight_bytes / 2**30:.2f} GiB of weights per token at {bandwidth / 1e9:.0f} GB/s copy bandwidth): "
+        f"({weight_bytes / 2**30:.2f} GiB of weights per token at "
+        f"{bandwidth / 1e9:.0f} GB/s copy bandwidth): "
         f"{decode_rate / bound:.2f} of the bound"
     )
     model.unload()
@@ -198,6 +200,7 @@ async def served(
 ) -> None:
     import torch
     import uvicorn
+
     from exloop.engine.exllamav2_backend import ExLlamaV2Engine
     from exloop.orchestrator.service import Orchestrator
     from exloop.server.app import AppSettings, build_app

@@ -9,6 +9,7 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 
 import pytest
+
 from exloop.engine import backends
 from exloop.engine.backends import BackendUnavailable, gpu_problem, select_backend
 

@@ -25,6 +25,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 import pytest
+
 from exloop.engine.constraints import GrammarCompiler
 from exloop.engine.exllamav2_driver import SampledLogprob
 from exloop.engine.exllamav2_sampling import OutputPenalties, TokenTexts, plan_sampler
@@ -154,8 +155,8 @@ if not torch.cuda.is_available():
     sys.modules.setdefault("exllamav2_ext", cpu_extension())
 
 backend = importlib.import_module("exloop.engine.exllamav2_backend")
-from exllamav2 import ExLlamaV2Config, ExLlamaV2Tokenizer
-from exllamav2.generator import ExLlamaV2Sampler
+from exllamav2 import ExLlamaV2Config, ExLlamaV2Tokenizer  # noqa: E402
+from exllamav2.generator import ExLlamaV2Sampler  # noqa: E402
 
 
 def test_settings_hold_every_planned_value() -> None:
@@ -268,7 +269,10 @@ def test_exllamav2_tokenizes_prompts_as_llama_cpp(
     config.vocab_size, config.bos_token_id, config.eos_token_id = 49152, settings["bos_token_id"], 2
     config.pad_token_id = None
     tokenizer = ExLlamaV2Tokenizer(config)
-    text = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nGrüße 世界<|im_end|>\n<|im_start|>assistant\n"
+    text = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nGrüße 世界<|im_end|>\n<|im_start|>assistant\n"
+    )
     ids = tokenizer.encode(text, encode_special_tokens=True)[0].tolist()
     assert ids == vocab_model.tokenize(text.encode(), add_bos=False, special=True)
     assert np.asarray(ids).max() < 49152

@@ -20,6 +20,8 @@ from typing import Any
 import anyio
 import numpy as np
 import pytest
+from llguidance import LLTokenizer
+
 from exloop.engine.constraints import GrammarCompiler
 from exloop.engine.errors import GenerationFailed, InvalidParameter
 from exloop.engine.exllamav2_driver import (
@@ -32,7 +34,6 @@ from exloop.engine.exllamav2_filter import GrammarFilterCore
 from exloop.engine.handoff import ThreadedJob
 from exloop.engine.protocol import Delta, Finish, GenerationRequest, Grammar, JobEvent, TokenPrompt
 from exloop.engine.sampling import SamplingParams
-from llguidance import LLTokenizer
 
 pytestmark = pytest.mark.anyio
 

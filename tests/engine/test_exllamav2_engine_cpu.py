@@ -14,16 +14,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
+import openai
 import pytest
+
 from exloop.engine.errors import GenerationFailed
 from exloop.engine.exllamav2_vocab import ModelVocabulary, read_vocabulary
 from exloop.engine.protocol import Chat, ChatMessage, Delta, Finish, GenerationRequest, Grammar
 from exloop.engine.sampling import SamplingParams
+from exloop.orchestrator.service import Orchestrator
+from exloop.server.app import AppSettings, build_app
 
 from . import test_exllamav2_classes as _classes  # installs the CPU extension where needed
 
@@ -31,9 +37,9 @@ smollm_dir = _classes.smollm_dir
 backend = _classes.backend
 torch = _classes.torch
 
-from exllamav2 import attn as exl_attn
-from exllamav2.config import ExLlamaV2Config
-from exllamav2.tokenizer.tokenizer import ExLlamaV2Tokenizer
+from exllamav2 import attn as exl_attn  # noqa: E402
+from exllamav2.config import ExLlamaV2Config  # noqa: E402
+from exllamav2.tokenizer.tokenizer import ExLlamaV2Tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +58,7 @@ class ScriptedModel:
         self.config.max_seq_len = 2048
         self.config.arch = type("Arch", (), {"lm": type("LM", (), {"mrope": False})()})()
         self.padded = -(-vocab_size // 32) * 32
-        self.following = {a: b for a, b in zip(answer, answer[1:] + [STOP], strict=True)}
+        self.following = dict(zip(answer, answer[1:] + [STOP], strict=True))
         self.first = answer[0]
         self.batch_sizes: list[int] = []
         self.fail_next = False
@@ -279,6 +285,91 @@ async def test_concurrent_jobs_share_the_batch_and_the_prompt_pages(engine: Any)
         assert max(model.batch_sizes) > 1  # jobs were decoded together
     else:
         assert max(model.batch_sizes) == 1
+
+
+# -- the HTTP APIs, in process, over this engine ----------------------------------------------
+
+
+@asynccontextmanager
+async def sdk(engine: Any) -> AsyncIterator[openai.AsyncOpenAI]:
+    """OpenAI's SDK talking to the app over ``engine``, in process."""
+    async with Orchestrator(engine, model_name="exllamav2") as orchestrator:
+        app = build_app(orchestrator, AppSettings("exllamav2"))
+        await app.start()
+        try:
+            transport = httpx.ASGITransport(app)  # type: ignore[arg-type]
+            async with httpx.AsyncClient(transport=transport, base_url="http://exloop/v1") as http:
+                yield openai.AsyncOpenAI(
+                    base_url="http://exloop/v1", api_key="k", http_client=http, max_retries=0
+                )
+        finally:
+            await app.stop()
+
+
+async def test_responses_api(engine: Any) -> None:
+    async with sdk(engine) as client:
+        created = await client.responses.create(input="Hi!", temperature=0, max_output_tokens=32)
+        assert created.status == "completed" and created.output_text == ANSWER
+        async with client.responses.stream(
+            model="x", input="Hi!", temperature=0, max_output_tokens=32
+        ) as stream:
+            async for _ in stream:
+                pass
+            streamed = await stream.get_final_response()
+        assert streamed.output_text == ANSWER
+        short = await client.responses.create(input="Hi!", temperature=0, max_output_tokens=2)
+        assert short.status == "incomplete"
+
+
+async def test_responses_follow_up_reuses_the_cache(engine: Any) -> None:
+    long_input = "Remember these rules. " + " ".join(f"Rule {i}: be kind." for i in range(100))
+    async with sdk(engine) as client:
+        first = await client.responses.create(input=long_input, temperature=0, max_output_tokens=32)
+        follow = await client.responses.create(
+            input="And now?", previous_response_id=first.id, temperature=0, max_output_tokens=32
+        )
+        assert follow.output_text == ANSWER
+        assert follow.usage is not None
+        assert follow.usage.input_tokens_details.cached_tokens >= 256
+
+
+async def test_responses_json_schema(engine: Any) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    async with sdk(engine) as client:
+        created = await client.responses.create(
+            input="Hi!",
+            max_output_tokens=32,
+            text={
+                "format": {"type": "json_schema", "name": "ok", "schema": schema, "strict": True}
+            },
+        )
+        assert set(json.loads(created.output_text)) == {"ok"}
+
+
+async def test_chat_completions_api(engine: Any) -> None:
+    messages: Any = [{"role": "user", "content": "Hi!"}]
+    async with sdk(engine) as client:
+        created = await client.chat.completions.create(
+            model="x",
+            messages=messages,
+            temperature=0,
+            max_tokens=32,
+            logprobs=True,
+            top_logprobs=2,
+        )
+        choice = created.choices[0]
+        assert choice.message.content == ANSWER and choice.finish_reason == "stop"
+        assert choice.logprobs is not None and choice.logprobs.content
+        chunks = await client.chat.completions.create(
+            model="x", messages=messages, temperature=0, max_tokens=32, stream=True
+        )
+        streamed = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+        assert streamed == ANSWER
 
 
 async def test_a_forward_pass_failure_fails_its_jobs_and_the_engine_recovers(engine: Any) -> None:

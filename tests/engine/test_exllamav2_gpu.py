@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
-import httpx
-import openai
 import pytest
+
 from exloop.engine.backends import gpu_problem
 from exloop.engine.protocol import (
     Chat,
@@ -39,9 +37,9 @@ if _problem is None and not os.environ.get("EXLOOP_GPU_MODEL"):
 if _problem is not None:
     pytest.skip(f"GPU tests skipped: {_problem}", allow_module_level=True)
 
-from exloop.engine.exllamav2_backend import ExLlamaV2Engine
-from exloop.orchestrator.service import Orchestrator
-from exloop.server.app import AppSettings, build_app
+from exloop.engine.exllamav2_backend import ExLlamaV2Engine  # noqa: E402
+
+from .test_exllamav2_engine_cpu import sdk  # noqa: E402  (the API client, in process)
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
 LONG_SYSTEM = "You are a careful assistant. " + " ".join(
@@ -186,21 +184,6 @@ async def test_concurrent_jobs_and_prefix_reuse(engine: ExLlamaV2Engine) -> None
 # -- the HTTP APIs, in process ---------------------------------------------------------------
 
 
-@asynccontextmanager
-async def sdk(engine: ExLlamaV2Engine) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with Orchestrator(engine, model_name="gpu") as orchestrator:
-        app = build_app(orchestrator, AppSettings("gpu"))
-        await app.start()
-        try:
-            transport = httpx.ASGITransport(app)  # type: ignore[arg-type]
-            async with httpx.AsyncClient(transport=transport, base_url="http://exloop/v1") as http:
-                yield openai.AsyncOpenAI(
-                    base_url="http://exloop/v1", api_key="k", http_client=http, max_retries=0
-                )
-        finally:
-            await app.stop()
-
-
 async def test_responses_create_and_stream(engine: ExLlamaV2Engine) -> None:
     async with sdk(engine) as client:
         created = await client.responses.create(
@@ -209,7 +192,7 @@ async def test_responses_create_and_stream(engine: ExLlamaV2Engine) -> None:
         assert created.status in ("completed", "incomplete")
         assert created.usage is not None and created.usage.output_tokens > 0
         async with client.responses.stream(
-            input="Say hi.", temperature=0, max_output_tokens=16
+            model="gpu", input="Say hi.", temperature=0, max_output_tokens=16
         ) as stream:
             async for _ in stream:
                 pass

@@ -13,6 +13,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
 from exloop.engine.errors import ContextLengthExceeded, InvalidParameter
 from exloop.engine.exllamav2_sampling import (
     MIN_DEFAULT_NEW_TOKENS,

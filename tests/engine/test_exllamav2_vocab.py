@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import llama_cpp
 import numpy as np
 import pytest
+
 from exloop.engine.constraints import GrammarCompiler
 from exloop.engine.errors import ModelNotFound
 from exloop.engine.exllamav2_filter import GrammarFilterCore
