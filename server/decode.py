@@ -71,4 +71,3 @@ def convert(value: Any, type: type[T], prefix: str) -> T:
         return msgspec.convert(value, type=type)
     except msgspec.ValidationError as exc:
         raise validation_error(exc, prefix) from None
-

@@ -89,7 +89,10 @@ def to_api_error(exc: BaseException) -> ApiError:
             return ApiError(404, exc.message, "invalid_request_error", exc.param, "not_found")
         case InvalidState():
             return ApiError(
-                409 if exc.conflict else 400, exc.message, "invalid_request_error", exc.param,
+                409 if exc.conflict else 400,
+                exc.message,
+                "invalid_request_error",
+                exc.param,
                 exc.code,
             )
         case InvalidRequest():
@@ -100,5 +103,6 @@ def to_api_error(exc: BaseException) -> ApiError:
             return ApiError(500, "The model failed to handle the request.", "server_error")
         case _:
             log.error("unhandled error", exc_info=exc)
-            return ApiError(500, "The server had an error while processing the request.",
-                            "server_error")
+            return ApiError(
+                500, "The server had an error while processing the request.", "server_error"
+            )

@@ -77,7 +77,8 @@ def check_unsupported(fields: CommonFields) -> None:
         raise invalid_request(
             "parallel_tool_calls=false is not supported: every tool call the model makes in a "
             "turn is returned (or run). Omit the field or set it to true.",
-            "parallel_tool_calls", "unsupported_value",
+            "parallel_tool_calls",
+            "unsupported_value",
         )
     if fields.n is not None and fields.n != 1:
         raise invalid_request("Only n=1 is supported.", "n", "unsupported_value")
@@ -96,12 +97,14 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
         if len(key) > MAX_METADATA_KEY:
             raise invalid_request(
                 f"metadata keys may be at most {MAX_METADATA_KEY} characters; {key[:20]!r}... "
-                f"has {len(key)}.", "metadata",
+                f"has {len(key)}.",
+                "metadata",
             )
         if len(value) > MAX_METADATA_VALUE:
             raise invalid_request(
                 f"metadata values may be at most {MAX_METADATA_VALUE} characters; the value of "
-                f"{key!r} has {len(value)}.", "metadata",
+                f"{key!r} has {len(value)}.",
+                "metadata",
             )
 
 

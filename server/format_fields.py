@@ -96,16 +96,19 @@ def response_format(field: ResponseFormatField) -> TextFormat:
             if spec.schema is None:
                 raise invalid_request(
                     "response_format.json_schema.schema is required.",
-                    "response_format.json_schema.schema", "missing_required_parameter",
+                    "response_format.json_schema.schema",
+                    "missing_required_parameter",
                 )
             return FormatJsonSchema(spec.name, spec.schema, spec.description, spec.strict)
         case ResponseFormatJsonSchema(schema=dict() as schema):
-            return FormatJsonSchema(field.name or "response", schema, field.description,
-                                    field.strict)
+            return FormatJsonSchema(
+                field.name or "response", schema, field.description, field.strict
+            )
         case ResponseFormatJsonSchema():
             raise invalid_request(
                 "response_format of type json_schema needs a json_schema object with a schema.",
-                "response_format.json_schema", "missing_required_parameter",
+                "response_format.json_schema",
+                "missing_required_parameter",
             )
 
 
@@ -124,9 +127,7 @@ def single_constraint(*candidates: Constraint | None) -> Constraint | None:
     return given[0] if given else None
 
 
-def check_json_schema(
-    schema: Any, param: str, what: str, code: str = "invalid_schema"
-) -> None:
+def check_json_schema(schema: Any, param: str, what: str, code: str = "invalid_schema") -> None:
     """Refuse a document that is not a JSON Schema (jsonschema's meta-schema check)."""
     if not isinstance(schema, dict):
         raise invalid_request(f"Invalid schema for {what}: it must be a JSON object.", param)

@@ -28,21 +28,29 @@ from .format_fields import (
 from .tool_fields import tool_policy, tools_field
 
 #: ``include`` values OpenAI defines; the server produces what applies to a text model.
-INCLUDABLE = frozenset({
-    "file_search_call.results",
-    "web_search_call.results",
-    "web_search_call.action.sources",
-    "message.input_image.image_url",
-    "computer_call_output.output.image_url",
-    "code_interpreter_call.outputs",
-    "reasoning.encrypted_content",
-    "message.output_text.logprobs",
-})
+INCLUDABLE = frozenset(
+    {
+        "file_search_call.results",
+        "web_search_call.results",
+        "web_search_call.action.sources",
+        "message.input_image.image_url",
+        "computer_call_output.output.image_url",
+        "code_interpreter_call.outputs",
+        "reasoning.encrypted_content",
+        "message.output_text.logprobs",
+    }
+)
 
-_ITEM_TYPES = frozenset({
-    "message", "function_call", "function_call_output", "reasoning", "web_search_call",
-    "item_reference",
-})
+_ITEM_TYPES = frozenset(
+    {
+        "message",
+        "function_call",
+        "function_call_output",
+        "reasoning",
+        "web_search_call",
+        "item_reference",
+    }
+)
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 
 
@@ -80,7 +88,8 @@ def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
         raise invalid_request(
             "max_tool_calls is not supported; the server caps tool rounds with its "
             "--max-tool-rounds setting.",
-            "max_tool_calls", "unsupported_parameter",
+            "max_tool_calls",
+            "unsupported_parameter",
         )
     store = request.store is not False
     if request.background and not store:
@@ -167,7 +176,8 @@ def _item(raw: Any, param: str) -> Item:
         raw = {**raw, "type": kind}
     if kind not in _ITEM_TYPES:
         raise invalid_request(
-            f"Input items of type {kind!r} are not supported by this server.", f"{param}.type",
+            f"Input items of type {kind!r} are not supported by this server.",
+            f"{param}.type",
             "unsupported_value",
         )
     if kind == "message":
@@ -194,9 +204,9 @@ def _content(content: Any, role: Any, param: str) -> Any:
                 part = {**part, "type": text_type}
             elif kind not in _TEXT_PARTS and kind != "refusal":
                 raise invalid_request(
-                    f"Content parts of type {kind!r} are not supported by this text-only "
-                    "server.",
-                    f"{param}.content[{j}]", "unsupported_value",
+                    f"Content parts of type {kind!r} are not supported by this text-only server.",
+                    f"{param}.content[{j}]",
+                    "unsupported_value",
                 )
         parts.append(part)
     return parts
@@ -206,10 +216,14 @@ def _joined_text(parts: list[Any], param: str) -> str:
     """A function call output given as content parts, as the one text the model reads."""
     texts = []
     for j, part in enumerate(parts):
-        if not (isinstance(part, dict) and part.get("type") in _TEXT_PARTS
-                and isinstance(part.get("text"), str)):
+        if not (
+            isinstance(part, dict)
+            and part.get("type") in _TEXT_PARTS
+            and isinstance(part.get("text"), str)
+        ):
             raise invalid_request(
-                "Function call outputs may only hold text parts.", f"{param}[{j}]",
+                "Function call outputs may only hold text parts.",
+                f"{param}[{j}]",
                 "unsupported_value",
             )
         texts.append(part["text"])

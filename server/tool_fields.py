@@ -72,9 +72,7 @@ class UserLocationField(msgspec.Struct, frozen=True):
     timezone: str | None = None
 
     def to_location(self) -> UserLocation:
-        place = self.approximate or Approximate(
-            self.city, self.country, self.region, self.timezone
-        )
+        place = self.approximate or Approximate(self.city, self.country, self.region, self.timezone)
         return UserLocation(place.city, place.country, place.region, place.timezone)
 
 
@@ -119,15 +117,11 @@ class ToolChoiceWebSearchField(msgspec.Struct, tag="web_search", tag_field="type
     pass
 
 
-class ToolChoiceWebSearchDated(
-    ToolChoiceWebSearchField, tag="web_search_2025_08_26", frozen=True
-):
+class ToolChoiceWebSearchDated(ToolChoiceWebSearchField, tag="web_search_2025_08_26", frozen=True):
     pass
 
 
-class ToolChoiceWebSearchPreview(
-    ToolChoiceWebSearchField, tag="web_search_preview", frozen=True
-):
+class ToolChoiceWebSearchPreview(ToolChoiceWebSearchField, tag="web_search_preview", frozen=True):
     pass
 
 
@@ -196,7 +190,10 @@ def _function_tool(
     elif tool.name is not None:
         prefix = f"tools[{i}]"
         name, description, parameters, strict = (
-            tool.name, tool.description, tool.parameters, tool.strict
+            tool.name,
+            tool.description,
+            tool.parameters,
+            tool.strict,
         )
     else:
         raise invalid_request(
@@ -211,14 +208,13 @@ def _function_tool(
         raise invalid_request(f"Duplicate function name {name!r}.", f"{prefix}.name")
     if parameters is not None:
         what = f"function '{name}'"
-        check_json_schema(
-            parameters, f"{prefix}.parameters", what, "invalid_function_parameters"
-        )
+        check_json_schema(parameters, f"{prefix}.parameters", what, "invalid_function_parameters")
         if parameters.get("type", "object") != "object":
             raise invalid_request(
                 f"Invalid schema for {what}: the parameters must be a JSON Schema of type "
                 f"'object', got {parameters['type']!r}.",
-                f"{prefix}.parameters", "invalid_function_parameters",
+                f"{prefix}.parameters",
+                "invalid_function_parameters",
             )
     schema = parameters if parameters is not None else {"type": "object", "properties": {}}
     return (
@@ -237,8 +233,11 @@ def tool_policy(
     if options is not None:
         location = options.user_location.to_location() if options.user_location else None
         web_search = WebSearchOptions(
-            True, options.search_context_size, location,
-            options.search_description, options.extract_description,
+            True,
+            options.search_context_size,
+            location,
+            options.search_description,
+            options.extract_description,
         )
     names = {f.name for f in tools.functions}
     match choice:
@@ -255,7 +254,8 @@ def tool_policy(
             name = choice.function.name if choice.function is not None else choice.name
             if name is None:
                 raise invalid_request(
-                    "tool_choice of type function needs the function's name.", "tool_choice",
+                    "tool_choice of type function needs the function's name.",
+                    "tool_choice",
                     "missing_required_parameter",
                 )
             if name not in names:
@@ -274,7 +274,10 @@ def tool_policy(
                     "tool_choice",
                 )
             forced = WebSearchOptions(
-                True, web_search.search_context_size, web_search.user_location,
-                web_search.search_description, web_search.extract_description,
+                True,
+                web_search.search_context_size,
+                web_search.user_location,
+                web_search.search_description,
+                web_search.extract_description,
             )
             return ToolPolicy(tools.functions, "auto", None, forced), ToolChoiceWebSearch()

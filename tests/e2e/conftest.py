@@ -41,8 +41,15 @@ class ServerProcess:
         )
         self.log_path = Path(self._log.name)
         command = [
-            sys.executable, "-m", "exloop.server.cli", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port), *flags,
+            sys.executable,
+            "-m",
+            "exloop.server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *flags,
         ]
         self._process = subprocess.Popen(
             command,

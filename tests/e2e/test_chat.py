@@ -32,7 +32,9 @@ CALL_SEED = 1
 
 def test_create(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model="any-name", messages=[{"role": "user", "content": "Say hello."}], max_tokens=16,
+        model="any-name",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=16,
     )
     assert completion.id.startswith("chatcmpl-") and completion.object == "chat.completion"
     assert completion.model == "any-name"
@@ -46,13 +48,17 @@ def test_create(client: openai.OpenAI) -> None:
 
 def test_stream_matches_the_greedy_answer(client: openai.OpenAI) -> None:
     request: dict[str, Any] = {
-        "model": "m", "messages": [{"role": "user", "content": "Name three colours."}],
-        "temperature": 0, "max_tokens": 24,
+        "model": "m",
+        "messages": [{"role": "user", "content": "Name three colours."}],
+        "temperature": 0,
+        "max_tokens": 24,
     }
     whole = client.chat.completions.create(**request)
-    chunks = list(client.chat.completions.create(
-        **request, stream=True, stream_options={"include_usage": True}
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            **request, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert all(c.id == chunks[0].id for c in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -66,7 +72,8 @@ def test_stream_matches_the_greedy_answer(client: openai.OpenAI) -> None:
 
 def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Tell me a long story."}],
+        model="m",
+        messages=[{"role": "user", "content": "Tell me a long story."}],
         max_completion_tokens=3,
     )
     assert completion.choices[0].finish_reason == "length"
@@ -75,9 +82,12 @@ def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
 
 def test_tool_round_trip(client: openai.OpenAI) -> None:
     first = client.chat.completions.create(
-        model="m", messages=ASK, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        model="m",
+        messages=ASK,
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
         tool_choice=FORCE_WEATHER,  # type: ignore[arg-type]
-        max_tokens=300, seed=CALL_SEED,
+        max_tokens=300,
+        seed=CALL_SEED,
     )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -89,10 +99,20 @@ def test_tool_round_trip(client: openai.OpenAI) -> None:
         model="m",
         messages=[
             *ASK,
-            {"role": "assistant", "content": None, "tool_calls": [{
-                "id": call.id, "type": "function",
-                "function": {"name": call.function.name, "arguments": call.function.arguments},
-            }]},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {
+                            "name": call.function.name,
+                            "arguments": call.function.arguments,
+                        },
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 degrees."},
         ],
         tools=[WEATHER_TOOL],  # type: ignore[list-item]
@@ -105,11 +125,17 @@ def test_tool_round_trip(client: openai.OpenAI) -> None:
 
 
 def test_streamed_tool_call(client: openai.OpenAI) -> None:
-    chunks = list(client.chat.completions.create(
-        model="m", messages=ASK, tools=[WEATHER_TOOL],  # type: ignore[list-item]
-        tool_choice=FORCE_WEATHER,  # type: ignore[arg-type]
-        max_tokens=300, seed=CALL_SEED, stream=True,
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="m",
+            messages=ASK,
+            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            tool_choice=FORCE_WEATHER,  # type: ignore[arg-type]
+            max_tokens=300,
+            seed=CALL_SEED,
+            stream=True,
+        )
+    )
     deltas = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
     head = deltas[0]
     assert head.index == 0 and head.id and head.type == "function"
@@ -128,9 +154,13 @@ def test_json_schema_response_format(client: openai.OpenAI) -> None:
         "additionalProperties": False,
     }
     completion = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Invent a person."}], max_tokens=64,
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "person", "schema": schema, "strict": True}},
+        model="m",
+        messages=[{"role": "user", "content": "Invent a person."}],
+        max_tokens=64,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": schema, "strict": True},
+        },
     )
     assert completion.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(completion.choices[0].message.content or ""), schema)
@@ -138,8 +168,12 @@ def test_json_schema_response_format(client: openai.OpenAI) -> None:
 
 def test_logprobs(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "Say yes."}], max_tokens=4,
-        logprobs=True, top_logprobs=2, temperature=0,
+        model="m",
+        messages=[{"role": "user", "content": "Say yes."}],
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=2,
+        temperature=0,
     )
     logprobs = completion.choices[0].logprobs
     assert logprobs is not None and logprobs.content

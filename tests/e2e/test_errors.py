@@ -89,11 +89,12 @@ def test_unknown_previous_response(client: openai.OpenAI) -> None:
         ({"top_logprobs": 50}, "top_logprobs"),
         ({"n": 2}, "n"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
-        ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER]},
-         "tool_choice"),
+        ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER]}, "tool_choice"),
         ({"tools": [WEATHER, WEATHER]}, "tools[1].name"),
-        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
-         "input[0].content[0]"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            "input[0].content[0]",
+        ),
     ],
 )
 def test_invalid_request_names_the_field(
@@ -114,9 +115,13 @@ def test_broken_tool_schema_names_the_tool(http: httpx.Client) -> None:
     assert "weather" in error["message"]
     nested = {"type": "function", "function": {"name": "lookup", "parameters": {"required": 1}}}
     error = error_of(
-        http.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "hi"}], "tools": [nested],
-        }),
+        http.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [nested],
+            },
+        ),
         400,
     )
     assert error["param"] == "tools[0].function.parameters"
@@ -125,29 +130,41 @@ def test_broken_tool_schema_names_the_tool(http: httpx.Client) -> None:
 
 def test_invalid_grammar_names_where_it_came_from(http: httpx.Client) -> None:
     error = error_of(
-        http.post("/v1/responses",
-                  json={"input": "hi", "grammar": {"type": "regex", "value": "(a"}}),
+        http.post(
+            "/v1/responses", json={"input": "hi", "grammar": {"type": "regex", "value": "(a"}}
+        ),
         400,
     )
     assert error["param"] == "grammar"
     lark = {"type": "lark", "value": "start: undefined_rule"}
-    assert error_of(http.post("/v1/responses", json={"input": "hi", "grammar": lark}), 400)[
-        "param"
-    ] == "grammar"
+    assert (
+        error_of(http.post("/v1/responses", json={"input": "hi", "grammar": lark}), 400)["param"]
+        == "grammar"
+    )
     # A valid JSON Schema document that does not compile (a reference to nothing).
     dangling = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
     error = error_of(
-        http.post("/v1/responses", json={"input": "hi", "text": {"format": {
-            "type": "json_schema", "name": "x", "schema": dangling}}}),
+        http.post(
+            "/v1/responses",
+            json={
+                "input": "hi",
+                "text": {"format": {"type": "json_schema", "name": "x", "schema": dangling}},
+            },
+        ),
         400,
     )
     assert error["param"] == "text.format"
     error = error_of(
-        http.post("/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "hi"}],
-            "response_format": {"type": "json_schema",
-                                "json_schema": {"name": "x", "schema": dangling}},
-        }),
+        http.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "hi"}],
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": dangling},
+                },
+            },
+        ),
         400,
     )
     assert error["param"] == "response_format"
@@ -168,9 +185,7 @@ def test_a_stream_that_cannot_start_is_a_json_error(http: httpx.Client) -> None:
 
 def test_chat_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], n=2
-        )
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=2)
     assert info.value.param == "n"
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
 import httpx
 import openai
 import pytest
@@ -124,9 +125,7 @@ async def test_input_items_pages() -> None:
         assert all(item["id"] for item in listing["data"])
         first = (await client.get(url, params={"order": "asc", "limit": 1})).json()
         assert first["has_more"] is True and first["first_id"] == first["last_id"]
-        rest = (await client.get(
-            url, params={"order": "asc", "after": first["last_id"]}
-        )).json()
+        rest = (await client.get(url, params={"order": "asc", "after": first["last_id"]})).json()
         assert [i["content"][0]["text"] for i in rest["data"]] == ["turn 1", "turn 2"]
 
 
@@ -168,9 +167,12 @@ async def test_api_key() -> None:
 
 @asynccontextmanager
 async def sdk(script: str = ANSWER) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with http_client(script) as http, openai.AsyncOpenAI(
-        base_url="http://exloop/v1", api_key="k", http_client=http, max_retries=0
-    ) as client:
+    async with (
+        http_client(script) as http,
+        openai.AsyncOpenAI(
+            base_url="http://exloop/v1", api_key="k", http_client=http, max_retries=0
+        ) as client,
+    ):
         yield client
 
 
@@ -191,13 +193,17 @@ async def test_sdk_reads_chat_completions() -> None:
         )
         assert completion.choices[0].message.content == ANSWER
         assert completion.choices[0].finish_reason == "stop"
-        chunks = [c async for c in await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "hi"}], stream=True,
-            stream_options={"include_usage": True},
-        )]
+        chunks = [
+            c
+            async for c in await client.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        ]
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == ANSWER
     assert chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
-

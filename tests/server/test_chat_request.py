@@ -19,10 +19,14 @@ from exloop.orchestrator.items import (
 from exloop.server.chat_request import ChatCall, parse_chat_request
 from exloop.server.errors import ApiError
 
-TOOL = {"type": "function", "function": {
-    "name": "weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
 
 
 def parse(body: dict[str, Any]) -> ChatCall:
@@ -37,26 +41,46 @@ def refused(body: dict[str, Any]) -> ApiError:
 
 
 def test_messages_become_items() -> None:
-    call = parse({"model": "m", "messages": [
-        {"role": "system", "content": "sys"},
-        {"role": "developer", "content": [{"type": "text", "text": "dev"}]},
-        {"role": "user", "content": "hi", "name": "ann"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}},
-            {"id": "call_2", "type": "function",
-             "function": {"name": "weather", "arguments": "{}"}},
-        ]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
-        {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "rain"}]},
-        {"role": "assistant", "content": "It is sunny.", "refusal": None},
-        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
-    ], "tools": [TOOL]})
+    call = parse(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "developer", "content": [{"type": "text", "text": "dev"}]},
+                {"role": "user", "content": "hi", "name": "ann"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": '{"city":"Oslo"}'},
+                        },
+                        {
+                            "id": "call_2",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": "{}"},
+                        },
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+                {
+                    "role": "tool",
+                    "tool_call_id": "call_2",
+                    "content": [{"type": "text", "text": "rain"}],
+                },
+                {"role": "assistant", "content": "It is sunny.", "refusal": None},
+                {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+            ],
+            "tools": [TOOL],
+        }
+    )
     assert call.spec.input == (
         Message(role="system", content=[InputText("sys")]),
         Message(role="developer", content=[InputText("dev")]),
         Message(role="user", content=[InputText("hi")]),
-        FunctionCall("call_1", "weather", "{\"city\":\"Oslo\"}"),
+        FunctionCall("call_1", "weather", '{"city":"Oslo"}'),
         FunctionCall("call_2", "weather", "{}"),
         FunctionCallOutput("call_1", "sunny"),
         FunctionCallOutput("call_2", "rain"),
@@ -69,13 +93,24 @@ def test_messages_become_items() -> None:
 
 
 def test_options() -> None:
-    call = parse({
-        "messages": [{"role": "user", "content": "x"}], "stream": True,
-        "stream_options": {"include_usage": True}, "max_tokens": 5, "logprobs": True,
-        "top_logprobs": 2, "seed": 1, "stop": ["a", "b"], "top_k": 3, "min_p": 0.05,
-        "response_format": {"type": "json_object"}, "web_search_options": {},
-        "tool_choice": "none", "n": 1,
-    })
+    call = parse(
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": 5,
+            "logprobs": True,
+            "top_logprobs": 2,
+            "seed": 1,
+            "stop": ["a", "b"],
+            "top_k": 3,
+            "min_p": 0.05,
+            "response_format": {"type": "json_object"},
+            "web_search_options": {},
+            "tool_choice": "none",
+            "n": 1,
+        }
+    )
     assert call.stream and call.include_usage and call.logprobs
     assert call.spec.model == "served"
     sampling = call.spec.sampling
@@ -85,8 +120,16 @@ def test_options() -> None:
     assert call.constraint_param == "response_format"
     assert call.spec.tools.mode == "none"
     assert call.spec.tools.web_search is not None and call.spec.tools.web_search.forced
-    assert parse({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5,
-                  "max_completion_tokens": 7}).spec.sampling.max_tokens == 7
+    assert (
+        parse(
+            {
+                "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 5,
+                "max_completion_tokens": 7,
+            }
+        ).spec.sampling.max_tokens
+        == 7
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,8 +138,10 @@ def test_options() -> None:
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-         "messages[0].content[0].type"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content[0].type",
+        ),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
@@ -104,13 +149,31 @@ def test_options() -> None:
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"temperature": -1}, "temperature"),
         ({"parallel_tool_calls": False}, "parallel_tool_calls"),
-        ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "x"}}},
-         "tool_choice"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {"a": {"minimum": "zero"}}}}}]},
-         "tools[0].function.parameters"),
-        ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
-         "response_format.json_schema.schema"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "tool_choice",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"a": {"minimum": "zero"}},
+                            },
+                        },
+                    }
+                ]
+            },
+            "tools[0].function.parameters",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            "response_format.json_schema.schema",
+        ),
         ({"grammar": {"type": "regex"}}, "grammar.value"),
     ],
 )

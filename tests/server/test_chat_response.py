@@ -28,7 +28,9 @@ from exloop.orchestrator.resource import (
 from exloop.server.chat_response import ChunkErrorEnvelope, ChunkStream, chat_completion
 
 USAGE = ResponseUsage(
-    input_tokens=10, output_tokens=5, total_tokens=15,
+    input_tokens=10,
+    output_tokens=5,
+    total_tokens=15,
     input_tokens_details=InputTokensDetails(cached_tokens=4),
     output_tokens_details=OutputTokensDetails(),
 )
@@ -37,11 +39,25 @@ LOGPROB = Logprob("Hi", -0.1, [72, 105], [TopLogprob("Hi", -0.1, [72, 105])])
 
 def response(**fields: Any) -> Response:
     base: dict[str, Any] = {
-        "id": "resp_abc", "created_at": 1700000000, "status": "completed", "model": "asked",
-        "output": [], "tools": [], "tool_choice": "auto", "text": TextConfig(),
-        "parallel_tool_calls": True, "truncation": "disabled", "temperature": 1.0,
-        "top_p": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "top_logprobs": 0,
-        "store": False, "background": False, "metadata": {}, "usage": USAGE,
+        "id": "resp_abc",
+        "created_at": 1700000000,
+        "status": "completed",
+        "model": "asked",
+        "output": [],
+        "tools": [],
+        "tool_choice": "auto",
+        "text": TextConfig(),
+        "parallel_tool_calls": True,
+        "truncation": "disabled",
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "top_logprobs": 0,
+        "store": False,
+        "background": False,
+        "metadata": {},
+        "usage": USAGE,
     }
     return Response(**{**base, **fields})
 
@@ -57,18 +73,22 @@ def roundtrip(obj: object, model: type[Any]) -> Any:
 
 def test_completion_joins_text_and_moves_citations() -> None:
     cite = UrlCitation("https://a.example", "A", 0, 5)
-    final = response(output=[
-        message(OutputText("First", [cite], [LOGPROB])),
-        message(OutputText(" and second", [UrlCitation("https://b.example", "B", 5, 11)])),
-    ])
+    final = response(
+        output=[
+            message(OutputText("First", [cite], [LOGPROB])),
+            message(OutputText(" and second", [UrlCitation("https://b.example", "B", 5, 11)])),
+        ]
+    )
     completion = roundtrip(chat_completion(final, logprobs=True), ChatCompletion)
     choice = completion.choices[0]
     assert completion.id == "chatcmpl-abc" and completion.model == "asked"
     assert completion.object == "chat.completion" and completion.created == 1700000000
     assert choice.message.content == "First and second"
     assert choice.finish_reason == "stop"
-    spans = [(a.url_citation.url, a.url_citation.start_index, a.url_citation.end_index)
-             for a in choice.message.annotations]
+    spans = [
+        (a.url_citation.url, a.url_citation.start_index, a.url_citation.end_index)
+        for a in choice.message.annotations
+    ]
     assert spans == [("https://a.example", 0, 5), ("https://b.example", 10, 16)]
     assert choice.logprobs.content[0].token == "Hi"
     assert completion.usage.prompt_tokens == 10 and completion.usage.completion_tokens == 5
@@ -83,13 +103,17 @@ def test_completion_with_tool_calls() -> None:
     assert choice.message.content is None and choice.logprobs is None
     call = choice.message.tool_calls[0]
     assert (call.id, call.type, call.function.name, call.function.arguments) == (
-        "call_1", "function", "weather", '{"city":"Oslo"}'
+        "call_1",
+        "function",
+        "weather",
+        '{"city":"Oslo"}',
     )
 
 
 def test_finish_reason_length() -> None:
     final = response(
-        status="incomplete", output=[message(OutputText("cut"))],
+        status="incomplete",
+        output=[message(OutputText("cut"))],
         incomplete_details=IncompleteDetails("max_output_tokens"),
     )
     assert chat_completion(final, logprobs=False).choices[0].finish_reason == "length"
@@ -98,16 +122,24 @@ def test_finish_reason_length() -> None:
 def test_chunks_for_text_tool_calls_and_usage() -> None:
     stream = ChunkStream("resp_abc", 1700000000, "asked", logprobs=True, include_usage=True)
     call = FunctionCall("call_9", "weather", "", id="fc_9", status="in_progress")
-    final = response(output=[message(OutputText("Hi")),
-                             FunctionCall("call_9", "weather", "{}", id="fc_9")])
+    final = response(
+        output=[message(OutputText("Hi")), FunctionCall("call_9", "weather", "{}", id="fc_9")]
+    )
     events: list[ev.StreamEvent] = [
         ev.ResponseCreated(sequence_number=0, response=response(status="in_progress", usage=None)),
         ev.ResponseInProgress(sequence_number=1, response=response(status="in_progress")),
-        ev.OutputTextDelta(sequence_number=2, item_id="msg_1", output_index=0, content_index=0,
-                           delta="Hi", logprobs=[LOGPROB]),
+        ev.OutputTextDelta(
+            sequence_number=2,
+            item_id="msg_1",
+            output_index=0,
+            content_index=0,
+            delta="Hi",
+            logprobs=[LOGPROB],
+        ),
         ev.OutputItemAdded(sequence_number=3, output_index=1, item=call),
-        ev.FunctionCallArgumentsDelta(sequence_number=4, item_id="fc_9", output_index=1,
-                                      delta="{}"),
+        ev.FunctionCallArgumentsDelta(
+            sequence_number=4, item_id="fc_9", output_index=1, delta="{}"
+        ),
         ev.ResponseCompleted(sequence_number=5, response=final),
     ]
     chunks = [roundtrip(c, ChatCompletionChunk) for e in events for c in stream.chunks(e)]
@@ -117,8 +149,12 @@ def test_chunks_for_text_tool_calls_and_usage() -> None:
     assert text.choices[0].delta.content == "Hi"
     assert text.choices[0].logprobs.content[0].logprob == -0.1
     tool = added.choices[0].delta.tool_calls[0]
-    assert (tool.index, tool.id, tool.type, tool.function.name) == (0, "call_9", "function",
-                                                                     "weather")
+    assert (tool.index, tool.id, tool.type, tool.function.name) == (
+        0,
+        "call_9",
+        "function",
+        "weather",
+    )
     delta = args.choices[0].delta.tool_calls[0]
     assert delta.index == 0 and delta.id is None and delta.function.arguments == "{}"
     assert finish.choices[0].finish_reason == "tool_calls" and finish.usage is None

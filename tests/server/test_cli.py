@@ -9,9 +9,22 @@ import pytest
 from exloop.server.cli import ServeSettings, build_parser, main
 
 FLAGS = [
-    "--model", "--backend", "--max-seq-len", "--cache-mode", "--max-batch-size", "--host", "--port", "--max-tool-rounds", "--served-model-name",
-    "--tool-call-format", "--api-key", "--search-provider", "--searxng-url",
-    "--fetch-allow-private", "--n-ctx", "--log-level",
+    "--model",
+    "--backend",
+    "--max-seq-len",
+    "--cache-mode",
+    "--max-batch-size",
+    "--host",
+    "--port",
+    "--max-tool-rounds",
+    "--served-model-name",
+    "--tool-call-format",
+    "--api-key",
+    "--search-provider",
+    "--searxng-url",
+    "--fetch-allow-private",
+    "--n-ctx",
+    "--log-level",
 ]
 
 
@@ -23,29 +36,64 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for flag in FLAGS:
         monkeypatch.delenv("EXLOOP_" + flag[2:].upper().replace("-", "_"), raising=False)
     assert settings() == ServeSettings(
-        model=None, backend="auto", host="127.0.0.1", port=1234, max_tool_rounds=8,
-        served_model_name=None, tool_call_format=None, api_key=None, search_provider="ddgs",
-        searxng_url=None, fetch_allow_private=False, n_ctx=None, max_seq_len=None,
-        cache_mode="fp16", max_batch_size=8, log_level="info",
+        model=None,
+        backend="auto",
+        host="127.0.0.1",
+        port=1234,
+        max_tool_rounds=8,
+        served_model_name=None,
+        tool_call_format=None,
+        api_key=None,
+        search_provider="ddgs",
+        searxng_url=None,
+        fetch_allow_private=False,
+        n_ctx=None,
+        max_seq_len=None,
+        cache_mode="fp16",
+        max_batch_size=8,
+        log_level="info",
     )
 
 
 def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {
-        "MODEL": "/m.gguf", "HOST": "0.0.0.0", "PORT": "8080", "MAX_TOOL_ROUNDS": "3",
-        "SERVED_MODEL_NAME": "smol", "TOOL_CALL_FORMAT": "hermes", "API_KEY": "k",
-        "SEARCH_PROVIDER": "searxng", "SEARXNG_URL": "http://searx", "FETCH_ALLOW_PRIVATE": "1",
-        "N_CTX": "2048", "LOG_LEVEL": "debug", "BACKEND": "llama.cpp", "MAX_SEQ_LEN": "4096",
-        "CACHE_MODE": "q4", "MAX_BATCH_SIZE": "2",
+        "MODEL": "/m.gguf",
+        "HOST": "0.0.0.0",
+        "PORT": "8080",
+        "MAX_TOOL_ROUNDS": "3",
+        "SERVED_MODEL_NAME": "smol",
+        "TOOL_CALL_FORMAT": "hermes",
+        "API_KEY": "k",
+        "SEARCH_PROVIDER": "searxng",
+        "SEARXNG_URL": "http://searx",
+        "FETCH_ALLOW_PRIVATE": "1",
+        "N_CTX": "2048",
+        "LOG_LEVEL": "debug",
+        "BACKEND": "llama.cpp",
+        "MAX_SEQ_LEN": "4096",
+        "CACHE_MODE": "q4",
+        "MAX_BATCH_SIZE": "2",
     }
     assert {f"--{name.lower().replace('_', '-')}" for name in env} == set(FLAGS)
     for name, value in env.items():
         monkeypatch.setenv(f"EXLOOP_{name}", value)
     assert settings() == ServeSettings(
-        model=Path("/m.gguf"), backend="llama.cpp", host="0.0.0.0", port=8080,
-        max_tool_rounds=3, served_model_name="smol", tool_call_format="hermes", api_key="k",
-        search_provider="searxng", searxng_url="http://searx", fetch_allow_private=True,
-        n_ctx=2048, max_seq_len=4096, cache_mode="q4", max_batch_size=2, log_level="debug",
+        model=Path("/m.gguf"),
+        backend="llama.cpp",
+        host="0.0.0.0",
+        port=8080,
+        max_tool_rounds=3,
+        served_model_name="smol",
+        tool_call_format="hermes",
+        api_key="k",
+        search_provider="searxng",
+        searxng_url="http://searx",
+        fetch_allow_private=True,
+        n_ctx=2048,
+        max_seq_len=4096,
+        cache_mode="q4",
+        max_batch_size=2,
+        log_level="debug",
     )
     # A flag on the command line wins over its variable.
     assert settings("--port", "9000", "--max-tool-rounds", "1").port == 9000
@@ -61,9 +109,17 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         assert "EXLOOP_" + flag[2:].upper().replace("-", "_") in text
 
 
-@pytest.mark.parametrize("argv", [["--port", "70000"], ["--max-tool-rounds", "0"],
-                                  ["--search-provider", "bing"], ["--n-ctx", "x"],
-                                  ["--backend", "tpu"], ["--cache-mode", "q2"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "70000"],
+        ["--max-tool-rounds", "0"],
+        ["--search-provider", "bing"],
+        ["--n-ctx", "x"],
+        ["--backend", "tpu"],
+        ["--cache-mode", "q2"],
+    ],
+)
 def test_bad_values_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["serve", *argv])

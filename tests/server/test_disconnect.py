@@ -32,9 +32,15 @@ async def serving() -> AsyncIterator[tuple[httpx.AsyncClient, ScriptedEngine]]:
         port = sock.getsockname()[1]
     async with Orchestrator(engine, model_name="served") as orchestrator:
         app = build_app(orchestrator, AppSettings("served"))
-        server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=port, lifespan="on", log_level="warning",
-        ))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                lifespan="on",
+                log_level="warning",
+            )
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve)
             while not server.started:
@@ -81,9 +87,16 @@ async def test_dropping_a_stream_cancels_its_run() -> None:
 
 async def test_dropping_a_chat_stream_cancels_its_run() -> None:
     async with serving() as (client, engine):
-        await first_events(client, "POST", "/v1/chat/completions", 3, json={
-            "messages": [{"role": "user", "content": "hi"}], "stream": True,
-        })
+        await first_events(
+            client,
+            "POST",
+            "/v1/chat/completions",
+            3,
+            json={
+                "messages": [{"role": "user", "content": "hi"}],
+                "stream": True,
+            },
+        )
         with anyio.fail_after(1.0):
             while not engine.jobs[0].cancelled:
                 await anyio.sleep(0.02)
@@ -91,13 +104,24 @@ async def test_dropping_a_chat_stream_cancels_its_run() -> None:
 
 async def test_a_background_response_outlives_its_streams() -> None:
     async with serving() as (client, engine):
-        events = await first_events(client, "POST", "/v1/responses", 3, json={
-            "input": "hi", "stream": True, "background": True,
-        })
+        events = await first_events(
+            client,
+            "POST",
+            "/v1/responses",
+            3,
+            json={
+                "input": "hi",
+                "stream": True,
+                "background": True,
+            },
+        )
         response_id = events[0]["response"]["id"]
         replay = await first_events(
-            client, "GET", f"/v1/responses/{response_id}",
-            2, params={"stream": "true", "starting_after": 1},
+            client,
+            "GET",
+            f"/v1/responses/{response_id}",
+            2,
+            params={"stream": "true", "starting_after": 1},
         )
         assert replay[0]["sequence_number"] == 2
         await anyio.sleep(0.2)

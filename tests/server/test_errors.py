@@ -34,14 +34,18 @@ def test_known_errors(exc: Exception, status: int, param: str | None, code: str 
     assert (error.status, error.param, error.code) == (status, param, code)
     assert error.type == "invalid_request_error"
     body = msgspec.json.decode(msgspec.json.encode(error.body))
-    assert body == {"error": {"message": error.message, "type": error.type, "param": param,
-                              "code": code}}
+    assert body == {
+        "error": {"message": error.message, "type": error.type, "param": param, "code": code}
+    }
 
 
 @pytest.mark.parametrize(
     "exc",
-    [RuntimeError("secret path /etc/x"), GenerationFailed("llama died at 0xdead"),
-     ModelNotFound("/models/x.gguf missing")],
+    [
+        RuntimeError("secret path /etc/x"),
+        GenerationFailed("llama died at 0xdead"),
+        ModelNotFound("/models/x.gguf missing"),
+    ],
 )
 def test_internal_errors_do_not_leak(exc: Exception) -> None:
     error = to_api_error(exc)

@@ -38,8 +38,12 @@ def test_unknown_cursor_is_a_400() -> None:
 
 @pytest.mark.parametrize(
     ("query", "param"),
-    [({"limit": ["0"]}, "limit"), ({"limit": ["101"]}, "limit"), ({"limit": ["x"]}, "limit"),
-     ({"order": ["sideways"]}, "order")],
+    [
+        ({"limit": ["0"]}, "limit"),
+        ({"limit": ["101"]}, "limit"),
+        ({"limit": ["x"]}, "limit"),
+        ({"order": ["sideways"]}, "order"),
+    ],
 )
 def test_bad_query_values(query: dict[str, list[str]], param: str) -> None:
     with pytest.raises(ApiError) as info:

@@ -63,25 +63,52 @@ def test_model_reports_the_name_asked_for() -> None:
 
 
 def test_forgiving_input_items() -> None:
-    call = parse({"input": [
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": [{"type": "input_text", "text": "a"},
-                                     {"type": "text", "text": "b"}]},
-        {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
-         "content": [{"type": "output_text", "text": "hi", "annotations": []}]},
-        {"role": "assistant", "content": "plain"},
-        {"type": "reasoning", "id": "rs_1", "summary": []},
-        {"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f",
-         "arguments": "{}", "status": "completed"},
-        {"type": "function_call_output", "call_id": "c1", "output": "42"},
-        {"type": "function_call_output", "call_id": "c1",
-         "output": [{"type": "input_text", "text": "4"}, {"type": "input_text", "text": "2"}]},
-        {"type": "web_search_call", "id": "ws_1", "status": "completed",
-         "action": {"type": "search", "query": "q"}},
-        {"type": "item_reference", "id": "msg_0"},
-        {"id": "msg_2"},
-        {"role": "user", "content": "x", "unknown_field": 1},
-    ]})
+    call = parse(
+        {
+            "input": [
+                {"role": "system", "content": "be brief"},
+                {
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "a"}, {"type": "text", "text": "b"}],
+                },
+                {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": "hi", "annotations": []}],
+                },
+                {"role": "assistant", "content": "plain"},
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {
+                    "type": "function_call",
+                    "id": "fc_1",
+                    "call_id": "c1",
+                    "name": "f",
+                    "arguments": "{}",
+                    "status": "completed",
+                },
+                {"type": "function_call_output", "call_id": "c1", "output": "42"},
+                {
+                    "type": "function_call_output",
+                    "call_id": "c1",
+                    "output": [
+                        {"type": "input_text", "text": "4"},
+                        {"type": "input_text", "text": "2"},
+                    ],
+                },
+                {
+                    "type": "web_search_call",
+                    "id": "ws_1",
+                    "status": "completed",
+                    "action": {"type": "search", "query": "q"},
+                },
+                {"type": "item_reference", "id": "msg_0"},
+                {"id": "msg_2"},
+                {"role": "user", "content": "x", "unknown_field": 1},
+            ]
+        }
+    )
     items = call.spec.input
     assert items[0] == Message(role="system", content=[InputText("be brief")])
     assert items[1] == Message(role="user", content=[InputText("a"), InputText("b")])
@@ -103,14 +130,17 @@ def test_forgiving_input_items() -> None:
     [
         ({"input": [{"content": "x"}]}, "input[0].type"),
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
-        ({"input": [{"role": "user", "content": [{"type": "input_text", "text": 1}]}]},
-         "input[0].content[0].text"),
-        ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
-         "input[0].content[0]"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_text", "text": 1}]}]},
+            "input[0].content[0].text",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
+            "input[0].content[0]",
+        ),
         ({"input": ["text"]}, "input[0]"),
         ({"input": [{"type": "computer_call", "id": "x"}]}, "input[0].type"),
-        ({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]},
-         "input[0].arguments"),
+        ({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input[0].arguments"),
         ({"input": []}, "input"),
         ({}, "input"),
         ({"input": 3}, "input"),
@@ -149,13 +179,17 @@ def test_bad_input_names_the_item(body: dict[str, Any], param: str) -> None:
         ({"include": ["everything"]}, "include[0]"),
         ({"grammar": {"type": "peg", "value": "x"}}, "grammar.type"),
         ({"text": {"format": {"type": "json_schema", "schema": SCHEMA}}}, "text.format.name"),
-        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 5}}}},
-         "text.format.schema"),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 5}}}},
+            "text.format.schema",
+        ),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
         ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
         ({"metadata": {"k": 1}}, "metadata"),
-        ({"web_search_options": {"search_context_size": "huge"}},
-         "web_search_options.search_context_size"),
+        (
+            {"web_search_options": {"search_context_size": "huge"}},
+            "web_search_options.search_context_size",
+        ),
     ],
 )
 def test_each_bad_field_is_named(body: dict[str, Any], param: str) -> None:
@@ -179,14 +213,28 @@ def test_malformed_json_is_a_400_without_param() -> None:
 
 
 def test_sampling_fields_map_onto_sampling_params() -> None:
-    sampling = parse({
-        "input": "x", "temperature": 0, "top_p": 0.5, "top_k": 7, "min_p": 0.1,
-        "repetition_penalty": 1.1, "frequency_penalty": 0.2, "presence_penalty": 0.3,
-        "logit_bias": {"12": -5}, "seed": 42, "stop": "END", "max_output_tokens": 9,
-        "dry_multiplier": 0.8, "dry_base": 2, "dry_allowed_length": 3,
-        "dry_sequence_breakers": ["\n"], "top_logprobs": 3,
-        "include": ["message.output_text.logprobs"],
-    }).spec.sampling
+    sampling = parse(
+        {
+            "input": "x",
+            "temperature": 0,
+            "top_p": 0.5,
+            "top_k": 7,
+            "min_p": 0.1,
+            "repetition_penalty": 1.1,
+            "frequency_penalty": 0.2,
+            "presence_penalty": 0.3,
+            "logit_bias": {"12": -5},
+            "seed": 42,
+            "stop": "END",
+            "max_output_tokens": 9,
+            "dry_multiplier": 0.8,
+            "dry_base": 2,
+            "dry_allowed_length": 3,
+            "dry_sequence_breakers": ["\n"],
+            "top_logprobs": 3,
+            "include": ["message.output_text.logprobs"],
+        }
+    ).spec.sampling
     assert sampling.greedy and sampling.top_p == 0.5 and sampling.top_k == 7
     assert sampling.min_p == 0.1 and sampling.repetition_penalty == 1.1
     assert sampling.logit_bias == {12: -5} and sampling.seed == 42
@@ -197,10 +245,16 @@ def test_sampling_fields_map_onto_sampling_params() -> None:
 
 
 def test_flat_and_nested_function_tools_echo_description_and_strict() -> None:
-    call = parse({"input": "x", "tools": [
-        {"type": "function", "name": "weather", "parameters": SCHEMA, "strict": True},
-        {"type": "function", "function": {"name": "time", "description": "now"}},
-    ], "tool_choice": {"type": "function", "name": "time"}})
+    call = parse(
+        {
+            "input": "x",
+            "tools": [
+                {"type": "function", "name": "weather", "parameters": SCHEMA, "strict": True},
+                {"type": "function", "function": {"name": "time", "description": "now"}},
+            ],
+            "tool_choice": {"type": "function", "name": "time"},
+        }
+    )
     weather, time_ = call.spec.tools.functions
     assert weather.name == "weather" and weather.strict and weather.parameters == SCHEMA
     assert time_.name == "time" and time_.description == "now" and not time_.strict
@@ -216,18 +270,28 @@ def test_flat_and_nested_function_tools_echo_description_and_strict() -> None:
 @pytest.mark.parametrize(
     ("tools", "param"),
     [
-        ([{"type": "function", "name": "f", "parameters": {"type": "object",
-          "properties": {"a": {"type": "nope"}}}}], "tools[0].parameters"),
-        ([{"type": "function", "function": {"name": "f", "parameters": {"required": "a"}}}],
-         "tools[0].function.parameters"),
-        ([{"type": "function", "name": "f", "parameters": {"type": "string"}}],
-         "tools[0].parameters"),
-        ([{"type": "function", "name": "f"}, {"type": "function", "name": "f"}],
-         "tools[1].name"),
+        (
+            [
+                {
+                    "type": "function",
+                    "name": "f",
+                    "parameters": {"type": "object", "properties": {"a": {"type": "nope"}}},
+                }
+            ],
+            "tools[0].parameters",
+        ),
+        (
+            [{"type": "function", "function": {"name": "f", "parameters": {"required": "a"}}}],
+            "tools[0].function.parameters",
+        ),
+        (
+            [{"type": "function", "name": "f", "parameters": {"type": "string"}}],
+            "tools[0].parameters",
+        ),
+        ([{"type": "function", "name": "f"}, {"type": "function", "name": "f"}], "tools[1].name"),
         ([{"type": "function", "name": "bad name!"}], "tools[0].name"),
         ([{"type": "function"}], "tools[0].name"),
-        ([{"type": "function", "function": {"description": "no name"}}],
-         "tools[0].function.name"),
+        ([{"type": "function", "function": {"description": "no name"}}], "tools[0].function.name"),
         ([{"type": "file_search"}], "tools[0].type"),
         ([{"type": "web_search"}, {"type": "web_search_preview"}], "tools[1]"),
     ],
@@ -252,16 +316,25 @@ def test_tool_choice_must_match_the_tools(choice: object) -> None:
 
 def test_required_tool_choice_needs_a_tool() -> None:
     assert refused({"input": "x", "tool_choice": "required"}).param == "tool_choice"
-    call = parse({"input": "x", "tool_choice": "required",
-                  "tools": [{"type": "function", "name": "f"}]})
+    call = parse(
+        {"input": "x", "tool_choice": "required", "tools": [{"type": "function", "name": "f"}]}
+    )
     assert call.spec.tools.mode == "required"
 
 
 def test_web_search_tool_and_options() -> None:
-    call = parse({"input": "x", "tools": [{
-        "type": "web_search_preview", "search_context_size": "high",
-        "user_location": {"type": "approximate", "city": "Oslo", "country": "NO"},
-    }]})
+    call = parse(
+        {
+            "input": "x",
+            "tools": [
+                {
+                    "type": "web_search_preview",
+                    "search_context_size": "high",
+                    "user_location": {"type": "approximate", "city": "Oslo", "country": "NO"},
+                }
+            ],
+        }
+    )
     search = call.spec.tools.web_search
     assert search is not None and not search.forced
     assert search.search_context_size == "high"
@@ -271,15 +344,22 @@ def test_web_search_tool_and_options() -> None:
     )
 
     for choice in ("web_search", "web_search_preview", "web_search_preview_2025_03_11"):
-        forced = parse({"input": "x", "tools": [{"type": "web_search"}],
-                        "tool_choice": {"type": choice}}).spec.tools.web_search
+        forced = parse(
+            {"input": "x", "tools": [{"type": "web_search"}], "tool_choice": {"type": choice}}
+        ).spec.tools.web_search
         assert forced is not None and forced.forced
 
-    options = parse({"input": "x", "web_search_options": {
-        "search_context_size": "low",
-        "user_location": {"type": "approximate", "approximate": {"city": "Lima"}},
-        "search_description": "find", "extract_description": "read",
-    }}).spec.tools.web_search
+    options = parse(
+        {
+            "input": "x",
+            "web_search_options": {
+                "search_context_size": "low",
+                "user_location": {"type": "approximate", "approximate": {"city": "Lima"}},
+                "search_description": "find",
+                "extract_description": "read",
+            },
+        }
+    ).spec.tools.web_search
     assert options is not None and options.forced
     assert options.user_location == UserLocation(city="Lima")
     assert options.search_description == "find" and options.extract_description == "read"
@@ -289,14 +369,27 @@ def test_web_search_tool_and_options() -> None:
 
 
 def test_output_formats_become_constraints() -> None:
-    call = parse({"input": "x", "text": {"format": {
-        "type": "json_schema", "name": "city", "schema": SCHEMA, "strict": True}}})
+    call = parse(
+        {
+            "input": "x",
+            "text": {
+                "format": {"type": "json_schema", "name": "city", "schema": SCHEMA, "strict": True}
+            },
+        }
+    )
     assert call.spec.constraint == Grammar("json_schema", SCHEMA)
     assert call.constraint_param == "text.format"
     assert call.spec.echo.text.format == FormatJsonSchema("city", SCHEMA, None, True)
 
-    seed = parse({"input": "x", "response_format": {
-        "type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}})
+    seed = parse(
+        {
+            "input": "x",
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "city", "schema": SCHEMA},
+            },
+        }
+    )
     assert seed.spec.constraint == Grammar("json_schema", SCHEMA)
     assert seed.constraint_param == "response_format"
     assert seed.spec.echo.text.format == FormatJsonSchema("city", SCHEMA)
@@ -312,25 +405,42 @@ def test_output_formats_become_constraints() -> None:
 
 
 def test_only_one_constraint() -> None:
-    body = {"input": "x", "text": {"format": {"type": "json_object"}},
-            "grammar": {"type": "regex", "value": "a"}}
+    body = {
+        "input": "x",
+        "text": {"format": {"type": "json_object"}},
+        "grammar": {"type": "regex", "value": "a"},
+    }
     assert refused(body).param == "grammar"
 
 
 def test_echo_and_options() -> None:
-    call = parse({
-        "input": "x", "stream": True, "background": True, "truncation": "auto",
-        "reasoning": {"effort": "low", "summary": "concise"}, "metadata": {"k": "v"},
-        "previous_response_id": "resp_1", "instructions": "be kind", "user": "u",
-        "safety_identifier": "s", "prompt_cache_key": "p", "service_tier": "auto",
-        "stream_options": {"include_usage": True}, "parallel_tool_calls": True, "n": 1,
-        "max_tool_calls": None,
-    })
+    call = parse(
+        {
+            "input": "x",
+            "stream": True,
+            "background": True,
+            "truncation": "auto",
+            "reasoning": {"effort": "low", "summary": "concise"},
+            "metadata": {"k": "v"},
+            "previous_response_id": "resp_1",
+            "instructions": "be kind",
+            "user": "u",
+            "safety_identifier": "s",
+            "prompt_cache_key": "p",
+            "service_tier": "auto",
+            "stream_options": {"include_usage": True},
+            "parallel_tool_calls": True,
+            "n": 1,
+            "max_tool_calls": None,
+        }
+    )
     spec = call.spec
     assert call.stream and spec.background and spec.truncation == "auto"
     assert spec.metadata == {"k": "v"} and spec.previous_response_id == "resp_1"
     assert spec.instructions == "be kind"
     assert spec.echo.reasoning is not None and spec.echo.reasoning.effort == "low"
     assert (spec.echo.user, spec.echo.safety_identifier, spec.echo.prompt_cache_key) == (
-        "u", "s", "p"
+        "u",
+        "s",
+        "p",
     )
