@@ -29,7 +29,7 @@ MIN_SHARED_WORDS = 3
 
 _MARKER = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"\w+")
 #: Titles shorter than this are too generic to count as a mention when written in the text.
 _MIN_TITLE = 12
 _COMMON = frozenset({

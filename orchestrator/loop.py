@@ -109,6 +109,9 @@ class ToolLoop:
             outcome = decide(result, rounds_left=not capped)
             match outcome:
                 case Incomplete():
+                    # A cut-off answer still cites the sources of the text it has.
+                    citations = self._builtins.annotate(writer.message_text)
+                    writer.close_message("incomplete", citations)
                     writer.close_all("incomplete")
                     record.stop_short(IncompleteDetails(reason="max_output_tokens"))
                     return

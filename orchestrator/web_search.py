@@ -26,7 +26,7 @@ from exloop.tools.research import SearchOutcome, WebResearch
 from exloop.tools.research import UserLocation as ResearchLocation
 
 from .builtin import BuiltinCall, BuiltinFactory, BuiltinTool
-from .citations import SourceLedger
+from .citations import SourceLedger, content_words
 from .items import Item, Message, OpenPageAction, SearchAction, SearchSource, UrlCitation
 from .output import OutputWriter
 from .spec import RunSpec, WebSearchOptions
@@ -42,6 +42,11 @@ SEARCH_DESCRIPTION = (
 OPEN_PAGE_DESCRIPTION = (
     "Open a web page by its URL, for example one from the search results, and read its text."
 )
+
+#: Bounds on the arguments: a small model writing a query under the call grammar could
+#: otherwise run on until the token budget ends.
+MAX_QUERY_CHARS = 160
+MAX_URL_CHARS = 2048
 
 # The header `WebResearch` writes for each source: "[n] title\nURL: url".
 _SOURCE_HEADER = re.compile(r"^\[(\d+)\] (?=.*\nURL: )", re.MULTILINE)
@@ -101,20 +106,25 @@ class SearchTool:
 
     def __init__(self, session: _Session) -> None:
         self._session = session
+        self._forced = session.options.forced
 
     @property
     def spec(self) -> ToolSpec:
         return ToolSpec(
             name=SEARCH_TOOL,
             description=self._session.options.search_description or SEARCH_DESCRIPTION,
-            parameters=_schema("query", "What to search for."),
+            parameters=_schema("query", "What to search for.", MAX_QUERY_CHARS),
             strict=True,
         )
 
     async def run(self, call: BuiltinCall, writer: OutputWriter) -> str:
         session = self._session
-        # An empty query (a forced search the model left blank) falls back to the question.
-        query = _argument(call.arguments, "query") or session.question or ""
+        query = _argument(call.arguments, "query")
+        if self._forced:
+            # The search ``web_search_options`` forces is there to answer the question.
+            self._forced = False
+            query = forced_query(query, session.question)
+        query = query or session.question or ""
         action = SearchAction(query=query)
         index = writer.open_web_search(action)
         if not query:
@@ -173,7 +183,7 @@ class OpenPageTool:
         return ToolSpec(
             name=OPEN_PAGE_TOOL,
             description=self._session.options.extract_description or OPEN_PAGE_DESCRIPTION,
-            parameters=_schema("url", "The http or https URL of the page."),
+            parameters=_schema("url", "The http or https URL of the page.", MAX_URL_CHARS),
             strict=True,
         )
 
@@ -198,10 +208,23 @@ class OpenPageTool:
         return f"[{number}] {page.text}"
 
 
-def _schema(name: str, description: str) -> dict[str, object]:
+def forced_query(query: str, question: str | None) -> str:
+    """The query of a forced first search: the model's, unless it is empty or shares no
+    content word with the user's question (a small model may write "What do you want to
+    know?"); then the question itself."""
+    if question is None:
+        return query
+    asked = content_words(question)
+    if not query or (asked and not asked & content_words(query)):
+        return question
+    return query
+
+
+def _schema(name: str, description: str, max_length: int) -> dict[str, object]:
+    field = {"type": "string", "description": description, "maxLength": max_length}
     return {
         "type": "object",
-        "properties": {name: {"type": "string", "description": description}},
+        "properties": {name: field},
         "required": [name],
         "additionalProperties": False,
     }

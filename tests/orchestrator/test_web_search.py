@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from exloop.engine.protocol import GenerationRequest
+from exloop.engine.sampling import SamplingParams
 from exloop.orchestrator import events as ev
 from exloop.orchestrator.citations import SourceLedger
 from exloop.orchestrator.items import (
@@ -23,7 +24,7 @@ from exloop.orchestrator.items import (
 from exloop.orchestrator.resource import Response, UserLocation
 from exloop.orchestrator.service import Orchestrator
 from exloop.orchestrator.spec import Echo, RunSpec, ToolPolicy, WebSearchOptions
-from exloop.orchestrator.web_search import web_search_builtins
+from exloop.orchestrator.web_search import forced_query, web_search_builtins
 from exloop.tools.fetch import SafeFetcher
 from exloop.tools.research import WebResearch
 from exloop.tools.web_search import SearchRequest, SearchResult, SearxngProvider
@@ -153,6 +154,22 @@ async def test_forced_first_search_writes_the_item_and_cites_the_page(web: WebFi
     assert added.annotation == citation and added.annotation_index == 0
 
 
+async def test_a_cut_off_answer_keeps_its_citations(web: WebFixture) -> None:
+    search = call("web_search", query="honeybee waggle")
+    engine = ScriptedEngine([say(search), say("Bees waggle [1]. " + "and so on " * 50)])
+    # The scripted engine streams three characters a token: room for the call and a few more.
+    budget = -(-len(search) // 3) + 8
+    response, _ = await run(
+        engine, research(web), replace(search_spec(), sampling=SamplingParams(max_tokens=budget))
+    )
+
+    assert response.status == "incomplete"
+    message = response.output[-1]
+    assert isinstance(message, Message) and message.status == "incomplete"
+    (citation,) = message.content[0].annotations  # type: ignore[union-attr]
+    assert citation.url == web.article_url("honeybees")
+
+
 async def test_empty_query_falls_back_to_the_question_and_sources_when_included(
     web: WebFixture,
 ) -> None:
@@ -244,18 +261,31 @@ async def test_max_tool_rounds_caps_searches_and_sources_number_run_wide(web: We
 
 
 async def test_open_page_writes_an_open_page_item_and_joins_the_sources(web: WebFixture) -> None:
-    url = web.article_url("volcanoes")
+    bees, volcanoes = web.article_url("honeybees"), web.article_url("volcanoes")
     engine = ScriptedEngine(
-        [turns(call("web_search", query="volcano"), call("open_page", url=url), "See [1].")]
+        [
+            turns(
+                call("web_search", query="honeybee waggle"),
+                call("open_page", url=bees) + call("open_page", url=volcanoes),
+                "See [1] and [9].",
+            )
+        ]
     )
     response, _ = await run(engine, research(web), search_spec())
 
-    _, opened, message = response.output
-    assert isinstance(opened, WebSearchCall) and opened.status == "completed"
-    assert opened.action == OpenPageAction(url=url)
-    page = tool_results(engine.jobs[-1].request)[1]
-    assert page.startswith("[1] Why some volcanoes explode")  # already source [1] of the search
-    assert message.content[0].annotations[0].url == url  # type: ignore[union-attr]
+    _, *opened, message = response.output
+    assert [o.action for o in opened] == [  # type: ignore[union-attr]
+        OpenPageAction(url=bees),
+        OpenPageAction(url=volcanoes),
+    ]
+    assert all(o.status == "completed" for o in opened)  # type: ignore[union-attr]
+    searched, bees_page, volcanoes_page = tool_results(engine.jobs[-1].request)
+    # A page the search showed keeps its number; a new page takes the next one.
+    assert bees_page.startswith("[1] How honeybees share directions: the waggle dance")
+    shown = searched.count("\nURL: ")
+    assert volcanoes_page.startswith(f"[{shown + 1}] Why some volcanoes explode")
+    urls = [a.url for a in message.content[0].annotations]  # type: ignore[union-attr]
+    assert urls == [bees] + ([volcanoes] if shown + 1 == 9 else [])
 
 
 async def test_open_page_failure_is_a_tool_result(web: WebFixture) -> None:
@@ -289,6 +319,15 @@ async def test_cancelling_during_a_search_fails_its_item(web: WebFixture) -> Non
             response = await orch.cancel(handle.id)
     assert response.status == "cancelled"
     assert response.output[0].status == "failed"  # type: ignore[union-attr]
+
+
+def test_a_forced_query_off_the_question_falls_back_to_it() -> None:
+    assert forced_query("What do you want to know?", QUESTION) == QUESTION
+    assert forced_query("", QUESTION) == QUESTION
+    assert forced_query("honeybee dance distance", QUESTION) == "honeybee dance distance"
+    assert forced_query("météo Paris", "Quel temps fait-il à Paris ?") == "météo Paris"
+    assert forced_query("weather", "天気は？") == "weather"  # no content word to compare
+    assert forced_query("anything", None) == "anything"
 
 
 # -- the citation rule ---------------------------------------------------------------------
