@@ -275,7 +275,7 @@ class GeneratorDriver:
 
     def _end(self, run: _Running, reason: FinishReason) -> None:
         """End a job the generator may still hold: cancel it there, freeing its pages."""
-        if self._cancel_native(run):
+        if self._holds(run) and self._cancel_native(run):
             self._finish(run, reason)
 
     def _finish(self, run: _Running, reason: FinishReason) -> None:
@@ -295,9 +295,14 @@ class GeneratorDriver:
         )
 
     def _fail(self, run: _Running, error: EngineError) -> None:
-        if self._cancel_native(run):
+        if self._holds(run) and self._cancel_native(run):
             del self._running[run.job]
             run.job.fail(error)
+
+    def _holds(self, run: _Running) -> bool:
+        """Whether ``run`` is still this thread's to end (a recovery may have ended or
+        requeued it while a loop over the running jobs was under way)."""
+        return self._running.get(run.job) is run
 
     def _cancel_native(self, run: _Running) -> bool:
         """Remove the job from the generator; False when that failed and the generator was

@@ -52,9 +52,16 @@ class FakeJob:
 
 
 class ScriptedGenerator:
-    def __init__(self, batch: int = 8, fail_on: int | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        batch: int = 8,
+        fail_on: int | None = None,
+        delay: float = 0.0,
+        fail_cancel: bool = False,
+    ) -> None:
         self.batch = batch
         self.fail_on = fail_on
+        self.fail_cancel = fail_cancel
         self.delay = delay
         self.iterations = 0
         self.pending_jobs: list[FakeJob] = []
@@ -66,6 +73,8 @@ class ScriptedGenerator:
         return len(self.pending_jobs)
 
     def cancel(self, job: FakeJob) -> None:
+        if self.fail_cancel:
+            raise RuntimeError("page table corrupted")
         if job in self.pending_jobs:
             self.pending_jobs.remove(job)
         elif job in self.active_jobs:
@@ -328,3 +337,27 @@ async def test_a_cancelled_job_never_reaches_the_generator(harness: Harness) -> 
     _, finish, _ = await collect(job)
     assert finish.reason == "cancelled"
     assert not harness.generator.cancelled
+
+
+async def test_a_failing_cancel_rebuilds_the_generator_once() -> None:
+    harness = Harness(
+        ScriptedGenerator(batch=2, delay=0.002, fail_cancel=True), ScriptedGenerator()
+    )
+    try:
+        jobs = [harness.submit(*[BANG] * 500) for _ in range(2)]
+        streams = [job.events() for job in jobs]
+        # A driver thread that died on the second, stale cancel would leave these waiting.
+        with anyio.fail_after(10):
+            for stream in streams:
+                assert isinstance(await stream.__anext__(), Delta)
+            for job in jobs:
+                job.cancel()
+            for stream in streams:
+                with pytest.raises(GenerationFailed, match="page table corrupted"):
+                    async for _ in stream:
+                        pass
+            assert len(harness.built) == 2
+            text, _, _ = await collect(harness.submit(HEL, EOS))
+        assert text == "Hel"
+    finally:
+        harness.driver.close()
