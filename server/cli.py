@@ -338,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.log_level != "debug":
+        # httpx logs every page fetch and search request at INFO.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         anyio.run(serve, settings)
     except EngineError as exc:

@@ -17,6 +17,8 @@ import httpx
 import openai
 import pytest
 
+from tests.fixtures.web import WebFixture
+
 #: Loading the model and llguidance's tokenizer takes a few seconds on two cores.
 STARTUP_TIMEOUT = 120.0
 SHUTDOWN_TIMEOUT = 20.0
@@ -140,3 +142,19 @@ async def async_client(base_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
         base_url=f"{base_url}/v1", api_key="test", max_retries=0, timeout=REQUEST_TIMEOUT
     ) as sdk:
         yield sdk
+
+
+@pytest.fixture
+def web() -> Iterator[WebFixture]:
+    """The loopback web (articles and search stand-ins), fresh per test so its request log is
+    the test's own; servers search it when started with ``web_flags(web)``."""
+    with WebFixture() as fixture:
+        yield fixture
+
+
+def web_flags(web: WebFixture) -> tuple[str, ...]:
+    """``exloop serve`` flags that search the loopback web through its SearXNG stand-in."""
+    return (
+        "--search-provider", "searxng", "--searxng-url", web.searxng_url,
+        "--fetch-allow-private",
+    )  # fmt: skip

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
 import openai
+
+from tests.fixtures.web import WebFixture
+
+from .conftest import ServerProcess, web_flags
 
 WEATHER_SCHEMA = {
     "type": "object",
@@ -181,3 +186,37 @@ def test_logprobs(client: openai.OpenAI) -> None:
     for token in logprobs.content:
         assert token.logprob <= 0 and len(token.top_logprobs) == 2
     assert "".join(t.token for t in logprobs.content) == completion.choices[0].message.content
+
+
+def test_web_search_options_search_before_answering(
+    start_server: Callable[..., ServerProcess], web: WebFixture
+) -> None:
+    server = start_server(*web_flags(web))
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="k", max_retries=0) as sdk:
+        chunks = list(
+            sdk.chat.completions.create(
+                model="m",
+                messages=[{"role": "user", "content": "How do honeybees share directions?"}],
+                web_search_options={"search_context_size": "low"},
+                max_tokens=48,
+                stream=True,
+            )
+        )
+        whole = sdk.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "How do honeybees share directions?"}],
+            web_search_options={"search_context_size": "low"},
+            max_tokens=48,
+        )
+    searches = [r for r in web.requests if r.path == "/searxng/search"]
+    assert len(searches) == 2
+    assert "honeybees" in searches[0].query["q"]
+    assert any(r.path == "/articles/honeybees" for r in web.requests)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+    message = whole.choices[0].message
+    assert message.content and whole.choices[0].finish_reason in ("stop", "length")
+    # The model may or may not cite; what it cites must be a page it read.
+    read = {web.url(r.path) for r in web.requests}
+    for annotation in message.annotations or []:
+        assert annotation.type == "url_citation" and annotation.url_citation.url in read
