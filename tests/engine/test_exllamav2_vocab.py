@@ -312,3 +312,17 @@ def test_a_prefix_cannot_be_followed(vocabulary: ModelVocabulary) -> None:
     core = _filter(vocabulary, Grammar("regex", "[0-9]+"))
     core.begin("12")
     assert core.error is not None
+
+
+def test_an_output_layer_wider_than_the_tokenizer(tmp_path: Path, smollm_dir: Path) -> None:
+    """Qwen-style padding: config.json's vocab_size exceeds the tokenizer's tokens."""
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_text((smollm_dir / name).read_text())
+    config = json.loads((smollm_dir / "config.json").read_text())
+    config["vocab_size"] = 49152 + 96
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    vocabulary = read_vocabulary(tmp_path)
+    assert vocabulary.vocab_size == len(vocabulary.pieces) == 49152 + 96
+    assert vocabulary.lltokenizer.vocab_size == 49152 + 96
+    # The padding rows are no text a grammar could ever allow.
+    assert vocabulary.lltokenizer.is_special_token(49152 + 5)
