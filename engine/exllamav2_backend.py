@@ -134,7 +134,15 @@ def load_model(
     vocab = read_vocabulary(path)
     config = ExLlamaV2Config(str(path))
     seq_len = max_seq_len or min(vocab.trained_context, DEFAULT_MAX_SEQ_LEN)
+    if seq_len < _PAGE:
+        raise InvalidParameter(
+            f"max_seq_len must be at least {_PAGE} tokens, got {seq_len}.", param="max_seq_len"
+        )
     config.max_seq_len = seq_len
+    # Prompt chunks must be whole cache pages in paged mode, and loading caps them at
+    # max_seq_len: keep them a multiple of the page size below it.
+    config.max_input_len = min(config.max_input_len, seq_len // _PAGE * _PAGE)
+    config.max_attention_size = config.max_input_len**2
     paged = bool(exl_attn.has_flash_attn_with_paged) and not config.no_flash_attn
     batch = max_batch_size if paged else 1
     tokens = _cache_size(cache_tokens, seq_len, batch)
