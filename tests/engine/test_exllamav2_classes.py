@@ -276,3 +276,16 @@ def test_exllamav2_tokenizes_prompts_as_llama_cpp(
     ids = tokenizer.encode(text, encode_special_tokens=True)[0].tolist()
     assert ids == vocab_model.tokenize(text.encode(), add_bos=False, special=True)
     assert np.asarray(ids).max() < 49152
+
+
+def test_load_model_says_what_is_wrong(tmp_path: Path, smollm_dir: Path) -> None:  # noqa: F811
+    from exloop.engine.errors import EngineError, InvalidParameter, ModelNotFound
+
+    with pytest.raises(ModelNotFound, match="No model directory"):
+        backend.load_model(tmp_path / "missing")
+    with pytest.raises(InvalidParameter) as caught:
+        backend.load_model(smollm_dir, cache_mode="fp8")  # type: ignore[arg-type]
+    assert caught.value.param == "cache_mode"
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="needs CUDA"):
+            backend.load_model(smollm_dir)
