@@ -300,6 +300,19 @@ async def test_open_page_failure_is_a_tool_result(web: WebFixture) -> None:
     assert response.status == "completed"
 
 
+async def test_the_seed_descriptions_replace_the_tools_own(web: WebFixture) -> None:
+    engine = ScriptedEngine([say(call("web_search", query="honeybee")), say("ok")])
+    spec = search_spec(search_description="Look it up.", extract_description="Read a page.")
+    await run(engine, research(web), spec)
+    tools = engine.jobs[1].request.prompt.tools  # type: ignore[union-attr]
+    assert [(t.name, t.description, t.strict) for t in tools] == [
+        ("web_search", "Look it up.", True),
+        ("open_page", "Read a page.", True),
+    ]
+    assert tools[0].parameters["required"] == ["query"]
+    assert tools[0].parameters["additionalProperties"] is False
+
+
 async def test_no_web_tools_without_web_search(web: WebFixture) -> None:
     engine = ScriptedEngine([say("plain")])
     spec = RunSpec(input=(Message(role="user", content=[InputText("hi")]),), model="m")
