@@ -9,7 +9,9 @@ figures are our own overhead (plus the stand-in server's, which shares the CPUs)
 
 Prints the first (cold) round, the median and worst time per stage and the total, then the
 same round through the ``WebResearch`` facade (which overlaps extraction with the remaining
-fetches).
+fetches), then through the orchestrator: a whole response with ``web_search_options`` on a
+scripted engine (no model time), whose forced search writes its ``web_search_call`` item and
+events and whose answer is annotated with citations.
 """
 
 from __future__ import annotations
@@ -23,13 +25,18 @@ from functools import partial
 from typing import TypeVar
 
 import anyio
+
+from exloop.orchestrator.items import InputText, Message
+from exloop.orchestrator.service import Orchestrator
+from exloop.orchestrator.spec import RunSpec, ToolPolicy, WebSearchOptions
+from exloop.orchestrator.web_search import web_search_builtins
 from exloop.tools.extract import ExtractedPage, extract
 from exloop.tools.fetch import FetchedPage, SafeFetcher
 from exloop.tools.rank import CONTEXT_BUDGETS, pack, rank_chunks, split_chunks
 from exloop.tools.research import WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchProvider, SearchRequest, SearxngProvider
-
 from tests.fixtures.web import WebFixture
+from tests.orchestrator.scripted import ScriptedEngine, say
 
 QUERY = "honeybee dance sourdough yeast tides moon rust borrow volcano magma"
 PAGES = 5
@@ -83,6 +90,27 @@ async def staged_round(provider: SearchProvider, fetcher: SafeFetcher) -> Round:
     return Round(searched - start, got - searched, extracted - got, ranked - extracted)
 
 
+async def orchestrated_rounds(research: WebResearch, rounds: int) -> list[float]:
+    """Seconds per response: forced search (as the model's call), then a cited answer."""
+    call = f'<tool_call>{{"name": "web_search", "arguments": {{"query": "{QUERY}"}}}}</tool_call>'
+    spec = RunSpec(
+        input=(Message(role="user", content=[InputText(QUERY)]),),
+        model="bench",
+        tools=ToolPolicy(web_search=WebSearchOptions(forced=True)),
+    )
+    times = []
+    for _ in range(rounds):
+        engine = ScriptedEngine([say(call), say("Bees dance [1] and the moon pulls tides [3].")])
+        builtins = web_search_builtins(research)
+        async with Orchestrator(engine, model_name="bench", builtins=builtins) as orchestrator:
+            start = time.perf_counter()
+            response = await (await orchestrator.create(spec)).wait()
+            times.append(time.perf_counter() - start)
+        if response.status != "completed" or len(response.output) != 2:
+            raise RuntimeError(f"the orchestrated round ended {response.status}")
+    return times
+
+
 def _report(title: str, rows: list[tuple[str, list[float]]]) -> None:
     print(title)
     print(f"  {'stage':<10} {'median ms':>10} {'max ms':>10}")
@@ -123,6 +151,8 @@ async def main(rounds: int, provider_name: str) -> None:
             if len(outcome.passages) == 0:
                 raise RuntimeError("the facade chose no passage")
         _report("WebResearch.search (stages overlapped)", [("total", facade)])
+        orchestrated = await orchestrated_rounds(research, rounds)
+        _report("a response through the orchestrator (scripted model)", [("total", orchestrated)])
 
 
 if __name__ == "__main__":
