@@ -28,7 +28,11 @@ from .items import UrlCitation
 MIN_SHARED_WORDS = 3
 
 _MARKER = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+# A sentence ends at . ! or ? before whitespace (not inside "127.0.0.1" or "3.5"), or at a line end.
+_SENTENCE = re.compile(r"[^\n]+?(?:[.!?](?=\s)|$)", re.MULTILINE)
+_URL = re.compile(r"\w+://\S+")
+# Where a written URL ends: punctuation at most, then a space, a closing bracket or the end.
+_URL_END = r"(?=[.,;:!?]*(?:[\s)\]>\"']|$))"
 _WORD = re.compile(r"\w+")
 #: Titles shorter than this are too generic to count as a mention when written in the text.
 _MIN_TITLE = 12
@@ -95,7 +99,7 @@ class SourceLedger:
                     found.append(_citation(source, match.start(), match.end()))
                     taken.append(match.span())
         for source in self._by_url.values():
-            mentions = [re.escape(source.url)]
+            mentions = [re.escape(source.url) + _URL_END]
             if len(source.title) >= _MIN_TITLE:
                 mentions.append(re.escape(source.title))
             for pattern in mentions:
@@ -135,9 +139,11 @@ class SourceLedger:
 
 
 def content_words(text: str) -> frozenset[str]:
-    """The words that carry meaning: four letters or more, not common, without a plural ``s``."""
+    """The words that carry meaning: four letters or more, not common, without a plural ``s``,
+    and none from URLs."""
     words = set()
-    for word in _WORD.findall(text.casefold()):
+    # A URL's pieces (scheme, host, port, path) say nothing about what a sentence claims.
+    for word in _WORD.findall(_URL.sub(" ", text).casefold()):
         if len(word) > 4 and word.endswith("s") and not word.endswith("ss"):
             word = word[:-1]
         if len(word) >= 4 and word not in _COMMON:

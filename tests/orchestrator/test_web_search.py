@@ -394,6 +394,15 @@ def test_a_paraphrase_cites_the_source_it_restates() -> None:
     ]
 
 
+def test_urls_neither_split_sentences_nor_count_as_shared_words() -> None:
+    sources = SourceLedger()
+    sources.add("http://127.0.0.1:8080/a", "Alpha page", "See http://127.0.0.1:8080/articles/index")
+    assert sources.cite("More at http://127.0.0.1:8080/articles/index today.") == []
+    text = "One waggle run of 1.5 seconds means 1.5 kilometres to the forager's flowers. Next."
+    (citation,) = ledger().cite(text)
+    assert text[citation.start_index : citation.end_index] == text.removesuffix(" Next.")
+
+
 def test_explicit_citations_turn_paraphrase_attribution_off() -> None:
     text = "The moon's gravity makes two tides a day. Bees dance [1]."
     assert [c.url for c in ledger().cite(text)] == ["http://a.test/bees"]
