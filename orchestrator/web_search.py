@@ -17,7 +17,8 @@ as OpenAI does.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from exloop.engine.protocol import ToolSpec
@@ -27,7 +28,15 @@ from exloop.tools.research import UserLocation as ResearchLocation
 
 from .builtin import BuiltinCall, BuiltinFactory, BuiltinTool
 from .citations import SourceLedger, content_words
-from .items import Item, Message, OpenPageAction, SearchAction, SearchSource, UrlCitation
+from .items import (
+    Item,
+    Message,
+    OpenPageAction,
+    SearchAction,
+    SearchSource,
+    UrlCitation,
+    WebSearchAction,
+)
 from .output import OutputWriter
 from .spec import RunSpec, WebSearchOptions
 
@@ -125,29 +134,20 @@ class SearchTool:
             self._forced = False
             query = forced_query(query, session.question)
         query = query or session.question or ""
-        action = SearchAction(query=query)
-        index = writer.open_web_search(action)
-        if not query:
-            writer.close_web_search(index, action, failed=True)
-            return "Error: the search needs a query."
         try:
-            outcome = await session.research.search(
-                query,
-                context_size=session.options.search_context_size,
-                location=session.location,
-            )
+            with _web_search_call(writer, SearchAction(query=query)) as item:
+                if not query:
+                    raise ToolError("Error: the search needs a query.")
+                outcome = await session.research.search(
+                    query,
+                    context_size=session.options.search_context_size,
+                    location=session.location,
+                )
+                if session.include_sources:
+                    sources = [SearchSource(url=s.url) for s in outcome.sources]
+                    item.action = SearchAction(query=query, sources=sources)
         except ToolError as exc:
-            writer.close_web_search(index, action, failed=True)
             return str(exc)
-        except BaseException:
-            # Cancelled (or a bug): the item must not stay "searching" in a finished response.
-            writer.close_web_search(index, action, failed=True)
-            raise
-        if session.include_sources:
-            action = SearchAction(
-                query=query, sources=[SearchSource(url=s.url) for s in outcome.sources]
-            )
-        writer.close_web_search(index, action)
         return self._record(outcome)
 
     def cite(self, text: str) -> list[UrlCitation]:
@@ -190,22 +190,36 @@ class OpenPageTool:
     async def run(self, call: BuiltinCall, writer: OutputWriter) -> str:
         session = self._session
         url = _argument(call.arguments, "url")
-        action = OpenPageAction(url=url)
-        index = writer.open_web_search(action)
         try:
-            page = await session.research.open(
-                url, session.question, context_size=session.options.search_context_size
-            )
+            with _web_search_call(writer, OpenPageAction(url=url)):
+                page = await session.research.open(
+                    url, session.question, context_size=session.options.search_context_size
+                )
         except ToolError as exc:
-            writer.close_web_search(index, action, failed=True)
             return f"Could not open the page: {exc}"
-        except BaseException:
-            writer.close_web_search(index, action, failed=True)
-            raise
-        writer.close_web_search(index, action)
         read = "\n".join(p.text for p in page.passages)
         number = session.ledger.add(page.url, page.title, read)
         return f"[{number}] {page.text}"
+
+
+@dataclass(slots=True)
+class _OpenCall:
+    index: int
+    action: WebSearchAction
+
+
+@contextmanager
+def _web_search_call(writer: OutputWriter, action: WebSearchAction) -> Iterator[_OpenCall]:
+    """A ``web_search_call`` item, open while the block runs: ``completed`` with the block's
+    final action, or ``failed`` if it raises (a tool error, or a cancellation: a finished
+    response never holds a search that is still "searching")."""
+    call = _OpenCall(writer.open_web_search(action), action)
+    try:
+        yield call
+    except BaseException:
+        writer.close_web_search(call.index, call.action, failed=True)
+        raise
+    writer.close_web_search(call.index, call.action)
 
 
 def forced_query(query: str, question: str | None) -> str:
