@@ -33,6 +33,9 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 #: Under a forced tool_choice SmolLM2 may go on calling until max_tokens; with this seed
 #: (sampling is reproducible) it makes one call and ends its turn.
 CALL_SEED = 1
+#: max_tokens covers the search call the model writes too: with too few, SmolLM2's query can
+#: run out of tokens before the search happens.
+SEARCH_BUDGET = 160
 
 
 def test_create(client: openai.OpenAI) -> None:
@@ -198,7 +201,8 @@ def test_web_search_options_search_before_answering(
                 model="m",
                 messages=[{"role": "user", "content": "How do honeybees share directions?"}],
                 web_search_options={"search_context_size": "low"},
-                max_tokens=48,
+                temperature=0,
+                max_tokens=SEARCH_BUDGET,
                 stream=True,
             )
         )
@@ -206,7 +210,8 @@ def test_web_search_options_search_before_answering(
             model="m",
             messages=[{"role": "user", "content": "How do honeybees share directions?"}],
             web_search_options={"search_context_size": "low"},
-            max_tokens=48,
+            temperature=0,
+            max_tokens=SEARCH_BUDGET,
         )
     searches = [r for r in web.requests if r.path == "/searxng/search"]
     assert len(searches) == 2
