@@ -9,6 +9,7 @@ are); whether llguidance can compile them is the engine's check.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -131,6 +132,23 @@ def check_json_schema(schema: Any, param: str, what: str, code: str = "invalid_s
     """Refuse a document that is not a JSON Schema (jsonschema's meta-schema check)."""
     if not isinstance(schema, dict):
         raise invalid_request(f"Invalid schema for {what}: it must be a JSON object.", param)
+    problem = _schema_problem(_canonical.encode(schema))
+    if problem is not None:
+        raise invalid_request(f"Invalid schema for {what}{problem}", param, code)
+
+
+#: Keys sorted, so equal documents give equal cache keys.
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+@functools.lru_cache(maxsize=512)
+def _schema_problem(document: bytes) -> str | None:
+    """What is wrong with a JSON Schema document (``None``: nothing).
+
+    The meta-schema check takes about a millisecond per schema, and clients send the same tools
+    and formats on every turn, so results are cached by the document's canonical JSON.
+    """
+    schema = msgspec.json.decode(document)
     with warnings.catch_warnings():
         # An unknown "$schema" URI makes jsonschema warn and fall back to the default draft.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -140,6 +158,5 @@ def check_json_schema(schema: Any, param: str, what: str, code: str = "invalid_s
     except jsonschema.SchemaError as exc:
         location = "/".join(str(p) for p in exc.path)
         where = f" at '{location}'" if location else ""
-        raise invalid_request(
-            f"Invalid schema for {what}{where}: {exc.message}", param, code
-        ) from None
+        return f"{where}: {exc.message}"
+    return None
