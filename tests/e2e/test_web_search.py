@@ -250,7 +250,6 @@ def test_the_ssrf_guard_refuses_internal_result_pages(web: WebFixture) -> None:
                     extra_body={"web_search_options": OPTIONS},
                     **LIMITS,
                 )
-            log = server.log()
         finally:
             server.stop()
             server.log_path.unlink(missing_ok=True)
@@ -261,6 +260,6 @@ def test_the_ssrf_guard_refuses_internal_result_pages(web: WebFixture) -> None:
     search = response.output[0]
     assert search.type == "web_search_call" and search.status == "completed"
     assert [s.url for s in search.action.sources or []] == internal
+    # Neither the loopback page nor the redirect was requested. (What the model was told for
+    # each refused page is checked in tests/orchestrator/test_web_search.py.)
     assert web.requests[before:] == [], "the fixture was reached"
-    for address in ("10.0.0.1", "169.254.169.254"):
-        assert f"http://{address}" not in log  # no request logged by httpx
