@@ -15,7 +15,7 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from exloop.engine.errors import ContextLengthExceeded, EngineError
+from exloop.engine.errors import ContextLengthExceeded, EngineError, InvalidGrammar
 from exloop.engine.protocol import Chat, Engine, GenerationRequest
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
@@ -28,7 +28,7 @@ from .items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning, n
 from .loop import ToolLoop
 from .output import OutputWriter
 from .record import ResponseRecord
-from .resource import Response
+from .resource import FunctionTool, Response
 from .spec import RunSpec
 from .state import Phase, Transition
 from .store import MemoryStore, ResponseStore
@@ -126,13 +126,14 @@ class Orchestrator:
                     param="previous_response_id",
                 )
             context = previous.conversation()
-        inputs = tuple(_with_id(item) for item in resolve_references(spec.input, self._store))
+        inputs = tuple(_as_stored(item) for item in resolve_references(spec.input, self._store))
         builtins = BuiltinRegistry(self._builtins(spec) if self._builtins else [])
         if spec.tools.web_search is not None and not builtins:
             raise InvalidRequest("Web search is not enabled on this server.", param="tools")
         self._engine.check(
             GenerationRequest(prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint)
         )
+        self._check_tool_grammars(spec)
         await self._check_context(spec, (*context, *inputs))
 
         record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
@@ -145,6 +146,23 @@ class Orchestrator:
         loop = ToolLoop(self._engine, self._format, builtins, max_tool_rounds=self._max_tool_rounds)
         self._tg.start_soon(self._run, record, loop)
         return RunHandle(record)
+
+    def _check_tool_grammars(self, spec: RunSpec) -> None:
+        """Compile each function's call grammar now, so a schema llguidance cannot use is a
+        400 naming the tool rather than a failed response later."""
+        if spec.tools.mode == "none":
+            return
+        names = [tool.name for tool in spec.echo.tools if isinstance(tool, FunctionTool)]
+        for tool in spec.tools.functions:
+            grammar = self._format.call_grammar((tool,), include_trigger=True)
+            try:
+                self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
+            except InvalidGrammar as exc:
+                index = names.index(tool.name) if tool.name in names else 0
+                raise InvalidGrammar(
+                    f"The parameters of tool '{tool.name}' cannot be enforced: {exc.message}",
+                    param=f"tools[{index}].parameters",
+                ) from exc
 
     async def _check_context(self, spec: RunSpec, items: tuple[Item, ...]) -> None:
         if spec.truncation == "auto":
@@ -249,9 +267,14 @@ class Orchestrator:
         await record.finished.wait()
 
 
-def _with_id(item: Item) -> Item:
-    """Input items are stored with ids, as OpenAI lists them under ``input_items``."""
+def _as_stored(item: Item) -> Item:
+    """Input items are stored with an id and a status, as OpenAI lists them under
+    ``input_items``; what the client gave is kept."""
     prefix = _ID_PREFIX.get(type(item))
-    if prefix is None or getattr(item, "id", None):
+    if prefix is None:
         return item
-    return msgspec.structs.replace(item, id=new_id(prefix))
+    return msgspec.structs.replace(
+        item,
+        id=getattr(item, "id", None) or new_id(prefix),
+        status=getattr(item, "status", None) or "completed",
+    )

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeAlias
 
+import anyio
+
 from exloop.engine.protocol import (
     Chat,
     ChatMessage,
@@ -143,23 +145,29 @@ class ModelStep:
     ) -> tuple[Finish, int]:
         """One engine job; returns its Finish and the tokens it generated.
 
-        Output tokens are counted as they arrive, so a cancelled response reports what it
-        generated; the Finish event's usage settles the final figures.
+        Output tokens are counted as they arrive, and a cancelled job's prompt is counted on
+        the way out, so a cancelled response reports what it used; the Finish event's usage
+        settles the figures of a job that ends.
         """
         usage = self._record.usage
         job = self._engine.submit(
             GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint)
         )
         counted = 0
-        async for event in job.events():
-            if isinstance(event, Delta):
-                counted += len(event.token_ids)
-                usage.output_tokens += len(event.token_ids)
-                on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
-            else:
-                usage.output_tokens -= counted
-                usage.add(event.usage)
-                return event, event.usage.completion_tokens
+        try:
+            async for event in job.events():
+                if isinstance(event, Delta):
+                    counted += len(event.token_ids)
+                    usage.output_tokens += len(event.token_ids)
+                    on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
+                else:
+                    usage.output_tokens -= counted
+                    usage.add(event.usage)
+                    return event, event.usage.completion_tokens
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                usage.input_tokens += await self._engine.count_tokens(chat)
+            raise
         raise RuntimeError("engine job ended without a Finish event")
 
 

@@ -130,6 +130,26 @@ def test_unknown_tool_choice_name_is_a_400(client: openai.OpenAI) -> None:
     assert info.value.body["param"] == "tool_choice"  # type: ignore[index]
 
 
+def test_strict_schema_the_grammar_cannot_enforce_is_a_400(client: openai.OpenAI) -> None:
+    dangling = {
+        "type": "function",
+        "name": "lookup",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"item": {"$ref": "#/$defs/missing"}},
+            "required": ["item"],
+        },
+    }
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(
+            model="default",
+            input="Look it up.",
+            tools=[WEATHER, dangling],  # type: ignore[list-item]
+        )
+    assert info.value.body["param"] == "tools[1].parameters"  # type: ignore[index]
+
+
 def first_with_two_calls(client: openai.OpenAI) -> Response:
     """A response with at least two parallel calls (the model decides how many it makes)."""
     for seed in range(40):

@@ -83,7 +83,9 @@ async def test_background_cancel_stops_the_job_and_stays_cancelled() -> None:
         assert engine.jobs[0].emitted_tokens == emitted < 1000
         assert (await orch.retrieve(handle.id)).status == "cancelled"
         assert (await orch.cancel(handle.id)).status == "cancelled"
-        types = [type(e) for e in [e async for e in handle.events()]]
+        # A cancelled response still reports the prompt it used.
+    assert cancelled.usage is not None and cancelled.usage.input_tokens > 0
+    types = [type(e) for e in [e async for e in handle.events()]]
     assert types[:3] == [ev.ResponseCreated, ev.ResponseQueued, ev.ResponseInProgress]
     assert types[-1] is ev.ResponseCancelled
 
@@ -168,6 +170,7 @@ async def test_input_items_get_ids() -> None:
         await handle.wait()
         items = await orch.input_items(handle.id)
     assert len(items) == 1 and items[0].id.startswith("msg_")  # type: ignore[union-attr]
+    assert items[0].status == "completed"  # type: ignore[union-attr]
 
 
 # -- the tool loop ---------------------------------------------------------------------------
