@@ -165,6 +165,10 @@ class ResponseRecord:
         self.emit(lambda n: ev.ResponseCancelled(sequence_number=n, response=self.snapshot()))
 
     def fail(self, code: str, message: str) -> None:
+        """End failed: the stream gets OpenAI's flat ``error`` event, then ``response.failed``."""
         self.error = ResponseError(code=code, message=message)
         self.move(Transition.FAIL)
+        self.emit(
+            lambda n: ev.ErrorEvent(sequence_number=n, code=code, message=message, param=None)
+        )
         self.emit(lambda n: ev.ResponseFailed(sequence_number=n, response=self.snapshot()))

@@ -103,6 +103,7 @@ class ScriptedEngine:
     context_length: int = 4096
     tool_call_format: str = "exloop"
     jobs: list[ScriptedJob] = field(default_factory=list)
+    submitted: int = 0
 
     @property
     def info(self) -> ModelInfo:
@@ -125,7 +126,8 @@ class ScriptedEngine:
 
     def submit(self, request: GenerationRequest) -> ScriptedJob:
         self.check(request)
-        script = self.scripts[min(len(self.jobs), len(self.scripts) - 1)]
+        script = self.scripts[min(self.submitted, len(self.scripts) - 1)]
+        self.submitted += 1
         job = ScriptedJob(request, script(request), self.token_delay)
         self.jobs.append(job)
         return job

@@ -7,6 +7,7 @@ import json
 import anyio
 import pytest
 
+from exloop.engine.errors import GenerationFailed
 from exloop.engine.protocol import GenerationRequest, ToolSpec
 from exloop.engine.sampling import SamplingParams
 from exloop.orchestrator import events as ev
@@ -56,6 +57,23 @@ async def test_text_answer_events_in_openai_order() -> None:
     assert final.output[0].text == "Hello there, friend."  # type: ignore[union-attr]
     assert final.usage is not None and final.usage.output_tokens == 7
     assert events[0].response.status == "in_progress"  # type: ignore[union-attr]
+
+
+async def test_engine_failure_fails_only_that_response() -> None:
+    def broken(request: GenerationRequest) -> str:
+        raise GenerationFailed("the backend fell over")
+
+    engine = ScriptedEngine([broken, say("fine")])
+    async with Orchestrator(engine, model_name="m") as orch:
+        failed = await orch.create(spec())
+        response = await failed.wait()
+        events = [e async for e in failed.events()]
+        after = await (await orch.create(spec())).wait()
+    assert response.status == "failed"
+    assert response.error is not None and response.error.code == "server_error"
+    assert [type(e) for e in events[-2:]] == [ev.ErrorEvent, ev.ResponseFailed]
+    assert events[-2].message == "the backend fell over"  # type: ignore[union-attr]
+    assert after.status == "completed"
 
 
 async def test_max_output_tokens_gives_incomplete() -> None:
