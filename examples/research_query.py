@@ -62,16 +62,17 @@ def main() -> None:
     parser.add_argument("--api-key", default=os.environ.get("EXLOOP_API_KEY", "none"))
     args = parser.parse_args()
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key)
-    limits = {"temperature": 0.3, "max_output_tokens": 300}
 
     # 1. The web_search tool; "include" asks for each search's sources, as with OpenAI.
     response = client.responses.create(
         model=args.model,
         input=args.question,
         tools=[{"type": "web_search", "search_context_size": "medium"}],
-        tool_choice={"type": "web_search"},  # type: ignore[arg-type]  # without it the model decides
+        # Make the model search; without tool_choice it decides. ("web_search" works too.)
+        tool_choice={"type": "web_search_preview"},
         include=["web_search_call.action.sources"],
-        **limits,  # type: ignore[arg-type]
+        temperature=0.3,
+        max_output_tokens=300,
     )
     show_response("Responses, web_search tool", response)
 
@@ -85,7 +86,8 @@ def main() -> None:
                 "user_location": {"type": "approximate", "approximate": {"country": "GB"}},
             }
         },
-        **limits,  # type: ignore[arg-type]
+        temperature=0.3,
+        max_output_tokens=300,
     )
     show_response("Responses, web_search_options", response)
 

@@ -17,6 +17,7 @@ from typing import Any
 import openai
 import pytest
 from openai.types.responses import Response as SdkResponse
+from openai.types.responses import ResponseOutputTextAnnotationAddedEvent
 
 from tests.fixtures.articles import ARTICLES
 from tests.fixtures.web import WebFixture
@@ -103,7 +104,7 @@ def test_web_search_tool_with_tool_choice_searches(client: openai.OpenAI, web: W
         model="default",
         input=QUESTION,
         tools=[{"type": "web_search", "search_context_size": "low"}],
-        tool_choice={"type": "web_search"},
+        tool_choice={"type": "web_search_preview"},  # the SDK's name for it; both are accepted
         **LIMITS,
     )
     assert response.tools[0].type == "web_search"
@@ -126,7 +127,7 @@ def test_streaming_emits_the_web_search_events_in_order(
         events = list(stream)
     # The answer may be cut off (incomplete): the last event carries the response either way.
     assert events[-1].type in ("response.completed", "response.incomplete")
-    final = events[-1].response  # type: ignore[union-attr]
+    final = events[-1].response
     search_id = final.output[0].id
 
     def about_the_search(event: Any) -> bool:
@@ -142,10 +143,13 @@ def test_streaming_emits_the_web_search_events_in_order(
         "response.web_search_call.completed",
         "response.output_item.done",
     ]
-    annotations = [e for e in events if e.type == "response.output_text.annotation.added"]
-    cited = final.output[-1].content[0].annotations  # type: ignore[union-attr]
-    streamed = [e.annotation.model_dump() for e in annotations]  # type: ignore[attr-defined]
-    assert streamed == [a.model_dump() for a in cited]
+    message = final.output[-1]
+    assert message.type == "message" and message.content[0].type == "output_text"
+    cited = [a.model_dump() for a in message.content[0].annotations]
+    streamed = [
+        e.annotation for e in events if isinstance(e, ResponseOutputTextAnnotationAddedEvent)
+    ]
+    assert [a.model_dump() if a else None for a in streamed] == cited
     check_citations(final, web)
 
 

@@ -228,7 +228,7 @@ async def test_internal_pages_are_refused_and_reported_to_the_model(web: WebFixt
         response, _ = await run(engine, guarded, search_spec())
 
     assert response.status == "completed"
-    assert response.output[0].status == "completed"  # type: ignore[union-attr]
+    assert response.output[0].status == "completed"
     (read,) = tool_results(engine.jobs[1].request)
     unread = read.split("Pages that could not be read")[1]
     for number, address in enumerate(["127.0.0.1", "10.0.0.1", "169.254.169.254"], start=1):
@@ -278,7 +278,7 @@ async def test_open_page_writes_an_open_page_item_and_joins_the_sources(web: Web
         OpenPageAction(url=bees),
         OpenPageAction(url=volcanoes),
     ]
-    assert all(o.status == "completed" for o in opened)  # type: ignore[union-attr]
+    assert all(o.status == "completed" for o in opened)
     searched, bees_page, volcanoes_page = tool_results(engine.jobs[-1].request)
     # A page the search showed keeps its number; a new page takes the next one.
     assert bees_page.startswith("[1] How honeybees share directions: the waggle dance")
@@ -331,7 +331,7 @@ async def test_cancelling_during_a_search_fails_its_item(web: WebFixture) -> Non
                 await anyio.sleep(0.01)
             response = await orch.cancel(handle.id)
     assert response.status == "cancelled"
-    assert response.output[0].status == "failed"  # type: ignore[union-attr]
+    assert response.output[0].status == "failed"
 
 
 def test_a_forced_query_off_the_question_falls_back_to_it() -> None:
