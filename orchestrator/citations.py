@@ -11,7 +11,9 @@ answer. :meth:`SourceLedger.cite` then annotates the answer by this rule:
    sources without writing a marker. Then each sentence of the answer cites the source it shares
    the most content words with (words of four or more letters, common ones left out, a plural
    ``s`` ignored), if it shares at least :data:`MIN_SHARED_WORDS` of them with what the model
-   read of that source; neighbouring sentences citing the same source become one span.
+   read of that source and at least one of those is not a word of the user's question (a
+   sentence that only restates the question claims nothing from the page); neighbouring
+   sentences citing the same source become one span.
 
 A number the model was never shown, and a sentence that matches no source well enough, cite
 nothing: an annotation always points at a page the model actually read.
@@ -62,8 +64,9 @@ class LedgerSource:
 class SourceLedger:
     """The pages one response's model has seen, numbered from 1 in the order first seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, question: str | None = None) -> None:
         self._by_url: dict[str, LedgerSource] = {}
+        self._asked = content_words(question or "")
 
     def __len__(self) -> int:
         return len(self._by_url)
@@ -120,11 +123,11 @@ class SourceLedger:
             start = match.start() + match.group().index(sentence)
             end = start + len(sentence)
             mine = content_words(sentence)
-            score, source = max(
-                ((len(mine & words[s.number]), s) for s in self._by_url.values()),
-                key=lambda pair: (pair[0], -pair[1].number),
+            shared, source = max(
+                ((mine & words[s.number], s) for s in self._by_url.values()),
+                key=lambda pair: (len(pair[0]), -pair[1].number),
             )
-            if score < MIN_SHARED_WORDS:
+            if len(shared) < MIN_SHARED_WORDS or shared <= self._asked:
                 continue
             last = found[-1] if found else None
             if (

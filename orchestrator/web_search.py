@@ -69,11 +69,12 @@ def web_search_builtins(research: WebResearch) -> BuiltinFactory:
         options = spec.tools.web_search
         if options is None:
             return []
+        question = last_user_text(spec.input)
         session = _Session(
             research,
             options,
-            SourceLedger(),
-            question=last_user_text(spec.input),
+            SourceLedger(question),
+            question=question,
             include_sources=INCLUDE_SOURCES in spec.echo.include,
         )
         # Search first: a forced first step calls the registry's first tool.

@@ -403,6 +403,14 @@ def test_urls_neither_split_sentences_nor_count_as_shared_words() -> None:
     assert text[citation.start_index : citation.end_index] == text.removesuffix(" Next.")
 
 
+def test_a_sentence_restating_the_question_cites_nothing() -> None:
+    sources = SourceLedger("How do foragers waggle to show the kilometre?")
+    sources.add("http://a.test/bees", "Bees", "Foragers waggle: one second is one kilometre.")
+    assert sources.cite("Foragers waggle to show the kilometre.") == []
+    (citation,) = sources.cite("Foragers waggle one second per kilometre.")
+    assert citation.url == "http://a.test/bees"
+
+
 def test_explicit_citations_turn_paraphrase_attribution_off() -> None:
     text = "The moon's gravity makes two tides a day. Bees dance [1]."
     assert [c.url for c in ledger().cite(text)] == ["http://a.test/bees"]
