@@ -121,7 +121,9 @@ class OpenPageAction(msgspec.Struct, tag="open_page", tag_field="type", frozen=T
 
 
 WebSearchAction: TypeAlias = SearchAction | OpenPageAction
-WebSearchStatus: TypeAlias = Literal["in_progress", "searching", "completed", "failed"]
+WebSearchStatus: TypeAlias = Literal[
+    "in_progress", "searching", "completed", "failed", "incomplete"
+]
 
 
 class WebSearchCall(msgspec.Struct, tag="web_search_call", tag_field="type", frozen=True):

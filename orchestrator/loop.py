@@ -102,7 +102,8 @@ class ToolLoop:
                 record.tool_rounds_capped = True
             await self._fit_context(messages, spec)
             sampling = replace(
-                spec.sampling, max_tokens=_budget(spec.sampling.max_tokens, record.usage.output_tokens)
+                spec.sampling,
+                max_tokens=_budget(spec.sampling.max_tokens, record.usage.output_tokens),
             )
             result = await step.run(messages, mode, sampling)
             first = False

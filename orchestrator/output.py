@@ -21,6 +21,7 @@ from .items import (
     UrlCitation,
     WebSearchAction,
     WebSearchCall,
+    WebSearchStatus,
     new_id,
 )
 from .record import ResponseRecord
@@ -242,15 +243,15 @@ class OutputWriter:
         return index
 
     def close_web_search(
-        self, index: int, action: WebSearchAction, *, failed: bool = False
+        self, index: int, action: WebSearchAction, status: WebSearchStatus = "completed"
     ) -> None:
+        """Finish a web_search_call item: ``completed``, ``failed`` (the tool raised) or
+        ``incomplete`` (the response was cancelled while it ran)."""
         record = self._record
         current = record.output[index]
-        item = WebSearchCall(
-            id=current.id or "", status="failed" if failed else "completed", action=action
-        )
+        item = WebSearchCall(id=current.id or "", status=status, action=action)
         record.output[index] = item
-        if not failed:
+        if status == "completed":
             record.emit(
                 lambda n: ev.WebSearchCallCompleted(
                     sequence_number=n, item_id=item.id, output_index=index

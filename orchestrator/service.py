@@ -130,6 +130,13 @@ class Orchestrator:
         builtins = BuiltinRegistry(self._builtins(spec) if self._builtins else [])
         if spec.tools.web_search is not None and not builtins:
             raise InvalidRequest("Web search is not enabled on this server.", param="tools")
+        for tool in spec.tools.functions:
+            if tool.name in builtins:
+                raise InvalidRequest(
+                    f"The function name '{tool.name}' is taken by a built-in tool of this "
+                    "request (web search); rename the function.",
+                    param="tools",
+                )
         self._engine.check(
             GenerationRequest(prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint)
         )

@@ -21,6 +21,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import anyio
+
 from exloop.engine.protocol import ToolSpec
 from exloop.tools.errors import ToolError
 from exloop.tools.research import SearchOutcome, WebResearch
@@ -212,13 +214,16 @@ class _OpenCall:
 @contextmanager
 def _web_search_call(writer: OutputWriter, action: WebSearchAction) -> Iterator[_OpenCall]:
     """A ``web_search_call`` item, open while the block runs: ``completed`` with the block's
-    final action, or ``failed`` if it raises (a tool error, or a cancellation: a finished
-    response never holds a search that is still "searching")."""
+    final action, ``failed`` if it raises, ``incomplete`` if the response is cancelled (a
+    finished response never holds a search that is still "searching")."""
     call = _OpenCall(writer.open_web_search(action), action)
     try:
         yield call
+    except anyio.get_cancelled_exc_class():
+        writer.close_web_search(call.index, call.action, "incomplete")
+        raise
     except BaseException:
-        writer.close_web_search(call.index, call.action, failed=True)
+        writer.close_web_search(call.index, call.action, "failed")
         raise
     writer.close_web_search(call.index, call.action)
 

@@ -12,7 +12,7 @@ from exloop.engine.protocol import GenerationRequest, ToolSpec
 from exloop.engine.sampling import SamplingParams
 from exloop.orchestrator import events as ev
 from exloop.orchestrator.builtin import BuiltinCall, BuiltinTool
-from exloop.orchestrator.errors import InvalidState, ResponseNotFound
+from exloop.orchestrator.errors import InvalidRequest, InvalidState, ResponseNotFound
 from exloop.orchestrator.items import FunctionCall, InputText, Message, SearchAction, WebSearchCall
 from exloop.orchestrator.output import OutputWriter
 from exloop.orchestrator.service import Orchestrator
@@ -281,3 +281,14 @@ async def test_cancel_between_tool_rounds() -> None:
             response = await orch.cancel(handle.id)
     assert response.status == "cancelled"
     assert len(engine.jobs) == 2  # the free step and its call continuation; no more
+
+
+async def test_a_function_named_like_a_builtin_is_refused() -> None:
+    engine = ScriptedEngine([say("never")])
+    tools: list[BuiltinTool] = [Lookup()]
+    policy = ToolPolicy(functions=(ToolSpec(name="lookup"),))
+    async with Orchestrator(engine, model_name="m", builtins=lambda _s: tools) as orch:
+        with pytest.raises(InvalidRequest) as info:
+            await orch.create(spec(tools=policy))
+    assert info.value.param == "tools"
+    assert engine.jobs == []
