@@ -156,9 +156,9 @@ class ToolLoop:
         if capped or policy.mode == "none" or not offered:
             return AnswerMode(spec.constraint)
         if first and policy.web_search is not None and policy.web_search.forced:
-            return CallMode(self._builtins.specs[:1])
+            return CallMode(self._builtins.specs[:1], max_calls=1)
         if first and policy.forced_name is not None:
-            return CallMode(tuple(t for t in offered if t.name == policy.forced_name))
+            return CallMode(tuple(t for t in offered if t.name == policy.forced_name), max_calls=1)
         if first and policy.mode == "required":
             return CallMode(offered)
         if spec.constraint is not None:

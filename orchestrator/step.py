@@ -40,6 +40,7 @@ from exloop.engine.tool_calls.base import (
     ToolCallParseError,
     ToolCallParser,
 )
+from exloop.engine.tool_calls.grammar import MAX_CALLS
 
 from .items import Logprob, TopLogprob, new_id
 from .output import OutputWriter
@@ -59,6 +60,8 @@ class AutoMode:
 @dataclass(frozen=True, slots=True)
 class CallMode:
     tools: tuple[ToolSpec, ...]
+    #: One when ``tool_choice`` names a function (or for the forced first search).
+    max_calls: int = MAX_CALLS
 
 
 StepMode: TypeAlias = AnswerMode | AutoMode | CallMode
@@ -108,8 +111,10 @@ class ModelStep:
         match mode:
             case AnswerMode(constraint=constraint):
                 finish, used = await self._generate(chat, sampling, constraint, sink.text)
-            case CallMode(tools=tools):
-                grammar = self._format.call_grammar(tools, include_trigger=True)
+            case CallMode(tools=tools, max_calls=max_calls):
+                grammar = self._format.call_grammar(
+                    tools, include_trigger=True, max_calls=max_calls
+                )
                 finish, used = await self._generate(chat, sampling, grammar, sink.calls)
             case AutoMode(tools=tools):
                 stops = (*sampling.stop, *self._format.triggers)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from ..protocol import Grammar, ToolCall, ToolSpec
+from .grammar import MAX_CALLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +88,16 @@ class ToolCallFormat(Protocol):
 
     def parser(self) -> ToolCallParser: ...
 
-    def call_grammar(self, tools: Sequence[ToolSpec], *, include_trigger: bool) -> Grammar:
+    def call_grammar(
+        self, tools: Sequence[ToolSpec], *, include_trigger: bool, max_calls: int = MAX_CALLS
+    ) -> Grammar:
         """A grammar for one or more calls to ``tools`` and nothing else.
 
         Strict tools get their arguments constrained by their JSON schema; other tools get
         any JSON object. With ``include_trigger=False`` the grammar starts just after the
-        trigger text (which the prompt already ends with).
+        trigger text (which the prompt already ends with). At most ``max_calls`` calls (one,
+        when ``tool_choice`` names a function): a bound, so a model that keeps opening calls
+        still ends.
         """
         ...
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..protocol import Grammar, ToolSpec
 
-#: Calls one grammar allows: a bound, so a model that keeps opening calls still ends.
+#: Calls one grammar allows by default: a bound, so a model that keeps opening calls ends.
 MAX_CALLS = 16
 #: llguidance's JSON options for arguments: no free whitespace, Python's default separators.
 _JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -45,8 +45,9 @@ def calls_grammar(
     head_rule: str = "",
     tail: str = "",
     trigger: str = "",
+    max_calls: int = MAX_CALLS,
 ) -> Grammar:
-    """``head head_rule call (separator call)* tail`` with at most :data:`MAX_CALLS` calls,
+    """``head head_rule call (separator call)* tail`` with at most ``max_calls`` calls,
     one call being ``before(name) arguments after``. ``head_rule`` is a Lark expression (a
     bounded variation in spacing, say); every other part is literal text.
 
@@ -55,6 +56,8 @@ def calls_grammar(
     """
     if not tools:
         raise ValueError("A call grammar needs at least one tool.")
+    if max_calls < 1:
+        raise ValueError("A call grammar allows at least one call.")
     first_head = head
     cut_call = False
     if trigger:
@@ -68,7 +71,8 @@ def calls_grammar(
         start.append(head_rule)
     start.append("first")
     more = f"({lark_literal(separator)} call)" if separator else "call"
-    start.append(f"{more}{{0,{MAX_CALLS - 1}}}")
+    if max_calls > 1:
+        start.append(f"{more}{{0,{max_calls - 1}}}")
     if tail:
         start.append(lark_literal(tail))
     lines.append("start: " + " ".join(start))

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 
 from ..protocol import Grammar, ToolCall, ToolSpec
-from .grammar import calls_grammar
+from .grammar import MAX_CALLS, calls_grammar
 from .prompt import render_result, tool_prompt
 from .reader import CallReader, Step
 
@@ -44,13 +44,16 @@ class HermesFormat:
     def parser(self) -> HermesParser:
         return HermesParser()
 
-    def call_grammar(self, tools: Sequence[ToolSpec], *, include_trigger: bool) -> Grammar:
+    def call_grammar(
+        self, tools: Sequence[ToolSpec], *, include_trigger: bool, max_calls: int = MAX_CALLS
+    ) -> Grammar:
         return calls_grammar(
             tools,
             before=lambda name: f'{OPEN}{self._padding}{{"name": {json.dumps(name)}, "arguments": ',
             after=f"}}{self._padding}{CLOSE}",
             separator=self._separator,
             trigger="" if include_trigger else OPEN,
+            max_calls=max_calls,
         )
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 
 from ..protocol import Grammar, ToolCall, ToolSpec
-from .grammar import calls_grammar
+from .grammar import MAX_CALLS, calls_grammar
 from .prompt import render_result, tool_prompt
 from .reader import CallReader, Step
 
@@ -48,13 +48,16 @@ class Llama3Format:
     def parser(self) -> Llama3Parser:
         return Llama3Parser()
 
-    def call_grammar(self, tools: Sequence[ToolSpec], *, include_trigger: bool) -> Grammar:
+    def call_grammar(
+        self, tools: Sequence[ToolSpec], *, include_trigger: bool, max_calls: int = MAX_CALLS
+    ) -> Grammar:
         return calls_grammar(
             tools,
             before=lambda name: f'{{"name": {json.dumps(name)}, "parameters": ',
             after="}",
             separator=SEPARATOR,
             trigger="" if include_trigger else TRIGGER,
+            max_calls=max_calls,
         )
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 
 from ..protocol import Grammar, ToolCall, ToolSpec
-from .grammar import calls_grammar
+from .grammar import MAX_CALLS, calls_grammar
 from .prompt import render_result, tool_prompt
 from .reader import CallReader, Step
 
@@ -71,7 +71,9 @@ class MistralFormat:
     def parser(self) -> MistralParser:
         return MistralParser()
 
-    def call_grammar(self, tools: Sequence[ToolSpec], *, include_trigger: bool) -> Grammar:
+    def call_grammar(
+        self, tools: Sequence[ToolSpec], *, include_trigger: bool, max_calls: int = MAX_CALLS
+    ) -> Grammar:
         trigger = "" if include_trigger else TRIGGER
         if self._args_tag:
             return calls_grammar(
@@ -80,6 +82,7 @@ class MistralFormat:
                 after="",
                 separator="",
                 trigger=trigger,
+                max_calls=max_calls,
             )
         return calls_grammar(
             tools,
@@ -91,6 +94,7 @@ class MistralFormat:
             head_rule='" "? "["',
             tail="]",
             trigger=trigger,
+            max_calls=max_calls,
         )
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:

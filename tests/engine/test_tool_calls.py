@@ -316,3 +316,15 @@ def test_grammar_bounds_the_number_of_calls(lltokenizer: LLTokenizer) -> None:
     call = ToolCall("c", "search", "{}")
     assert accepts(grammar, lltokenizer, fmt.render_calls([call] * MAX_CALLS))
     assert not accepts(grammar, lltokenizer, fmt.render_calls([call] * (MAX_CALLS + 1)))
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_grammar_takes_a_smaller_bound(name: str, lltokenizer: LLTokenizer) -> None:
+    """``max_calls=1`` (a named tool_choice) allows exactly one call."""
+    fmt = get_format(name)
+    grammar = fmt.call_grammar(TOOLS, include_trigger=True, max_calls=1)
+    call = ToolCall("c", "search", "{}")
+    assert accepts(grammar, lltokenizer, fmt.render_calls([call]))
+    assert not accepts(grammar, lltokenizer, fmt.render_calls([call, call]))
+    with pytest.raises(ValueError, match="at least one call"):
+        fmt.call_grammar(TOOLS, include_trigger=True, max_calls=0)
