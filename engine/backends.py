@@ -87,6 +87,8 @@ class EngineSettings:
     tool_call_format: str | None = None
     #: llama.cpp's context window (``--n-ctx``).
     n_ctx: int | None = None
+    #: llama.cpp's CPU threads (``--threads``; None: llama.cpp's default).
+    n_threads: int | None = None
     #: ExLlamaV2's context length per job (``--max-seq-len``).
     max_seq_len: int | None = None
     #: ExLlamaV2's KV cache type (``--cache-mode``).
@@ -113,6 +115,7 @@ def open_engine(settings: EngineSettings) -> Engine:
     return LlamaCppEngine(
         settings.model,
         n_ctx=settings.n_ctx,
+        n_threads=settings.n_threads,
         name=settings.name,
         tool_call_format=settings.tool_call_format,
     )

@@ -53,6 +53,7 @@ class ServeSettings:
     searxng_url: str | None
     fetch_allow_private: bool
     n_ctx: int | None
+    threads: int | None
     max_seq_len: int | None
     cache_mode: str
     max_batch_size: int
@@ -76,6 +77,7 @@ class ServeSettings:
             ddgs_url=args.ddgs_url or None,
             fetch_allow_private=args.fetch_allow_private,
             n_ctx=args.n_ctx,
+            threads=args.threads,
             max_seq_len=args.max_seq_len,
             cache_mode=args.cache_mode,
             max_batch_size=args.max_batch_size,
@@ -208,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
         "at most 8192",
     )
     serve.add_argument(
+        "--threads",
+        type=_positive,
+        default=_env("THREADS"),
+        metavar="N",
+        help="llama.cpp: CPU threads for generation (EXLOOP_THREADS); default: llama.cpp's, "
+        "half the cores. More threads than free cores slows llama.cpp down sharply",
+    )
+    serve.add_argument(
         "--max-seq-len",
         type=_positive,
         default=_env("MAX_SEQ_LEN"),
@@ -281,6 +291,7 @@ async def serve(settings: ServeSettings) -> None:
             backend=backend,
             tool_call_format=settings.tool_call_format,
             n_ctx=settings.n_ctx,
+            n_threads=settings.threads,
             max_seq_len=settings.max_seq_len,
             cache_mode=settings.cache_mode,  # type: ignore[arg-type]
             max_batch_size=settings.max_batch_size,
