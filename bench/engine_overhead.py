@@ -28,33 +28,10 @@ from exloop.engine.llama_cpp import LlamaCppEngine
 from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest, Grammar
 from exloop.engine.sampling import SamplingParams
 
-FREE_PROMPT = "Write a long story about a lighthouse keeper and a storm."
-JSON_PROMPT = "Describe three fictional people as JSON: name, age, city and hobbies for each."
-
-#: Strict (no extra properties, everything required), with an array so that the output is long
-#: enough to measure.
-PEOPLE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "people": {
-            "type": "array",
-            "minItems": 3,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "age": {"type": "integer"},
-                    "city": {"type": "string"},
-                    "hobbies": {"type": "array", "minItems": 2, "items": {"type": "string"}},
-                },
-                "required": ["name", "age", "city", "hobbies"],
-                "additionalProperties": False,
-            },
-        }
-    },
-    "required": ["people"],
-    "additionalProperties": False,
-}
+if __package__:  # python -m bench.engine_overhead
+    from .workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA
+else:  # python bench/engine_overhead.py
+    from workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA
 
 
 #: One timed round: (tokens generated, seconds).
@@ -110,7 +87,7 @@ async def main() -> None:
         # to exactly --tokens (llama-cpp-python's own stream likewise runs to max_tokens only
         # if the model keeps talking, so ban EOS there too).
         eos = direct.token_eos()
-        no_eos = {token: -100.0 for token in (eos,)}
+        no_eos = dict.fromkeys((eos,), -100.0)
         ours = GenerationRequest(
             free_chat,
             SamplingParams(temperature=0.0, max_tokens=args.tokens, logit_bias=no_eos),

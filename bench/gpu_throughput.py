@@ -41,30 +41,10 @@ from exloop.engine.exllamav2_vocab import ModelVocabulary, read_vocabulary
 from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest, Grammar
 from exloop.engine.sampling import SamplingParams
 
-PROMPT = "Write a long story about a lighthouse keeper and a storm."
-JSON_PROMPT = "Describe three fictional people as JSON: name, age, city and hobbies for each."
-PEOPLE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "people": {
-            "type": "array",
-            "minItems": 3,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "name": {"type": "string"},
-                    "age": {"type": "integer"},
-                    "city": {"type": "string"},
-                    "hobbies": {"type": "array", "minItems": 2, "items": {"type": "string"}},
-                },
-                "required": ["name", "age", "city", "hobbies"],
-                "additionalProperties": False,
-            },
-        }
-    },
-    "required": ["people"],
-    "additionalProperties": False,
-}
+if __package__:  # python -m bench.gpu_throughput
+    from .workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA
+else:  # python bench/gpu_throughput.py
+    from workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA
 
 
 def main() -> None:
@@ -129,7 +109,7 @@ def raw_generator(
     params = SamplingParams(temperature=0.0, logit_bias=dict.fromkeys(vocab.stop_token_ids, -100.0))
     plan = plan_sampler(params, vocab.texts)
     padded = -(-config.vocab_size // 32) * 32
-    ids = tokenizer.encode(PROMPT, encode_special_tokens=True)
+    ids = tokenizer.encode(FREE_PROMPT, encode_special_tokens=True)
 
     def run(concurrency: int) -> tuple[float, float]:
         jobs = [
@@ -284,7 +264,7 @@ async def chat_stream(client: httpx.AsyncClient, tokens: int, stop_ids: tuple[in
         "temperature": 0,
         "max_tokens": tokens,
         "logit_bias": {str(t): -100 for t in stop_ids},
-        "messages": [{"role": "user", "content": PROMPT}],
+        "messages": [{"role": "user", "content": FREE_PROMPT}],
     }
     usage = 0
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:

@@ -49,7 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .chat_template import ChatTemplate
 from .constraints import ConstraintState, GrammarCompiler
-from .errors import EngineError, GenerationFailed, InvalidParameter, ModelNotFound
+from .errors import EngineError, InvalidParameter, ModelNotFound
 from .exllamav2_driver import GeneratorDriver, NativeGenerator, PreparedJob, SampledLogprob
 from .exllamav2_filter import GrammarFilterCore
 from .exllamav2_sampling import (
@@ -62,7 +62,8 @@ from .exllamav2_sampling import (
 )
 from .exllamav2_vocab import ModelVocabulary, read_vocabulary
 from .handoff import ThreadedJob
-from .protocol import Chat, GenerationRequest, ModelInfo, TokenPrompt
+from .protocol import Chat, GenerationRequest, ModelInfo
+from .queued import QueuedEngine
 from .tool_calls import detect_format, get_format
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def load_model(
     return LoadedModel(path, vocab, model, cache, tokenizer, seq_len, tokens, paged, batch)
 
 
-class ExLlamaV2Engine:
+class ExLlamaV2Engine(QueuedEngine):
     """An :class:`~exloop.engine.protocol.Engine` running one model on CUDA GPUs.
 
     :meth:`load` loads a model directory and blocks: call it from a worker thread in async
@@ -235,32 +236,22 @@ class ExLlamaV2Engine:
             self._model.unload()  # type: ignore[no-untyped-call]
             raise
 
-    # -- Engine protocol -----------------------------------------------------------------
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._info
+    # -- Engine protocol, through QueuedEngine ---------------------------------------------
 
     @property
     def paged(self) -> bool:
         """Whether jobs run batched over a paged cache (flash-attn is installed)."""
         return self._paged
 
-    def render(self, chat: Chat) -> str:
-        return self._template.render(chat)
-
-    async def count_tokens(self, chat: Chat) -> int:
-        return len(await anyio.to_thread.run_sync(self._chat_tokens, chat))
-
-    def check(self, request: GenerationRequest) -> None:
-        self._compile(request)
-
-    def submit(self, request: GenerationRequest) -> ThreadedJob:
-        if self._closing:
-            raise GenerationFailed("The engine is shut down.")
-        job = ThreadedJob(request, self._compile(request))
+    def _enqueue(self, job: ThreadedJob) -> None:
         self._driver.submit(job)
-        return job
+
+    @property
+    def _vocab_size(self) -> int:
+        return self._vocab.vocab_size
+
+    def _check_request(self, request: GenerationRequest) -> None:
+        check_logit_bias(request.sampling.logit_bias, self._vocab.vocab_size)
 
     async def aclose(self) -> None:
         if self._closing:
@@ -271,21 +262,6 @@ class ExLlamaV2Engine:
         torch.cuda.empty_cache()
 
     # -- preparing jobs ------------------------------------------------------------------
-
-    def _compile(self, request: GenerationRequest) -> str | None:
-        params = request.sampling
-        params.validate()
-        check_logit_bias(params.logit_bias, self._vocab.vocab_size)
-        prompt = request.prompt
-        if isinstance(prompt, TokenPrompt) and any(
-            not 0 <= t < self._vocab.vocab_size for t in prompt.token_ids
-        ):
-            raise InvalidParameter(
-                f"Prompt token ids must lie in [0, {self._vocab.vocab_size}).", param="prompt"
-            )
-        if request.constraint is None:
-            return None
-        return self._grammars.compile(request.constraint)
 
     def _chat_tokens(self, chat: Chat) -> list[int]:
         text = self.render(chat)
@@ -298,12 +274,7 @@ class ExLlamaV2Engine:
         """Runs on the driver thread: tokenize, plan, and build the native job."""
         request = job.request
         params = request.sampling
-        prompt = request.prompt
-        ids = (
-            list(prompt.token_ids) if isinstance(prompt, TokenPrompt) else self._chat_tokens(prompt)
-        )
-        if not ids:
-            raise GenerationFailed("The prompt is empty.")
+        ids = self._prompt_ids(request)
         max_new = cap_new_tokens(
             len(ids),
             params.max_tokens,

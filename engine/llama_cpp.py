@@ -31,7 +31,6 @@ from .errors import (
     ContextLengthExceeded,
     EngineError,
     GenerationFailed,
-    InvalidParameter,
     ModelNotFound,
 )
 from .handoff import ThreadedJob
@@ -48,6 +47,7 @@ from .protocol import (
     TopLogprob,
     Usage,
 )
+from .queued import QueuedEngine
 from .stop import TextStream
 from .tool_calls import detect_format, get_format
 
@@ -60,7 +60,7 @@ DEFAULT_MAX_CONTEXT = 8192
 _PIECE_BUFFER = 256
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(QueuedEngine):
     """An :class:`~exloop.engine.protocol.Engine` running one GGUF model on the CPU.
 
     The constructor loads the model and blocks: call it from a worker thread in async code.
@@ -142,27 +142,19 @@ class LlamaCppEngine:
         )
         self._grammars = GrammarCompiler(lltokenizer(self._llm))
 
-    # -- Engine protocol -----------------------------------------------------------------
+    # -- Engine protocol, through QueuedEngine ---------------------------------------------
+
+    def _enqueue(self, job: ThreadedJob) -> None:
+        self._jobs.put(job)
 
     @property
-    def info(self) -> ModelInfo:
-        return self._info
+    def _vocab_size(self) -> int:
+        return self._n_vocab
 
-    def render(self, chat: Chat) -> str:
-        return self._template.render(chat)
-
-    async def count_tokens(self, chat: Chat) -> int:
-        return len(await anyio.to_thread.run_sync(self._chat_tokens, chat))
-
-    def check(self, request: GenerationRequest) -> None:
-        self._compile(request)
-
-    def submit(self, request: GenerationRequest) -> ThreadedJob:
-        if self._closing:
-            raise GenerationFailed("The engine is shut down.")
-        job = ThreadedJob(request, self._compile(request))
-        self._jobs.put(job)
-        return job
+    def _check_request(self, request: GenerationRequest) -> None:
+        prompt = request.prompt
+        if isinstance(prompt, TokenPrompt):
+            self._check_fits(len(prompt.token_ids))
 
     async def aclose(self) -> None:
         if self._closing:
@@ -176,19 +168,6 @@ class LlamaCppEngine:
         self._llm.close()
 
     # -- helpers shared by the loop and the worker ----------------------------------------
-
-    def _compile(self, request: GenerationRequest) -> str | None:
-        request.sampling.validate()
-        prompt = request.prompt
-        if isinstance(prompt, TokenPrompt):
-            if any(not 0 <= t < self._n_vocab for t in prompt.token_ids):
-                raise InvalidParameter(
-                    f"Prompt token ids must lie in [0, {self._n_vocab}).", param="prompt"
-                )
-            self._check_fits(len(prompt.token_ids))
-        if request.constraint is None:
-            return None
-        return self._grammars.compile(request.constraint)
 
     def _check_fits(self, prompt_tokens: int) -> None:
         if prompt_tokens >= self._n_ctx:
@@ -251,12 +230,7 @@ class LlamaCppEngine:
     def _generate(self, job: ThreadedJob) -> None:
         request = job.request
         params = request.sampling
-        prompt = request.prompt
-        tokens = (
-            list(prompt.token_ids) if isinstance(prompt, TokenPrompt) else self._chat_tokens(prompt)
-        )
-        if not tokens:
-            raise GenerationFailed("The prompt is empty.")
+        tokens = self._prompt_ids(request)
         self._check_fits(len(tokens))
         constraint = (
             self._grammars.start(job.compiled_constraint)
