@@ -35,7 +35,10 @@ from exloop.engine.llama_cpp import LlamaCppEngine
 from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest
 from exloop.engine.sampling import SamplingParams
 
-PROMPT = "Write a long story about a lighthouse keeper and a storm."
+if __package__:  # python -m bench.server_overhead
+    from .workloads import FREE_PROMPT
+else:  # python bench/server_overhead.py
+    from workloads import FREE_PROMPT
 
 
 def free_port() -> int:
@@ -82,7 +85,7 @@ class Server:
 
 async def engine_round(engine: LlamaCppEngine, n: int, tokens: int, eos: int) -> tuple[int, float]:
     request = GenerationRequest(
-        prompt=Chat((ChatMessage(role="user", content=PROMPT),)),
+        prompt=Chat((ChatMessage(role="user", content=FREE_PROMPT),)),
         sampling=SamplingParams(temperature=0.0, max_tokens=tokens, logit_bias={eos: -100.0}),
     )
     total = 0
@@ -102,7 +105,7 @@ async def engine_round(engine: LlamaCppEngine, n: int, tokens: int, eos: int) ->
 
 async def server_round(url: str, n: int, tokens: int, eos: int) -> tuple[int, float]:
     body = {
-        "input": PROMPT,
+        "input": FREE_PROMPT,
         "stream": True,
         "store": False,
         "temperature": 0,
