@@ -4,7 +4,7 @@ engine's) to OpenAI's error object in one place.
     OrchestratorError
     ├── ResponseNotFound   an unknown or deleted response id (404)
     ├── InvalidRequest     a request that cannot run as asked (400)
-    └── InvalidState       a state change the response's state forbids (400/409)
+    └── InvalidState       a state change the response's state forbids (400)
 """
 
 from __future__ import annotations
@@ -30,15 +30,4 @@ class InvalidRequest(OrchestratorError):
 
 class InvalidState(OrchestratorError):
     """The response is in a state that forbids the requested change (e.g. cancelling a
-    finished response). ``conflict`` marks the cases answered with 409."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        conflict: bool = False,
-    ) -> None:
-        super().__init__(message, param=param, code=code)
-        self.conflict = conflict
+    finished response); OpenAI answers these with 400."""

@@ -247,11 +247,7 @@ class Orchestrator:
         if record.phase is Phase.CANCELLED:
             return record.snapshot()
         if record.done:
-            raise InvalidState(
-                f"Cannot cancel a response that is already {record.status}.",
-                param="response_id",
-                conflict=True,
-            )
+            raise InvalidState(f"Cannot cancel a {record.status} response.", param="response_id")
         await self._stop(record)
         return record.snapshot()
 

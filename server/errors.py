@@ -7,7 +7,7 @@ with a fitting status; nothing leaks a traceback or answers in text/plain.
     exloop.engine.errors.*       InvalidParameter / InvalidGrammar → 400, ContextLengthExceeded
                                  → 400 context_length_exceeded, anything else → 500
     exloop.orchestrator.errors.* ResponseNotFound → 404, InvalidRequest → 400,
-                                 InvalidState → 400 (409 when it is a conflict)
+                                 InvalidState → 400 (as OpenAI answers a finished cancel)
     anything else                → 500 server_error, logged, message kept generic
 """
 
@@ -89,7 +89,7 @@ def to_api_error(exc: BaseException) -> ApiError:
             return ApiError(404, exc.message, "invalid_request_error", exc.param, "not_found")
         case InvalidState():
             return ApiError(
-                409 if exc.conflict else 400,
+                400,
                 exc.message,
                 "invalid_request_error",
                 exc.param,

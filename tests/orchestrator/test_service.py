@@ -119,7 +119,7 @@ async def test_cancel_rules() -> None:
         await bg.wait()
         with pytest.raises(InvalidState) as info:
             await orch.cancel(bg.id)  # already completed
-        assert info.value.conflict
+        assert info.value.message == "Cannot cancel a completed response."
         with pytest.raises(ResponseNotFound):
             await orch.cancel("resp_unknown")
 

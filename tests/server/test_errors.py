@@ -24,7 +24,6 @@ from exloop.server.errors import ApiError, to_api_error
         (ContextLengthExceeded("long", param="input"), 400, "input", "context_length_exceeded"),
         (ResponseNotFound("gone", param="response_id"), 404, "response_id", "not_found"),
         (InvalidState("done", param="response_id"), 400, "response_id", None),
-        (InvalidState("done", param="response_id", conflict=True), 409, "response_id", None),
         (InvalidRequest("no", param="tools"), 400, "tools", None),
         (ApiError(401, "key", code="invalid_api_key"), 401, None, "invalid_api_key"),
     ],
