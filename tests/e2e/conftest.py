@@ -3,6 +3,7 @@ talk to it over HTTP, with raw httpx or OpenAI's own SDK."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -89,14 +90,20 @@ class ServerProcess:
                 self._process.wait()
         self._log.close()
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop the server and delete its log."""
+        self.stop()
+        self.log_path.unlink(missing_ok=True)
+
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
     """The shared server, with default settings."""
-    process = ServerProcess()
-    yield process
-    process.stop()
-    process.log_path.unlink(missing_ok=True)
+    with ServerProcess() as process:
+        yield process
 
 
 @pytest.fixture(scope="session")
@@ -108,17 +115,12 @@ def base_url(server: ServerProcess) -> str:
 def start_server() -> Iterator[Callable[..., ServerProcess]]:
     """Start another server with extra flags (``start_server("--api-key", "k")``); it stops
     when the test ends."""
-    started: list[ServerProcess] = []
+    with contextlib.ExitStack() as started:
 
-    def start(*flags: str, env: dict[str, str] | None = None) -> ServerProcess:
-        process = ServerProcess(*flags, env=env)
-        started.append(process)
-        return process
+        def start(*flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+            return started.enter_context(ServerProcess(*flags, env=env))
 
-    yield start
-    for process in started:
-        process.stop()
-        process.log_path.unlink(missing_ok=True)
+        yield start
 
 
 @pytest.fixture

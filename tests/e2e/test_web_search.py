@@ -47,16 +47,11 @@ def sdk(server: ServerProcess) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def client(web: WebFixture) -> Iterator[openai.OpenAI]:
     """A server searching the fixture's SearXNG, allowed to read the fixture's pages."""
-    server = ServerProcess(
+    with ServerProcess(
         "--search-provider", "searxng", "--searxng-url", web.searxng_url,
         "--fetch-allow-private", *ROUNDS,
-    )  # fmt: skip
-    try:
-        with sdk(server) as client:
-            yield client
-    finally:
-        server.stop()
-        server.log_path.unlink(missing_ok=True)
+    ) as server, sdk(server) as client:  # fmt: skip
+        yield client
 
 
 def article_urls(web: WebFixture) -> set[str]:
@@ -171,24 +166,23 @@ def test_chat_completions_return_annotations_on_the_message(
         assert 0 <= citation.start_index < citation.end_index <= len(message.content)
 
 
+def search_once(*flags: str) -> SdkResponse:
+    """One web_search_options request to a server of its own, started with ``flags``."""
+    with ServerProcess(*flags, *ROUNDS) as server, sdk(server) as client:
+        return client.responses.create(
+            model="default",
+            input=QUESTION,
+            include=["web_search_call.action.sources"],
+            extra_body={"web_search_options": OPTIONS},
+            **LIMITS,
+        )
+
+
 def test_ddgs_provider_searches_the_duckduckgo_stand_in(web: WebFixture) -> None:
-    server = ServerProcess(
-        "--search-provider", "ddgs", "--ddgs-url", web.duckduckgo_url,
-        "--fetch-allow-private", *ROUNDS,
-    )  # fmt: skip
     before = len(web.requests)
-    try:
-        with sdk(server) as client:
-            response = client.responses.create(
-                model="default",
-                input=QUESTION,
-                include=["web_search_call.action.sources"],
-                extra_body={"web_search_options": OPTIONS},
-                **LIMITS,
-            )
-    finally:
-        server.stop()
-        server.log_path.unlink(missing_ok=True)
+    response = search_once(
+        "--search-provider", "ddgs", "--ddgs-url", web.duckduckgo_url, "--fetch-allow-private"
+    )
     search = response.output[0]
     assert search.type == "web_search_call" and search.status == "completed"
     assert web.article_url("tides") in [s.url for s in search.action.sources or []]
@@ -242,21 +236,7 @@ def test_the_ssrf_guard_refuses_internal_result_pages(web: WebFixture) -> None:
     ]
     before = len(web.requests)
     with _HostileSearxng(internal) as searxng:
-        server = ServerProcess(
-            "--search-provider", "searxng", "--searxng-url", searxng.url, *ROUNDS
-        )
-        try:
-            with sdk(server) as client:
-                response = client.responses.create(
-                    model="default",
-                    input=QUESTION,
-                    include=["web_search_call.action.sources"],
-                    extra_body={"web_search_options": OPTIONS},
-                    **LIMITS,
-                )
-        finally:
-            server.stop()
-            server.log_path.unlink(missing_ok=True)
+        response = search_once("--search-provider", "searxng", "--searxng-url", searxng.url)
     # The search worked, its pages were refused (the model read their snippets instead), and
     # the response went on.
     assert response.status in ("completed", "incomplete")
