@@ -9,6 +9,7 @@ from exloop.engine.protocol import (
     Chat,
     ChatMessage,
     Delta,
+    Engine,
     Finish,
     GenerationRequest,
     Grammar,
@@ -25,18 +26,22 @@ class Output:
     finish: Finish
 
 
-async def collect(engine: LlamaCppEngine, request: GenerationRequest) -> Output:
-    text = ""
-    token_ids: tuple[int, ...] = ()
-    logprobs: tuple[TokenLogprob, ...] = ()
+async def run_job(engine: Engine, request: GenerationRequest) -> tuple[str, Finish, list[Delta]]:
+    """Run one job on any backend: its text, its Finish, and the deltas as they came."""
+    deltas: list[Delta] = []
     async for event in engine.submit(request).events():
         if isinstance(event, Delta):
-            text += event.text
-            token_ids += event.token_ids
-            logprobs += event.logprobs
+            deltas.append(event)
         else:
-            return Output(text, token_ids, logprobs, event)
+            return "".join(d.text for d in deltas), event, deltas
     raise AssertionError("the job ended without a Finish event")
+
+
+async def collect(engine: Engine, request: GenerationRequest) -> Output:
+    text, finish, deltas = await run_job(engine, request)
+    token_ids = tuple(t for d in deltas for t in d.token_ids)
+    logprobs = tuple(lp for d in deltas for lp in d.logprobs)
+    return Output(text, token_ids, logprobs, finish)
 
 
 def user(content: str) -> Chat:

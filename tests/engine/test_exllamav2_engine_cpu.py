@@ -32,6 +32,7 @@ from exloop.orchestrator.service import Orchestrator
 from exloop.server.app import AppSettings, build_app
 
 from . import test_exllamav2_classes as _classes  # installs the CPU extension where needed
+from .collect import run_job
 
 smollm_dir = _classes.smollm_dir
 backend = _classes.backend
@@ -145,24 +146,12 @@ def chat(text: str, system: str = "Be brief.") -> Chat:
     return Chat((ChatMessage("system", system), ChatMessage("user", text)))
 
 
-async def run(engine: Any, request: GenerationRequest) -> tuple[str, Finish, list[Delta]]:
-    deltas: list[Delta] = []
-    finish: Finish | None = None
-    async for event in engine.submit(request).events():
-        if isinstance(event, Delta):
-            deltas.append(event)
-        else:
-            finish = event
-    assert finish is not None
-    return "".join(d.text for d in deltas), finish, deltas
-
-
 GREEDY = SamplingParams(temperature=0.0, max_tokens=32)
 
 
 async def test_the_answer_streams_and_ends_on_the_stop_token(engine: Any) -> None:
     request = GenerationRequest(chat("Hi!"), GREEDY)
-    text, finish, deltas = await run(engine, request)
+    text, finish, deltas = await run_job(engine, request)
     assert text == ANSWER
     assert finish.reason == "eos" and finish.stop_sequence is None
     assert finish.usage.completion_tokens == sum(len(d.token_ids) for d in deltas)
@@ -172,17 +161,17 @@ async def test_the_answer_streams_and_ends_on_the_stop_token(engine: Any) -> Non
 
 async def test_sampling_with_a_seed_repeats(engine: Any) -> None:
     request = GenerationRequest(chat("Hi!"), SamplingParams(temperature=1.5, seed=4, max_tokens=12))
-    first, _, _ = await run(engine, request)
-    assert (await run(engine, request))[0] == first
+    first, _, _ = await run_job(engine, request)
+    assert (await run_job(engine, request))[0] == first
 
 
 async def test_max_tokens_and_a_stop_sequence(engine: Any) -> None:
-    text, finish, _ = await run(
+    text, finish, _ = await run_job(
         engine, GenerationRequest(chat("Hi!"), SamplingParams(temperature=0.0, max_tokens=3))
     )
     assert finish.reason == "length" and finish.usage.completion_tokens == 3
     assert ANSWER.startswith(text)
-    text, finish, _ = await run(
+    text, finish, _ = await run_job(
         engine,
         GenerationRequest(
             chat("Hi!"), SamplingParams(temperature=0.0, max_tokens=32, stop=("! How",))
@@ -195,7 +184,7 @@ async def test_max_tokens_and_a_stop_sequence(engine: Any) -> None:
 
 async def test_logprobs_are_the_models_own(engine: Any, vocab: ModelVocabulary) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=3, logprobs=True, top_logprobs=2)
-    _, _, deltas = await run(engine, GenerationRequest(chat("Hi!"), params))
+    _, _, deltas = await run_job(engine, GenerationRequest(chat("Hi!"), params))
     logprobs = [lp for d in deltas for lp in d.logprobs]
     assert [lp.token_id for lp in logprobs] == [t for d in deltas for t in d.token_ids]
     rest = vocab.vocab_size - 2
@@ -209,9 +198,9 @@ async def test_logprobs_are_the_models_own(engine: Any, vocab: ModelVocabulary) 
 async def test_logit_bias_and_output_penalties_change_the_choice(
     engine: Any, vocab: ModelVocabulary
 ) -> None:
-    text, _, deltas = await run(engine, GenerationRequest(chat("Hi!"), GREEDY))
+    text, _, deltas = await run_job(engine, GenerationRequest(chat("Hi!"), GREEDY))
     first = deltas[0].token_ids[0]
-    _, _, biased = await run(
+    _, _, biased = await run_job(
         engine,
         GenerationRequest(
             chat("Hi!"), SamplingParams(temperature=0.0, max_tokens=1, logit_bias={first: -100.0})
@@ -220,7 +209,7 @@ async def test_logit_bias_and_output_penalties_change_the_choice(
     # The favoured token is out; the stop token (next best) ends the answer at once.
     assert first not in [t for d in biased for t in d.token_ids]
     # Presence 2.0 only touches tokens already in the output: the first token is unaffected.
-    penalized, _, _ = await run(
+    penalized, _, _ = await run_job(
         engine,
         GenerationRequest(
             chat("Hi!"), SamplingParams(temperature=0.0, max_tokens=32, presence_penalty=2.0)
@@ -236,7 +225,7 @@ async def test_a_json_schema_constraint_is_followed(engine: Any) -> None:
         "required": ["ok"],
         "additionalProperties": False,
     }
-    text, finish, _ = await run(
+    text, finish, _ = await run_job(
         engine,
         GenerationRequest(
             chat("Hi!"),
@@ -270,7 +259,7 @@ async def test_concurrent_jobs_share_the_batch_and_the_prompt_pages(engine: Any)
     results: list[tuple[str, Finish]] = []
 
     async def one(i: int) -> None:
-        text, finish, _ = await run(
+        text, finish, _ = await run_job(
             engine, GenerationRequest(chat(f"Question {i}", system), GREEDY)
         )
         results.append((text, finish))
@@ -279,7 +268,7 @@ async def test_concurrent_jobs_share_the_batch_and_the_prompt_pages(engine: Any)
         for i in range(6):
             group.start_soon(one, i)
     assert [text for text, _ in results] == [ANSWER] * 6
-    _, again, _ = await run(engine, GenerationRequest(chat("Question 0", system), GREEDY))
+    _, again, _ = await run_job(engine, GenerationRequest(chat("Question 0", system), GREEDY))
     assert again.usage.cached_tokens >= 256
     if engine.paged:
         assert max(model.batch_sizes) > 1  # jobs were decoded together
@@ -376,7 +365,7 @@ async def test_a_forward_pass_failure_fails_its_jobs_and_the_engine_recovers(eng
     old = engine._driver._generator
     engine._model.fail_next = True
     with pytest.raises(GenerationFailed, match="device-side assert"):
-        await run(engine, GenerationRequest(chat("Hi!"), GREEDY))
-    text, _, _ = await run(engine, GenerationRequest(chat("Hi!"), GREEDY))
+        await run_job(engine, GenerationRequest(chat("Hi!"), GREEDY))
+    text, _, _ = await run_job(engine, GenerationRequest(chat("Hi!"), GREEDY))
     assert text == ANSWER
     assert engine._driver._generator is not old

@@ -39,6 +39,7 @@ if _problem is not None:
 
 from exloop.engine.exllamav2_backend import ExLlamaV2Engine  # noqa: E402
 
+from .collect import run_job  # noqa: E402
 from .test_exllamav2_engine_cpu import sdk  # noqa: E402  (the API client, in process)
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
@@ -60,24 +61,10 @@ def engine() -> Iterator[ExLlamaV2Engine]:
     anyio.run(loaded.aclose)
 
 
-async def run(
-    engine: ExLlamaV2Engine, request: GenerationRequest
-) -> tuple[str, Finish, list[Delta]]:
-    deltas: list[Delta] = []
-    finish: Finish | None = None
-    async for event in engine.submit(request).events():
-        if isinstance(event, Delta):
-            deltas.append(event)
-        else:
-            finish = event
-    assert finish is not None
-    return "".join(d.text for d in deltas), finish, deltas
-
-
 async def test_greedy_output_is_repeatable(engine: ExLlamaV2Engine) -> None:
     request = GenerationRequest(chat("Count from one to five."), GREEDY)
-    first, finish, deltas = await run(engine, request)
-    second, _, _ = await run(engine, request)
+    first, finish, deltas = await run_job(engine, request)
+    second, _, _ = await run_job(engine, request)
     assert first == second
     assert finish.reason in ("eos", "length")
     assert finish.usage.completion_tokens == sum(len(d.token_ids) for d in deltas)
@@ -88,22 +75,22 @@ async def test_a_seed_makes_sampling_reproducible(engine: ExLlamaV2Engine) -> No
     request = GenerationRequest(
         chat("Tell me a story."), SamplingParams(temperature=1.0, seed=11, max_tokens=24)
     )
-    assert (await run(engine, request))[0] == (await run(engine, request))[0]
+    assert (await run_job(engine, request))[0] == (await run_job(engine, request))[0]
 
 
 async def test_max_tokens_and_stop_sequences(engine: ExLlamaV2Engine) -> None:
-    text, finish, _ = await run(
+    text, finish, _ = await run_job(
         engine,
         GenerationRequest(
             chat("Write a long essay."), SamplingParams(temperature=0.0, max_tokens=5)
         ),
     )
     assert finish.reason in ("length", "eos") and finish.usage.completion_tokens <= 5
-    full, _, _ = await run(engine, GenerationRequest(chat("Write a long essay."), GREEDY))
+    full, _, _ = await run_job(engine, GenerationRequest(chat("Write a long essay."), GREEDY))
     stop = full[3:6]
     if len(stop) < 3:
         pytest.skip("the model's greedy answer is too short to cut")
-    text, finish, _ = await run(
+    text, finish, _ = await run_job(
         engine,
         GenerationRequest(
             chat("Write a long essay."),
@@ -126,7 +113,7 @@ async def test_json_schema_constraint(engine: ExLlamaV2Engine) -> None:
         SamplingParams(temperature=0.8, seed=3, max_tokens=64),
         Grammar("json_schema", schema),
     )
-    text, finish, _ = await run(engine, request)
+    text, finish, _ = await run_job(engine, request)
     assert finish.reason == "eos", text
     value = json.loads(text)
     assert set(value) == {"name", "age"} and isinstance(value["age"], int)
@@ -134,7 +121,7 @@ async def test_json_schema_constraint(engine: ExLlamaV2Engine) -> None:
 
 async def test_logprobs_and_logit_bias(engine: ExLlamaV2Engine) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=4, logprobs=True, top_logprobs=3)
-    _, _, deltas = await run(engine, GenerationRequest(chat("Say hi."), params))
+    _, _, deltas = await run_job(engine, GenerationRequest(chat("Say hi."), params))
     logprobs: list[TokenLogprob] = [lp for d in deltas for lp in d.logprobs]
     assert len(logprobs) == sum(len(d.token_ids) for d in deltas) > 0
     for entry in logprobs:
@@ -143,7 +130,7 @@ async def test_logprobs_and_logit_bias(engine: ExLlamaV2Engine) -> None:
         assert entry.top[0].token_id == entry.token_id
     banned = logprobs[0].token_id
     biased = SamplingParams(temperature=0.0, max_tokens=1, logit_bias={banned: -100.0})
-    _, _, deltas = await run(engine, GenerationRequest(chat("Say hi."), biased))
+    _, _, deltas = await run_job(engine, GenerationRequest(chat("Say hi."), biased))
     assert banned not in [t for d in deltas for t in d.token_ids]
 
 
@@ -161,7 +148,7 @@ async def test_cancel_frees_the_job(engine: ExLlamaV2Engine) -> None:
             finish = event
     assert finish is not None and finish.reason == "cancelled"
     assert finish.usage.completion_tokens < 2000
-    text, _, _ = await run(engine, GenerationRequest(chat("Say hi."), GREEDY))
+    text, _, _ = await run_job(engine, GenerationRequest(chat("Say hi."), GREEDY))
     assert isinstance(text, str)
 
 
@@ -170,14 +157,14 @@ async def test_concurrent_jobs_and_prefix_reuse(engine: ExLlamaV2Engine) -> None
     results: list[Finish] = []
 
     async def one(prompt: Chat) -> None:
-        results.append((await run(engine, GenerationRequest(prompt, GREEDY)))[1])
+        results.append((await run_job(engine, GenerationRequest(prompt, GREEDY)))[1])
 
     async with anyio.create_task_group() as group:
         for prompt in prompts:
             group.start_soon(one, prompt)
     assert len(results) == 8 and all(f.reason in ("eos", "length") for f in results)
     # The long shared system prompt is in the cache now.
-    _, again, _ = await run(engine, GenerationRequest(prompts[0], GREEDY))
+    _, again, _ = await run_job(engine, GenerationRequest(prompts[0], GREEDY))
     assert again.usage.cached_tokens >= 256
 
 
