@@ -1,11 +1,12 @@
 """Errors the engine raises. The server maps each to an HTTP status in one place.
 
-    EngineError
-    ├── InvalidParameter      a sampling value out of range (names the field)
-    ├── InvalidGrammar        a grammar or schema that does not compile
-    ├── ContextLengthExceeded the prompt does not fit the model's context window
-    ├── ModelNotFound         the model file is missing (names the path and the fix)
-    └── GenerationFailed      the backend failed while generating
+EngineError
+├── InvalidParameter      a sampling value out of range (names the field)
+├── InvalidGrammar        a grammar or schema that does not compile
+├── ContextLengthExceeded the prompt does not fit the model's context window
+├── ModelNotFound         the model file is missing (names the path and the fix)
+├── UnsupportedBuild      the backend's native library uses instructions this CPU lacks
+└── GenerationFailed      the backend failed while generating
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class ContextLengthExceeded(EngineError):
 
 class ModelNotFound(EngineError):
     """The model file cannot be found or opened."""
+
+
+class UnsupportedBuild(EngineError):
+    """The backend's native library was built for instructions this machine cannot run."""
 
 
 class GenerationFailed(EngineError):
