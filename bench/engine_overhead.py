@@ -5,17 +5,28 @@ Runs, in one process and on the same model and prompt:
 1. tokens/s of ``LlamaCppEngine`` against ``Llama.create_completion(stream=True)`` called
    directly (both greedy, both with the same thread count), printing the ratio (goal >= 0.95);
 2. tokens/s of ``LlamaCppEngine`` with a strict JSON-schema constraint against without,
-   printing the ratio (goal >= 0.9).
+   printing the ratio (goal >= 0.9);
+3. tokens/s of ``LlamaCppEngine`` with the default thread count (:mod:`exloop.engine.threads`)
+   beside ``--threads 1`` and ``--threads N`` (every CPU), printing default/best (goal >= 0.95);
+4. with ``--compare-build PYTHON``: llama-cpp-python's direct decode in this environment
+   against the same in another one (e.g. a venv holding pip's default ``-march=native``
+   build), each round in a fresh subprocess, printing this/other (goal >= 0.95).
 
 Rounds alternate between the contenders so that machine noise hits both alike; the best round
-of each counts. Usage: ``python bench/engine_overhead.py [--model PATH] [--tokens N]``.
+of each counts. Usage: ``python bench/engine_overhead.py [--model PATH] [--tokens N]
+[--compare-build OTHER_VENV/bin/python]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -27,6 +38,7 @@ from exloop.engine.default_model import default_model_path
 from exloop.engine.llama_cpp import LlamaCppEngine
 from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest, Grammar
 from exloop.engine.sampling import SamplingParams
+from exloop.engine.threads import default_threads
 
 if __package__:  # python -m bench.engine_overhead
     from .workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA
@@ -65,20 +77,55 @@ def rate(result: Round) -> float:
     return result[0] / result[1]
 
 
+#: Greedy decoding of --tokens tokens with EOS banned, timed inside the process it runs in.
+_DIRECT_DECODE = textwrap.dedent(
+    """
+    import sys, time, llama_cpp
+    model, tokens, threads, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    llm = llama_cpp.Llama(model, n_ctx=2048, n_threads=threads, verbose=False)
+    ids = llm.tokenize(prompt.encode())
+    bias = {llm.token_eos(): float("-inf")}
+    start = time.perf_counter()
+    n = sum(1 for c in llm.create_completion(ids, max_tokens=tokens, temperature=0.0,
+            stream=True, logit_bias=bias) if c["choices"][0]["finish_reason"] is None)
+    print(n, time.perf_counter() - start)
+    """
+)
+
+
+def direct_decode_in(python: str, model: Path, tokens: int, threads: int) -> Round:
+    """One direct llama-cpp-python decode under another interpreter (another build)."""
+    out = subprocess.run(
+        [python, "-c", _DIRECT_DECODE, str(model), str(tokens), str(threads), FREE_PROMPT],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return int(out[0]), float(out[1])
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: SmolLM2)")
     parser.add_argument("--tokens", type=int, default=256, help="tokens per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    parser.add_argument(
+        "--compare-build",
+        metavar="PYTHON",
+        default=None,
+        help="an interpreter whose llama-cpp-python build to compare with this one's",
+    )
     args = parser.parse_args()
     model = args.model or await anyio.to_thread.run_sync(default_model_path)
+    # The same count on both sides (llama-cpp-python's own default differs from exloop's).
+    threads = args.threads or default_threads().threads
 
     engine = await anyio.to_thread.run_sync(
-        lambda: LlamaCppEngine(model, n_ctx=2048, n_threads=args.threads)
+        lambda: LlamaCppEngine(model, n_ctx=2048, n_threads=threads)
     )
     direct = llama_cpp.Llama(
-        str(model), n_ctx=2048, n_threads=args.threads, logits_all=False, verbose=False
+        str(model), n_ctx=2048, n_threads=threads, logits_all=False, verbose=False
     )
     try:
         free_chat = Chat((ChatMessage("user", FREE_PROMPT),))
@@ -130,6 +177,23 @@ async def main() -> None:
                 "json_schema": lambda: engine_round(engine, constrained),
             },
         )
+        by_threads = await compare_threads(model, args.rounds, ours)
+        builds: dict[str, Round] = {}
+        if args.compare_build:
+            builds = await best_of(
+                args.rounds,
+                {
+                    name: partial(
+                        anyio.to_thread.run_sync,
+                        direct_decode_in,
+                        python,
+                        model,
+                        args.tokens,
+                        threads,
+                    )
+                    for name, python in (("this", sys.executable), ("other", args.compare_build))
+                },
+            )
     finally:
         direct.close()
         await engine.aclose()
@@ -149,6 +213,39 @@ async def main() -> None:
         print(f"  {label:<24}: {rate(result):7.1f} tok/s ({result[0]} tokens)")
     ratio = rate(grammar["json_schema"]) / rate(grammar["unconstrained"])
     print(f"  {'ratio constrained/free':<24}: {ratio:7.3f}")
+    for label, result in by_threads.items():
+        print(f"  {label:<24}: {rate(result):7.1f} tok/s ({result[0]} tokens)")
+    best = max(rate(r) for r in by_threads.values())
+    default_label = next(iter(by_threads))
+    print(f"  {'ratio default/best':<24}: {rate(by_threads[default_label]) / best:7.3f}")
+    if builds:
+        print(f"  {'this build, direct':<24}: {rate(builds['this']):7.1f} tok/s")
+        print(f"  {args.compare_build + ', direct':<24}: {rate(builds['other']):7.1f} tok/s")
+        print(
+            f"  {'ratio this/other build':<24}: {rate(builds['this']) / rate(builds['other']):7.3f}"
+        )
+
+
+async def compare_threads(model: Path, rounds: int, request: GenerationRequest) -> dict[str, Round]:
+    """The default thread count (no ``n_threads``) beside one thread and every CPU; the
+    default's label comes first."""
+    counts: dict[str, int | None] = {
+        f"default ({default_threads().threads} threads)": None,
+        "--threads 1": 1,
+        f"--threads {os.cpu_count()}": os.cpu_count(),
+    }
+    engines: dict[str, LlamaCppEngine] = {}
+    try:
+        for label, n in counts.items():
+            engines[label] = await anyio.to_thread.run_sync(
+                partial(LlamaCppEngine, model, n_ctx=2048, n_threads=n)
+            )
+        return await best_of(
+            rounds, {label: partial(engine_round, e, request) for label, e in engines.items()}
+        )
+    finally:
+        for e in engines.values():
+            await e.aclose()
 
 
 if __name__ == "__main__":

@@ -87,8 +87,10 @@ class EngineSettings:
     tool_call_format: str | None = None
     #: llama.cpp's context window (``--n-ctx``).
     n_ctx: int | None = None
-    #: llama.cpp's CPU threads (``--threads``; None: llama.cpp's default).
+    #: llama.cpp's CPU threads (``--threads``; None: the physical cores this process may use).
     n_threads: int | None = None
+    #: llama.cpp's threads for prompt evaluation (``--threads-batch``; None: ``n_threads``).
+    n_threads_batch: int | None = None
     #: ExLlamaV2's context length per job (``--max-seq-len``).
     max_seq_len: int | None = None
     #: ExLlamaV2's KV cache type (``--cache-mode``).
@@ -116,6 +118,7 @@ def open_engine(settings: EngineSettings) -> Engine:
         settings.model,
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
+        n_threads_batch=settings.n_threads_batch,
         name=settings.name,
         tool_call_format=settings.tool_call_format,
     )

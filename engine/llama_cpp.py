@@ -27,11 +27,13 @@ from llguidance.llamacpp import lltokenizer_from_vocab
 
 from .chat_template import ChatTemplate
 from .constraints import GrammarCompiler
+from .cpu_features import amx_granted_by_kernel, machine_flags, unsupported_in_build
 from .errors import (
     ContextLengthExceeded,
     EngineError,
     GenerationFailed,
     ModelNotFound,
+    UnsupportedBuild,
 )
 from .handoff import ThreadedJob
 from .llama_sampler import NativeSampler
@@ -49,6 +51,7 @@ from .protocol import (
 )
 from .queued import QueuedEngine
 from .stop import TextStream
+from .threads import default_threads
 from .tool_calls import detect_format, get_format
 
 logger = logging.getLogger(__name__)
@@ -64,7 +67,9 @@ class LlamaCppEngine(QueuedEngine):
     """An :class:`~exloop.engine.protocol.Engine` running one GGUF model on the CPU.
 
     The constructor loads the model and blocks: call it from a worker thread in async code.
-    ``tool_call_format`` overrides the format detected from the chat template.
+    ``tool_call_format`` overrides the format detected from the chat template. Without
+    ``n_threads`` it uses the physical cores this process may use (:mod:`.threads`);
+    ``n_threads_batch`` (prompt evaluation) defaults to ``n_threads``.
     """
 
     def __init__(
@@ -73,9 +78,11 @@ class LlamaCppEngine(QueuedEngine):
         *,
         n_ctx: int | None = None,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         name: str | None = None,
         tool_call_format: str | None = None,
     ) -> None:
+        check_build()
         path = Path(model_path)
         if not path.is_file():
             raise ModelNotFound(
@@ -83,11 +90,16 @@ class LlamaCppEngine(QueuedEngine):
                 f"`exloop fetch-model` to install the default model.",
                 param="model",
             )
+        if n_threads is None:
+            choice = default_threads()
+            n_threads = choice.threads
+            logger.info("llama.cpp: %d threads (%s)", n_threads, choice.reason)
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx or DEFAULT_MAX_CONTEXT,
                 n_threads=n_threads,
+                n_threads_batch=n_threads_batch or n_threads,
                 logits_all=False,
                 verbose=False,
             )
@@ -348,6 +360,19 @@ class LlamaCppEngine(QueuedEngine):
             token_id=token_id,
             logprob=logprob,
             bytes=tuple(piece),
+        )
+
+
+def check_build() -> None:
+    """Refuse a llama.cpp library compiled for instructions this machine cannot run: it
+    would die with SIGILL on the first prompt instead (see :mod:`.cpu_features`)."""
+    system_info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")
+    missing = unsupported_in_build(system_info, machine_flags(), amx_kernel=amx_granted_by_kernel())
+    if missing:
+        raise UnsupportedBuild(
+            f"The installed llama-cpp-python was compiled for {', '.join(missing)}, which "
+            "this machine's CPU or kernel does not enable, and would crash. Rebuild it for "
+            "this machine with scripts/install.sh (or scripts/build_llama_cpp.py)."
         )
 
 

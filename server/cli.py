@@ -54,6 +54,7 @@ class ServeSettings:
     fetch_allow_private: bool
     n_ctx: int | None
     threads: int | None
+    threads_batch: int | None
     max_seq_len: int | None
     cache_mode: str
     max_batch_size: int
@@ -78,6 +79,7 @@ class ServeSettings:
             fetch_allow_private=args.fetch_allow_private,
             n_ctx=args.n_ctx,
             threads=args.threads,
+            threads_batch=args.threads_batch,
             max_seq_len=args.max_seq_len,
             cache_mode=args.cache_mode,
             max_batch_size=args.max_batch_size,
@@ -214,8 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=_env("THREADS"),
         metavar="N",
-        help="llama.cpp: CPU threads for generation (EXLOOP_THREADS); default: llama.cpp's, "
-        "half the cores. More threads than free cores slows llama.cpp down sharply",
+        help="llama.cpp: CPU threads for generation (EXLOOP_THREADS); default: the physical "
+        "cores this process may use (CPU affinity, capped by a cgroup CPU quota), logged at "
+        "start. More threads than free cores slows llama.cpp down sharply",
+    )
+    serve.add_argument(
+        "--threads-batch",
+        type=_positive,
+        default=_env("THREADS_BATCH"),
+        metavar="N",
+        help="llama.cpp: CPU threads for prompt evaluation (EXLOOP_THREADS_BATCH); default: "
+        "as --threads",
     )
     serve.add_argument(
         "--max-seq-len",
@@ -292,6 +303,7 @@ async def serve(settings: ServeSettings) -> None:
             tool_call_format=settings.tool_call_format,
             n_ctx=settings.n_ctx,
             n_threads=settings.threads,
+            n_threads_batch=settings.threads_batch,
             max_seq_len=settings.max_seq_len,
             cache_mode=settings.cache_mode,  # type: ignore[arg-type]
             max_batch_size=settings.max_batch_size,

@@ -52,6 +52,9 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
+            # One llama.cpp thread unless a test says otherwise: servers, in-process engines
+            # and the test client share few cores, and oversubscribed threads slow sharply.
+            *(() if "--threads" in flags else ("--threads", "1")),
             *flags,
         ]
         self._process = subprocess.Popen(

@@ -25,7 +25,8 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def engine(model_path: Path) -> Iterator[LlamaCppEngine]:
-    loaded = LlamaCppEngine(model_path, n_ctx=TEST_CONTEXT)
+    # One thread: the suite runs servers and engines beside each other on few cores.
+    loaded = LlamaCppEngine(model_path, n_ctx=TEST_CONTEXT, n_threads=1)
     yield loaded
     anyio.run(loaded.aclose)
 

@@ -25,6 +25,7 @@ FLAGS = [
     "--fetch-allow-private",
     "--n-ctx",
     "--threads",
+    "--threads-batch",
     "--log-level",
 ]
 
@@ -50,6 +51,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         fetch_allow_private=False,
         n_ctx=None,
         threads=None,
+        threads_batch=None,
         max_seq_len=None,
         cache_mode="fp16",
         max_batch_size=8,
@@ -71,6 +73,7 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         "FETCH_ALLOW_PRIVATE": "1",
         "N_CTX": "2048",
         "THREADS": "2",
+        "THREADS_BATCH": "3",
         "LOG_LEVEL": "debug",
         "BACKEND": "llama.cpp",
         "MAX_SEQ_LEN": "4096",
@@ -94,6 +97,7 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         fetch_allow_private=True,
         n_ctx=2048,
         threads=2,
+        threads_batch=3,
         max_seq_len=4096,
         cache_mode="q4",
         max_batch_size=2,
