@@ -124,6 +124,48 @@ class WebSearchCallCompleted(
     pass
 
 
+class McpListToolsInProgress(
+    _ItemEvent, frozen=True, kw_only=True, tag="response.mcp_list_tools.in_progress"
+):
+    pass
+
+
+class McpListToolsCompleted(
+    _ItemEvent, frozen=True, kw_only=True, tag="response.mcp_list_tools.completed"
+):
+    pass
+
+
+class McpListToolsFailed(
+    _ItemEvent, frozen=True, kw_only=True, tag="response.mcp_list_tools.failed"
+):
+    pass
+
+
+class McpCallInProgress(_ItemEvent, frozen=True, kw_only=True, tag="response.mcp_call.in_progress"):
+    pass
+
+
+class McpCallArgumentsDelta(
+    _ItemEvent, frozen=True, kw_only=True, tag="response.mcp_call_arguments.delta"
+):
+    delta: str
+
+
+class McpCallArgumentsDone(
+    _ItemEvent, frozen=True, kw_only=True, tag="response.mcp_call_arguments.done"
+):
+    arguments: str
+
+
+class McpCallCompleted(_ItemEvent, frozen=True, kw_only=True, tag="response.mcp_call.completed"):
+    pass
+
+
+class McpCallFailed(_ItemEvent, frozen=True, kw_only=True, tag="response.mcp_call.failed"):
+    pass
+
+
 class ErrorEvent(_Event, frozen=True, kw_only=True, tag="error"):
     """OpenAI's flat stream error shape (not nested under ``error``)."""
 
@@ -156,6 +198,14 @@ StreamEvent: TypeAlias = (
     | WebSearchCallInProgress
     | WebSearchCallSearching
     | WebSearchCallCompleted
+    | McpListToolsInProgress
+    | McpListToolsCompleted
+    | McpListToolsFailed
+    | McpCallInProgress
+    | McpCallArgumentsDelta
+    | McpCallArgumentsDone
+    | McpCallCompleted
+    | McpCallFailed
     | ErrorEvent
 )
 

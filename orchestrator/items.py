@@ -8,7 +8,7 @@ into these with :data:`Item` as a tagged union on ``type``.
 from __future__ import annotations
 
 import secrets
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import msgspec
 
@@ -134,6 +134,79 @@ class WebSearchCall(msgspec.Struct, tag="web_search_call", tag_field="type", fro
     action: WebSearchAction
 
 
+class McpListToolsTool(msgspec.Struct, frozen=True):
+    """One tool of an MCP server, as ``mcp_list_tools`` lists it."""
+
+    name: str
+    input_schema: dict[str, Any]
+    description: str | None = None
+    annotations: dict[str, Any] | None = None
+
+
+class McpListTools(msgspec.Struct, tag="mcp_list_tools", tag_field="type", frozen=True):
+    """The tools the server listed on an MCP server (``error`` set if it could not)."""
+
+    id: str
+    server_label: str
+    tools: list[McpListToolsTool]
+    error: str | None = None
+
+
+class McpProtocolError(msgspec.Struct, tag="mcp_protocol_error", tag_field="type", frozen=True):
+    code: int
+    message: str
+
+
+class McpToolExecutionError(
+    msgspec.Struct, tag="mcp_tool_execution_error", tag_field="type", frozen=True
+):
+    """The tool reported an error; ``content`` holds its MCP content blocks."""
+
+    content: list[dict[str, Any]]
+
+
+class McpHttpError(msgspec.Struct, tag="http_error", tag_field="type", frozen=True):
+    code: int
+    message: str
+
+
+McpCallError: TypeAlias = McpProtocolError | McpToolExecutionError | McpHttpError
+McpCallStatus: TypeAlias = Literal["in_progress", "completed", "incomplete", "calling", "failed"]
+
+
+class McpCall(msgspec.Struct, tag="mcp_call", tag_field="type", frozen=True):
+    """A tool call on an MCP server, run by the server (``output`` or ``error``)."""
+
+    id: str
+    server_label: str
+    name: str
+    arguments: str
+    output: str | None = None
+    error: McpCallError | None = None
+    status: McpCallStatus | None = None
+    approval_request_id: str | None = None
+
+
+class McpApprovalRequest(msgspec.Struct, tag="mcp_approval_request", tag_field="type", frozen=True):
+    """A call the model made that waits for the client's approval."""
+
+    id: str
+    server_label: str
+    name: str
+    arguments: str
+
+
+class McpApprovalResponse(
+    msgspec.Struct, tag="mcp_approval_response", tag_field="type", frozen=True
+):
+    """The client's answer to an ``mcp_approval_request`` (an input item)."""
+
+    approval_request_id: str
+    approve: bool
+    id: str | None = None
+    reason: str | None = None
+
+
 class ItemReference(msgspec.Struct, tag="item_reference", tag_field="type", frozen=True):
     """An input item that points at an item of a stored response by id."""
 
@@ -142,7 +215,18 @@ class ItemReference(msgspec.Struct, tag="item_reference", tag_field="type", froz
 
 #: Every item a response's input or output may hold.
 Item: TypeAlias = (
-    Message | FunctionCall | FunctionCallOutput | Reasoning | WebSearchCall | ItemReference
+    Message
+    | FunctionCall
+    | FunctionCallOutput
+    | Reasoning
+    | WebSearchCall
+    | McpListTools
+    | McpCall
+    | McpApprovalRequest
+    | McpApprovalResponse
+    | ItemReference
 )
 #: Items a response produces.
-OutputItem: TypeAlias = Message | FunctionCall | WebSearchCall
+OutputItem: TypeAlias = (
+    Message | FunctionCall | WebSearchCall | McpListTools | McpCall | McpApprovalRequest
+)

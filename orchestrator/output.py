@@ -4,18 +4,30 @@ A message: ``output_item.added`` → ``content_part.added`` → ``output_text.de
 ``output_text.done`` → ``content_part.done`` → ``output_item.done``. A function call:
 ``output_item.added`` → ``function_call_arguments.delta`` × N → ``.done`` →
 ``output_item.done``. A web search: ``output_item.added`` → ``web_search_call.in_progress`` →
-``.searching`` → ``.completed`` → ``output_item.done``.
+``.searching`` → ``.completed`` → ``output_item.done``. An MCP call: ``output_item.added`` →
+``mcp_call.in_progress`` → ``mcp_call_arguments.delta`` × N → ``.done`` (as the model writes
+the call) → ``mcp_call.completed`` or ``.failed`` (when it has run) → ``output_item.done``. An
+MCP tool listing: ``output_item.added`` → ``mcp_list_tools.in_progress`` → ``.completed`` or
+``.failed`` → ``output_item.done``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
 
 from . import events as ev
 from .items import (
     FunctionCall,
     ItemStatus,
     Logprob,
+    McpApprovalRequest,
+    McpCall,
+    McpCallError,
+    McpListTools,
+    McpListToolsTool,
     Message,
     OutputText,
     UrlCitation,
@@ -42,6 +54,9 @@ class _OpenCall:
     call_id: str
     name: str
     arguments: str = ""
+    #: Set for an MCP call (an ``mcp_call`` item rather than a ``function_call``).
+    server_label: str | None = None
+    approval_request_id: str | None = None
 
 
 class OutputWriter:
@@ -51,6 +66,8 @@ class OutputWriter:
         self._record = record
         self._message: _OpenMessage | None = None
         self._call: _OpenCall | None = None
+        #: MCP calls whose arguments are complete, waiting to run, by call id.
+        self._mcp_calls: dict[str, _OpenCall] = {}
 
     # -- assistant text -------------------------------------------------------------------
 
@@ -155,17 +172,29 @@ class OutputWriter:
 
     # -- function calls -------------------------------------------------------------------
 
-    def open_call(self, name: str, call_id: str) -> None:
-        """Start a function_call item (closing any open message first)."""
+    def open_call(self, name: str, call_id: str, server_label: str | None = None) -> None:
+        """Start a call item as the model starts writing the call (closing any open message
+        first): a ``function_call``, or an ``mcp_call`` when ``server_label`` is given."""
         self.close_message()
         record = self._record
-        call = _OpenCall(index=len(record.output), id=new_id("fc"), call_id=call_id, name=name)
+        prefix = "fc" if server_label is None else "mcp"
+        call = _OpenCall(len(record.output), new_id(prefix), call_id, name, "", server_label)
+        self._open(call)
+
+    def _open(self, call: _OpenCall) -> None:
         self._call = call
+        record = self._record
         item = self._call_item(call, "in_progress")
         record.output.append(item)
         record.emit(
             lambda n: ev.OutputItemAdded(sequence_number=n, output_index=call.index, item=item)
         )
+        if call.server_label is not None:
+            record.emit(
+                lambda n: ev.McpCallInProgress(
+                    sequence_number=n, item_id=call.id, output_index=call.index
+                )
+            )
 
     def call_arguments(self, delta: str) -> None:
         call = self._call
@@ -173,17 +202,19 @@ class OutputWriter:
             return
         call.arguments += delta
         self._record.output[call.index] = self._call_item(call, "in_progress")
+        kind = (
+            ev.FunctionCallArgumentsDelta if call.server_label is None else ev.McpCallArgumentsDelta
+        )
         self._record.emit(
-            lambda n: ev.FunctionCallArgumentsDelta(
-                sequence_number=n, item_id=call.id, output_index=call.index, delta=delta
-            )
+            lambda n: kind(sequence_number=n, item_id=call.id, output_index=call.index, delta=delta)
         )
 
-    def close_call(self, arguments: str, status: ItemStatus = "completed") -> FunctionCall | None:
-        """Finish the open call with its complete arguments text."""
+    def close_call(self, arguments: str, status: ItemStatus = "completed") -> None:
+        """Finish the open call's arguments with their complete text. A function call is done;
+        an MCP call stays in progress until :meth:`finish_mcp_call`."""
         call, self._call = self._call, None
         if call is None:
-            return None
+            return
         if arguments.startswith(call.arguments) and len(arguments) > len(call.arguments):
             # The parser may hold back the tail until the call closes: stream it now.
             self._call = call
@@ -191,9 +222,19 @@ class OutputWriter:
             self._call = None
         call.arguments = arguments
         record = self._record
+        where = call.id, call.index
+        if call.server_label is not None:
+            record.emit(
+                lambda n: ev.McpCallArgumentsDone(
+                    sequence_number=n, item_id=where[0], output_index=where[1], arguments=arguments
+                )
+            )
+            record.output[call.index] = self._call_item(call, "in_progress")
+            self._mcp_calls[call.call_id] = call
+            return
         record.emit(
             lambda n: ev.FunctionCallArgumentsDone(
-                sequence_number=n, item_id=call.id, output_index=call.index, arguments=arguments
+                sequence_number=n, item_id=where[0], output_index=where[1], arguments=arguments
             )
         )
         item = self._call_item(call, status)
@@ -201,10 +242,18 @@ class OutputWriter:
         record.emit(
             lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item)
         )
-        return item
 
     @staticmethod
-    def _call_item(call: _OpenCall, status: ItemStatus) -> FunctionCall:
+    def _call_item(call: _OpenCall, status: ItemStatus) -> FunctionCall | McpCall:
+        if call.server_label is not None:
+            return McpCall(
+                id=call.id,
+                server_label=call.server_label,
+                name=call.name,
+                arguments=call.arguments,
+                status=status,
+                approval_request_id=call.approval_request_id,
+            )
         return FunctionCall(
             call_id=call.call_id,
             name=call.name,
@@ -213,11 +262,121 @@ class OutputWriter:
             status=status,
         )
 
+    # -- MCP ------------------------------------------------------------------------------
+
+    def open_mcp_call(
+        self,
+        server_label: str,
+        name: str,
+        call_id: str,
+        arguments: str,
+        approval_request_id: str | None = None,
+    ) -> None:
+        """Add an ``mcp_call`` whose arguments are known (an approved call), ready to run."""
+        self.close_message()
+        call = _OpenCall(
+            len(self._record.output),
+            new_id("mcp"),
+            call_id,
+            name,
+            "",
+            server_label,
+            approval_request_id,
+        )
+        self._open(call)
+        self.close_call(arguments)
+
+    def finish_mcp_call(
+        self,
+        call_id: str,
+        *,
+        output: str | None = None,
+        error: McpCallError | None = None,
+        status: Literal["completed", "failed", "incomplete"] = "completed",
+    ) -> None:
+        """End a ready MCP call: ``completed`` with its output, ``failed`` with its error, or
+        ``incomplete`` (cancelled while it ran)."""
+        call = self._mcp_calls.pop(call_id, None)
+        if call is None:
+            return
+        record = self._record
+        item = msgspec.structs.replace(
+            self._call_item(call, "in_progress"), output=output, error=error, status=status
+        )
+        record.output[call.index] = item
+        if status == "completed":
+            record.emit(
+                lambda n: ev.McpCallCompleted(
+                    sequence_number=n, item_id=call.id, output_index=call.index
+                )
+            )
+        elif status == "failed":
+            record.emit(
+                lambda n: ev.McpCallFailed(
+                    sequence_number=n, item_id=call.id, output_index=call.index
+                )
+            )
+        record.emit(
+            lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item)
+        )
+
+    def approval_request(self, server_label: str, name: str, arguments: str) -> None:
+        """Add an ``mcp_approval_request``: a call that waits for the client's approval."""
+        self.close_message()
+        record = self._record
+        index = len(record.output)
+        item = McpApprovalRequest(
+            id=new_id("mcpr"), server_label=server_label, name=name, arguments=arguments
+        )
+        record.output.append(item)
+        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
+        record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
+
+    def open_mcp_list_tools(self, server_label: str) -> int:
+        """Add an ``mcp_list_tools`` item in progress; returns its output index."""
+        self.close_message()
+        record = self._record
+        index = len(record.output)
+        item = McpListTools(id=new_id("mcpl"), server_label=server_label, tools=[])
+        record.output.append(item)
+        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
+        record.emit(
+            lambda n: ev.McpListToolsInProgress(
+                sequence_number=n, item_id=item.id, output_index=index
+            )
+        )
+        return index
+
+    def close_mcp_list_tools(
+        self, index: int, tools: list[McpListToolsTool], error: str | None = None
+    ) -> None:
+        """Finish an ``mcp_list_tools`` item with the tools listed, or the error met."""
+        record = self._record
+        current = record.output[index]
+        assert isinstance(current, McpListTools)
+        item = msgspec.structs.replace(current, tools=tools, error=error)
+        record.output[index] = item
+        if error is None:
+            record.emit(
+                lambda n: ev.McpListToolsCompleted(
+                    sequence_number=n, item_id=item.id, output_index=index
+                )
+            )
+        else:
+            record.emit(
+                lambda n: ev.McpListToolsFailed(
+                    sequence_number=n, item_id=item.id, output_index=index
+                )
+            )
+        record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
+
     def close_all(self, status: ItemStatus) -> None:
         """Close whatever is open, e.g. when the output stops short."""
         self.close_message(status)
         if self._call is not None:
             self.close_call(self._call.arguments, status)
+        for call_id in list(self._mcp_calls):
+            self.finish_mcp_call(call_id, status="incomplete")
 
     # -- built-in web search --------------------------------------------------------------
 

@@ -57,6 +57,7 @@ __all__ = [
     "TooManyRedirects",
     "UnsupportedContent",
     "is_blocked_address",
+    "resolve_host",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -112,6 +113,31 @@ def is_blocked_address(address: IPAddress) -> bool:
         or address.is_reserved
         or address.is_unspecified
     )
+
+
+async def resolve_host(
+    host: str, port: int | None, url: str, *, guarded: bool, action: str = "fetch"
+) -> list[str]:
+    """The addresses of ``host``; with ``guarded``, refused (``BlockedAddress``) if any of them
+    is internal. ``url`` and ``action`` ("fetch", "connect to") word the error messages.
+    Callers connect to the returned addresses, never to the name again, so a second DNS answer
+    cannot slip past the check."""
+    try:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise FetchFailed(f"Could not resolve the host of {url}: {exc}", url) from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if guarded:
+        for address in addresses:
+            if is_blocked_address(ipaddress.ip_address(address.partition("%")[0])):
+                raise BlockedAddress(
+                    f"Refused to {action} {url}: its host resolves to the internal address "
+                    f"{address}.",
+                    url,
+                )
+    if not addresses:
+        raise FetchFailed(f"The host of {url} has no addresses.", url)
+    return addresses
 
 
 def _is_textual(media_type: str) -> bool:
@@ -214,22 +240,8 @@ class SafeFetcher:
     async def _resolve(self, url: httpx.URL) -> list[str]:
         """The addresses to connect to for ``url``, after the guard has approved all of them."""
         host = url.raw_host.decode("ascii")
-        try:
-            infos = await anyio.getaddrinfo(host, url.port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise FetchFailed(f"Could not resolve the host of {url}: {exc}", str(url)) from exc
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        if not self.allow_private and host.lower() not in self.trusted_hosts:
-            for address in addresses:
-                if is_blocked_address(ipaddress.ip_address(address.partition("%")[0])):
-                    raise BlockedAddress(
-                        f"Refused to fetch {url}: its host resolves to the internal address "
-                        f"{address}.",
-                        str(url),
-                    )
-        if not addresses:
-            raise FetchFailed(f"The host of {url} has no addresses.", str(url))
-        return addresses
+        guarded = not self.allow_private and host.lower() not in self.trusted_hosts
+        return await resolve_host(host, url.port, str(url), guarded=guarded)
 
     async def _send(self, client: httpx.AsyncClient, url: httpx.URL) -> httpx.Response:
         """Send a GET for ``url`` to one of its checked addresses; return the streaming response."""
