@@ -8,7 +8,7 @@ and returns the text the model reads next. A failure is text the model sees, not
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias, runtime_checkable
 
@@ -39,6 +39,25 @@ class BuiltinTool(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class McpRoute:
+    """Where the call of an MCP tool goes while the model writes it: an ``mcp_call`` item on
+    ``server_label`` (run when the step ends), or, when ``needs_approval``, an
+    ``mcp_approval_request`` that the client answers in its next request."""
+
+    server_label: str
+    tool_name: str
+    needs_approval: bool
+
+
+@runtime_checkable
+class Routed(Protocol):
+    """A built-in tool whose calls are written as MCP items as they are generated."""
+
+    @property
+    def route(self) -> McpRoute: ...
+
+
 @runtime_checkable
 class Citing(Protocol):
     """A built-in tool that keeps the sources the model read and can cite them."""
@@ -67,6 +86,34 @@ class BuiltinRegistry:
 
     def get(self, name: str) -> BuiltinTool:
         return self._tools[name]
+
+    def extend(self, tools: Sequence[BuiltinTool]) -> None:
+        """Add tools found when the run starts (an MCP server's, once listed)."""
+        self._tools.update((tool.spec.name, tool) for tool in tools)
+
+    def route(self, name: str) -> McpRoute | None:
+        """The MCP route of the tool ``name``, if it is an MCP tool."""
+        tool = self._tools.get(name)
+        return tool.route if isinstance(tool, Routed) else None
+
+    def mcp_specs(self, server_label: str, tool_name: str | None) -> tuple[ToolSpec, ...]:
+        """The specs of ``server_label``'s tools (only ``tool_name`` when given)."""
+        return tuple(
+            tool.spec
+            for tool in self._tools.values()
+            if isinstance(tool, Routed)
+            and tool.route.server_label == server_label
+            and (tool_name is None or tool.route.tool_name == tool_name)
+        )
+
+    def find_mcp(self, server_label: str, tool_name: str) -> BuiltinTool | None:
+        """The built-in tool that runs ``tool_name`` on ``server_label``."""
+        for tool in self._tools.values():
+            if isinstance(tool, Routed) and tool.route == McpRoute(
+                server_label, tool_name, tool.route.needs_approval
+            ):
+                return tool
+        return None
 
     @property
     def specs(self) -> tuple[ToolSpec, ...]:

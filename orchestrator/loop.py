@@ -3,14 +3,18 @@
 Each step ends in one of a closed set of outcomes, decided in this priority order:
 
 1. :class:`Incomplete`: the token budget ran out;
-2. :class:`RunBuiltinTools`: the model called built-in tools and rounds remain;
-3. :class:`AwaitClientTools`: the model called client functions: the response completes
-   with its function_call items and the client runs them;
+2. :class:`RunBuiltinTools`: the model called built-in tools (MCP tools included) and rounds
+   remain;
+3. :class:`AwaitClientTools`: the model called client functions, or MCP tools that need the
+   client's approval: the response completes with its function_call / mcp_approval_request
+   items and the client answers them;
 4. :class:`FinalMessage`: an answer.
 
-``--max-tool-rounds`` caps rounds of built-in tools: when reached, one last step runs with
-tools disabled so the model answers from what it has. Cancellation is the response's cancel
-scope, which reaches into generation and tool runs alike.
+Before the first step, the response's MCP servers are listed (:mod:`.mcp`), and calls the
+input approves (``mcp_approval_response``) run as the first round. ``--max-tool-rounds`` caps
+rounds of built-in tools: when reached, one last step runs with tools disabled so the model
+answers from what it has. Cancellation is the response's cancel scope, which reaches into
+generation and tool runs alike.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ import anyio
 
 from exloop.engine.protocol import Chat, ChatMessage, Engine, ToolCall
 from exloop.engine.tool_calls.base import ToolCallFormat
+from exloop.engine.tool_calls.grammar import MAX_CALLS
 
 from .builtin import BuiltinCall, BuiltinRegistry
 from .conversation import drop_oldest_turn, to_messages
-from .items import Item
+from .items import Item, new_id
+from .mcp import McpToolset, approved
 from .output import OutputWriter
 from .record import ResponseRecord
 from .resource import IncompleteDetails
@@ -63,8 +69,8 @@ def decide(result: StepResult, *, rounds_left: bool) -> Outcome:
     """The outcome of a step, in the documented priority order."""
     if result.finish == "length":
         return Incomplete()
-    builtin = tuple(c for c in result.calls if c.builtin)
-    client = tuple(c for c in result.calls if not c.builtin)
+    builtin = tuple(c for c in result.calls if c.kind == "builtin")
+    client = tuple(c for c in result.calls if c.kind != "builtin")
     if builtin and rounds_left:
         return RunBuiltinTools(builtin, client)
     if client:
@@ -80,21 +86,37 @@ class ToolLoop:
         engine: Engine,
         tool_format: ToolCallFormat,
         builtins: BuiltinRegistry,
+        mcp: McpToolset,
         *,
         max_tool_rounds: int,
     ) -> None:
         self._engine = engine
         self._format = tool_format
         self._builtins = builtins
+        self._mcp = mcp
         self._max_rounds = max_tool_rounds
 
     async def run(self, record: ResponseRecord, writer: OutputWriter, history: list[Item]) -> None:
+        async with self._mcp as mcp:
+            spec = record.spec
+            taken = {tool.name for tool in (*spec.tools.functions, *self._builtins.specs)}
+            self._builtins.extend(await mcp.open(writer, history, taken))
+            await self._loop(record, writer, history)
+
+    async def _loop(
+        self, record: ResponseRecord, writer: OutputWriter, history: list[Item]
+    ) -> None:
         spec = record.spec
         messages = to_messages(history, spec.instructions)
-        builtin_names = frozenset(s.name for s in self._builtins.specs)
-        step = ModelStep(self._engine, record, writer, self._format, builtin_names)
+        step = ModelStep(self._engine, record, writer, self._format, self._builtins)
         rounds = 0
         first = True
+        resumed = self._approved_calls(history, record.input_items, writer)
+        if resumed:
+            # Approved calls run first thing; they stand for this response's first tool use.
+            await self._round(record, resumed, "", writer, messages)
+            rounds += 1
+            first = False
         while True:
             capped = rounds >= self._max_rounds and bool(self._builtins)
             mode = self._mode(spec, first=first, capped=capped)
@@ -126,29 +148,56 @@ class ToolLoop:
                     return
                 case RunBuiltinTools(calls=calls, client_calls=client_calls):
                     writer.close_message()
-                    record.move(Transition.RUN_TOOLS)
-                    results = await self._run_builtins(calls, writer)
-                    messages.append(
-                        ChatMessage(
-                            role="assistant",
-                            content=result.text,
-                            tool_calls=tuple(
-                                ToolCall(c.call_id, c.name, c.arguments) for c in calls
-                            ),
-                        )
-                    )
-                    messages.extend(
-                        ChatMessage(role="tool", content=text, tool_call_id=c.call_id, name=c.name)
-                        for c, text in zip(calls, results, strict=True)
-                    )
+                    await self._round(record, calls, result.text, writer, messages)
                     if client_calls:
-                        record.move(Transition.GENERATE)
                         record.complete()
                         return
                     rounds += 1
-                    record.move(Transition.GENERATE)
                 case _:
                     assert_never(outcome)
+
+    async def _round(
+        self,
+        record: ResponseRecord,
+        calls: tuple[StepCall, ...],
+        text: str,
+        writer: OutputWriter,
+        messages: list[ChatMessage],
+    ) -> None:
+        """Run a round of built-in calls and add the turn and its results to ``messages``."""
+        record.move(Transition.RUN_TOOLS)
+        results = await self._run_builtins(calls, writer)
+        messages.append(
+            ChatMessage(
+                role="assistant",
+                content=text,
+                tool_calls=tuple(ToolCall(c.call_id, c.name, c.arguments) for c in calls),
+            )
+        )
+        messages.extend(
+            ChatMessage(role="tool", content=result, tool_call_id=c.call_id, name=c.name)
+            for c, result in zip(calls, results, strict=True)
+        )
+        record.move(Transition.GENERATE)
+
+    def _approved_calls(
+        self, history: list[Item], inputs: tuple[Item, ...], writer: OutputWriter
+    ) -> tuple[StepCall, ...]:
+        """The calls the input approves, as ``mcp_call`` items ready to run."""
+        calls = []
+        for request, response in approved(history, inputs):
+            tool = self._builtins.find_mcp(request.server_label, request.name)
+            call_id = new_id("call")
+            writer.open_mcp_call(
+                request.server_label,
+                request.name,
+                call_id,
+                request.arguments,
+                response.approval_request_id,
+            )
+            name = tool.spec.name if tool is not None else request.name
+            calls.append(StepCall(call_id, name, request.arguments, "builtin"))
+        return tuple(calls)
 
     def _mode(self, spec: RunSpec, *, first: bool, capped: bool) -> StepMode:
         policy = spec.tools
@@ -157,6 +206,12 @@ class ToolLoop:
             return AnswerMode(spec.constraint)
         if first and policy.web_search is not None and policy.web_search.forced:
             return CallMode(self._builtins.specs[:1], max_calls=1)
+        if first and policy.forced_mcp is not None:
+            choice = policy.forced_mcp
+            forced = self._builtins.mcp_specs(choice.server_label, choice.name)
+            # A server that could not list its tools (or lacks the tool) forces nothing.
+            if forced:
+                return CallMode(forced, max_calls=1 if choice.name else MAX_CALLS)
         if first and policy.forced_name is not None:
             return CallMode(tuple(t for t in offered if t.name == policy.forced_name), max_calls=1)
         if first and policy.mode == "required":
@@ -171,10 +226,19 @@ class ToolLoop:
         results = [""] * len(calls)
 
         async def run_one(i: int, call: StepCall) -> None:
+            if call.name not in self._builtins:
+                results[i] = f"Error: the tool '{call.name}' is not available."
+                writer.abandon_call(call.call_id, results[i])
+                return
             try:
                 arguments = json.loads(call.arguments or "{}")
             except json.JSONDecodeError as exc:
                 results[i] = f"Error: the arguments are not valid JSON ({exc})."
+                writer.abandon_call(call.call_id, results[i])
+                return
+            if not isinstance(arguments, dict):
+                results[i] = "Error: the arguments must be a JSON object."
+                writer.abandon_call(call.call_id, results[i])
                 return
             tool = self._builtins.get(call.name)
             results[i] = await tool.run(BuiltinCall(call.call_id, call.name, arguments), writer)

@@ -28,6 +28,7 @@ from .items import (
     McpCallError,
     McpListTools,
     McpListToolsTool,
+    McpProtocolError,
     Message,
     OutputText,
     UrlCitation,
@@ -319,6 +320,13 @@ class OutputWriter:
         record.emit(
             lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item)
         )
+
+    def abandon_call(self, call_id: str, message: str) -> None:
+        """A ready call that cannot run (its tool is gone, its arguments unreadable): an MCP
+        call's item ends failed with ``message``; other calls have no item open."""
+        if call_id in self._mcp_calls:
+            error = McpProtocolError(code=-32602, message=message)
+            self.finish_mcp_call(call_id, error=error, status="failed")
 
     def approval_request(self, server_label: str, name: str, arguments: str) -> None:
         """Add an ``mcp_approval_request``: a call that waits for the client's approval."""

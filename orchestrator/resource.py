@@ -94,7 +94,30 @@ class WebSearchPreviewTool(msgspec.Struct, tag="web_search_preview", tag_field="
     user_location: UserLocation | None = None
 
 
-Tool: TypeAlias = FunctionTool | WebSearchTool | WebSearchPreviewTool
+class McpFilterEcho(msgspec.Struct, frozen=True):
+    tool_names: list[str] | None = None
+    read_only: bool | None = None
+
+
+class McpApprovalFilterEcho(msgspec.Struct, frozen=True):
+    always: McpFilterEcho | None = None
+    never: McpFilterEcho | None = None
+
+
+class McpTool(msgspec.Struct, tag="mcp", tag_field="type", frozen=True):
+    """A remote MCP server as the response echoes it; ``headers`` and ``authorization`` are
+    secrets and come back null."""
+
+    server_label: str
+    server_url: str
+    allowed_tools: list[str] | McpFilterEcho | None = None
+    require_approval: Literal["always", "never"] | McpApprovalFilterEcho = "always"
+    server_description: str | None = None
+    headers: None = None
+    authorization: None = None
+
+
+Tool: TypeAlias = FunctionTool | WebSearchTool | WebSearchPreviewTool | McpTool
 
 
 class ToolChoiceFunction(msgspec.Struct, tag="function", tag_field="type", frozen=True):
@@ -105,8 +128,13 @@ class ToolChoiceWebSearch(msgspec.Struct, tag="web_search", tag_field="type", fr
     pass
 
 
+class ToolChoiceMcp(msgspec.Struct, tag="mcp", tag_field="type", frozen=True):
+    server_label: str
+    name: str | None = None
+
+
 ToolChoice: TypeAlias = (
-    Literal["none", "auto", "required"] | ToolChoiceFunction | ToolChoiceWebSearch
+    Literal["none", "auto", "required"] | ToolChoiceFunction | ToolChoiceWebSearch | ToolChoiceMcp
 )
 
 

@@ -16,7 +16,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from exloop.engine.errors import ContextLengthExceeded, EngineError, InvalidGrammar
-from exloop.engine.protocol import Chat, Engine, GenerationRequest
+from exloop.engine.protocol import Chat, Engine, GenerationRequest, ToolSpec
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
@@ -24,8 +24,17 @@ from .builtin import BuiltinFactory, BuiltinRegistry
 from .conversation import resolve_references, to_messages
 from .errors import InvalidRequest, InvalidState, ResponseNotFound
 from .events import StreamEvent
-from .items import FunctionCall, FunctionCallOutput, Item, Message, Reasoning, new_id
+from .items import (
+    FunctionCall,
+    FunctionCallOutput,
+    Item,
+    McpApprovalResponse,
+    Message,
+    Reasoning,
+    new_id,
+)
 from .loop import ToolLoop
+from .mcp import McpSettings, McpToolset, approval_requests
 from .output import OutputWriter
 from .record import ResponseRecord
 from .resource import FunctionTool, Response
@@ -40,6 +49,7 @@ _ID_PREFIX: dict[type, str] = {
     FunctionCall: "fc",
     FunctionCallOutput: "fco",
     Reasoning: "rs",
+    McpApprovalResponse: "mcpa",
 }
 
 
@@ -77,6 +87,7 @@ class Orchestrator:
         store: ResponseStore | None = None,
         builtins: BuiltinFactory | None = None,
         tool_format: ToolCallFormat | None = None,
+        mcp: McpSettings | None = None,
     ) -> None:
         self._engine = engine
         self.model_name = model_name
@@ -84,6 +95,7 @@ class Orchestrator:
         self._store: ResponseStore = store if store is not None else MemoryStore()
         self._builtins = builtins
         self._format = tool_format or get_format(engine.info.tool_call_format)
+        self._mcp = mcp
         #: Runs in flight, stored or not (so a disconnect can abort an unstored run).
         self._live: dict[str, ResponseRecord] = {}
         self._tg: TaskGroup | None = None
@@ -137,6 +149,7 @@ class Orchestrator:
                     "request (web search); rename the function.",
                     param="tools",
                 )
+        self._check_mcp(spec, builtins, (*context, *inputs))
         self._engine.check(
             GenerationRequest(prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint)
         )
@@ -150,9 +163,54 @@ class Orchestrator:
         if spec.store:
             self._store.put(record)
         self._live[record.id] = record
-        loop = ToolLoop(self._engine, self._format, builtins, max_tool_rounds=self._max_tool_rounds)
+        mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
+        loop = ToolLoop(
+            self._engine, self._format, builtins, mcp, max_tool_rounds=self._max_tool_rounds
+        )
         self._tg.start_soon(self._run, record, loop)
         return RunHandle(record)
+
+    def _check_mcp(
+        self, spec: RunSpec, builtins: BuiltinRegistry, conversation: tuple[Item, ...]
+    ) -> None:
+        """MCP tools need the server's MCP support; an approval must answer a request of the
+        conversation whose server is among this request's tools; ``tool_choice: required``
+        needs some tool (the server's own MCP tools count)."""
+        configured = self._mcp.configured if self._mcp is not None else None
+        if spec.tools.mcp and self._mcp is None:
+            raise InvalidRequest("MCP tools are not enabled on this server.", param="tools")
+        requests = approval_requests(conversation)
+        labels = {server.label for server in spec.tools.mcp}
+        for i, item in enumerate(spec.input):
+            if not isinstance(item, McpApprovalResponse):
+                continue
+            request = requests.get(item.approval_request_id)
+            if request is None:
+                raise InvalidRequest(
+                    f"No mcp_approval_request with id '{item.approval_request_id}' in the "
+                    "conversation.",
+                    param=f"input[{i}].approval_request_id",
+                )
+            if item.approve and request.server_label not in labels:
+                raise InvalidRequest(
+                    f"The approved call runs on the MCP server '{request.server_label}', which "
+                    "is not among this request's tools; send its mcp tool again.",
+                    param="tools",
+                )
+        offered = spec.tools.functions or builtins or spec.tools.mcp or bool(configured)
+        if spec.tools.mode == "required" and not offered and spec.tools.web_search is None:
+            raise InvalidRequest(
+                "tool_choice 'required' needs at least one tool.", param="tool_choice"
+            )
+
+    def _enforceable(self, tool: ToolSpec) -> bool:
+        """Whether the call grammar can enforce ``tool``'s schema (else it is not strict)."""
+        grammar = self._format.call_grammar((tool,), include_trigger=True)
+        try:
+            self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
+        except InvalidGrammar:
+            return False
+        return True
 
     def _check_tool_grammars(self, spec: RunSpec) -> None:
         """Compile each function's call grammar now, so a schema llguidance cannot use is a
@@ -276,8 +334,7 @@ def _as_stored(item: Item) -> Item:
     prefix = _ID_PREFIX.get(type(item))
     if prefix is None:
         return item
-    return msgspec.structs.replace(
-        item,
-        id=getattr(item, "id", None) or new_id(prefix),
-        status=getattr(item, "status", None) or "completed",
-    )
+    item = msgspec.structs.replace(item, id=getattr(item, "id", None) or new_id(prefix))
+    if "status" not in item.__struct_fields__:
+        return item
+    return msgspec.structs.replace(item, status=getattr(item, "status", None) or "completed")

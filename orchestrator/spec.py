@@ -38,6 +38,60 @@ ToolChoiceMode: TypeAlias = Literal["none", "auto", "required"]
 
 
 @dataclass(frozen=True, slots=True)
+class McpToolFilter:
+    """OpenAI's MCP tool filter: a tool matches when its name is among ``names`` (if given)
+    and its ``readOnlyHint`` equals ``read_only`` (if given)."""
+
+    names: frozenset[str] | None = None
+    read_only: bool | None = None
+
+    def matches(self, name: str, read_only: bool) -> bool:
+        if self.names is not None and name not in self.names:
+            return False
+        return self.read_only is None or self.read_only == read_only
+
+
+@dataclass(frozen=True, slots=True)
+class McpApproval:
+    """Which calls need the client's approval: those ``always`` matches do; of the others,
+    those ``never`` matches do not; the rest do (OpenAI's default is ``"always"``)."""
+
+    never: McpToolFilter | None = None
+    always: McpToolFilter | None = None
+
+    def needed(self, name: str, read_only: bool) -> bool:
+        if self.always is not None and self.always.matches(name, read_only):
+            return True
+        return self.never is None or not self.never.matches(name, read_only)
+
+
+#: ``require_approval: "never"``.
+NO_APPROVAL = McpApproval(never=McpToolFilter())
+
+
+@dataclass(frozen=True, slots=True)
+class McpServerSpec:
+    """A remote MCP server a request names (a tool of type ``mcp``)."""
+
+    label: str
+    url: str
+    #: HTTP headers to send, the ``authorization`` token included as a Bearer header.
+    headers: dict[str, str] = field(default_factory=dict)
+    description: str | None = None
+    allowed: McpToolFilter | None = None
+    approval: McpApproval = field(default_factory=McpApproval)
+
+
+@dataclass(frozen=True, slots=True)
+class McpChoice:
+    """``tool_choice`` ``{"type": "mcp", "server_label", "name"}``: call that server's tool
+    (any of its tools when ``name`` is None)."""
+
+    server_label: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ToolPolicy:
     """Which tools the model sees and must use.
 
@@ -49,6 +103,8 @@ class ToolPolicy:
     mode: ToolChoiceMode = "auto"
     forced_name: str | None = None
     web_search: WebSearchOptions | None = None
+    mcp: tuple[McpServerSpec, ...] = ()
+    forced_mcp: McpChoice | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 import anyio
 
@@ -42,6 +42,7 @@ from exloop.engine.tool_calls.base import (
 )
 from exloop.engine.tool_calls.grammar import MAX_CALLS
 
+from .builtin import BuiltinRegistry
 from .items import Logprob, TopLogprob, new_id
 from .output import OutputWriter
 from .record import ResponseRecord
@@ -67,6 +68,11 @@ class CallMode:
 StepMode: TypeAlias = AnswerMode | AutoMode | CallMode
 
 
+#: Who answers a call: the client (a function), the server (a built-in tool, MCP included),
+#: or the client's approval first (an MCP call that needs it).
+CallKind: TypeAlias = Literal["client", "builtin", "approval"]
+
+
 @dataclass(frozen=True, slots=True)
 class StepCall:
     """A complete call the model made in this step."""
@@ -74,7 +80,7 @@ class StepCall:
     call_id: str
     name: str
     arguments: str
-    builtin: bool
+    kind: CallKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,20 +100,20 @@ class ModelStep:
         record: ResponseRecord,
         writer: OutputWriter,
         tool_format: ToolCallFormat,
-        builtin_names: frozenset[str],
+        builtins: BuiltinRegistry,
     ) -> None:
         self._engine = engine
         self._record = record
         self._writer = writer
         self._format = tool_format
-        self._builtin = builtin_names
+        self._builtins = builtins
 
     async def run(
         self, messages: Sequence[ChatMessage], mode: StepMode, sampling: SamplingParams
     ) -> StepResult:
         tools = () if isinstance(mode, AnswerMode) else mode.tools
         chat = Chat(messages=tuple(messages), tools=tools)
-        sink = _Sink(self._writer, self._builtin, self._format)
+        sink = _Sink(self._writer, self._builtins, self._format)
         match mode:
             case AnswerMode(constraint=constraint):
                 finish, used = await self._generate(chat, sampling, constraint, sink.text)
@@ -196,13 +202,14 @@ def _logprobs(delta: Delta) -> list[Logprob]:
 
 class _Sink:
     """Routes a step's generated text: plain text to the message, call syntax through the
-    format's parser to function_call items (client tools) or the built-in call list."""
+    format's parser to function_call items (client tools), mcp_call or mcp_approval_request
+    items (MCP tools), or the built-in call list."""
 
     def __init__(
-        self, writer: OutputWriter, builtin: frozenset[str], tool_format: ToolCallFormat
+        self, writer: OutputWriter, builtins: BuiltinRegistry, tool_format: ToolCallFormat
     ) -> None:
         self._writer = writer
-        self._builtin = builtin
+        self._builtins = builtins
         self._format = tool_format
         self._parser: ToolCallParser | None = None
         self.raw_text = ""
@@ -231,6 +238,13 @@ class _Sink:
         if self._parser is not None:
             self._route(self._parser.finish())
 
+    def _streamed(self, name: str) -> bool:
+        """Whether the call's item is written as the model generates it."""
+        if name not in self._builtins:
+            return True
+        route = self._builtins.route(name)
+        return route is not None and not route.needs_approval
+
     def _route(self, events: list[ParseEvent]) -> None:
         for event in events:
             match event:
@@ -240,14 +254,30 @@ class _Sink:
                 case CallStart(index=index, name=name):
                     call_id = new_id("call")
                     self._open[index] = (call_id, name)
-                    if name not in self._builtin:
-                        self._writer.open_call(name, call_id)
+                    if self._streamed(name):
+                        route = self._builtins.route(name)
+                        if route is None:
+                            self._writer.open_call(name, call_id)
+                        else:
+                            self._writer.open_call(route.tool_name, call_id, route.server_label)
                 case ArgumentsDelta(index=index, delta=delta):
-                    if self._open[index][1] not in self._builtin:
+                    if self._streamed(self._open[index][1]):
                         self._writer.call_arguments(delta)
                 case CallEnd(index=index, name=name, arguments=arguments):
                     call_id, _ = self._open.pop(index)
-                    builtin = name in self._builtin
-                    if not builtin:
-                        self._writer.close_call(arguments)
-                    self.completed.append(StepCall(call_id, name, arguments, builtin))
+                    self.completed.append(
+                        StepCall(call_id, name, arguments, self._end(name, arguments))
+                    )
+
+    def _end(self, name: str, arguments: str) -> CallKind:
+        if name not in self._builtins:
+            self._writer.close_call(arguments)
+            return "client"
+        route = self._builtins.route(name)
+        if route is None:
+            return "builtin"
+        if route.needs_approval:
+            self._writer.approval_request(route.server_label, route.tool_name, arguments)
+            return "approval"
+        self._writer.close_call(arguments)
+        return "builtin"

@@ -137,6 +137,13 @@ def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
     constraint = single_constraint(*constraints)
 
     tools = tools_field(request.tools)
+    if tools.mcp:
+        raise invalid_request(
+            "mcp tools are a Responses API feature (approvals need its items); on Chat "
+            "Completions the server's own MCP servers (--mcp-config) are available as tools.",
+            "tools",
+            "unsupported_value",
+        )
     policy, tool_choice = tool_policy(tools, request.tool_choice, request.web_search_options)
     sampling = sampling_params(
         request,

@@ -29,6 +29,8 @@ from exloop.engine.backends import (
 )
 from exloop.engine.errors import EngineError, ModelNotFound
 from exloop.tools.fetch import SafeFetcher
+from exloop.tools.mcp_client import McpLimits
+from exloop.tools.mcp_servers import ConfigError, ConfiguredServers, load_config
 from exloop.tools.research import WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchProvider, SearxngProvider
 
@@ -59,6 +61,8 @@ class ServeSettings:
     cache_mode: str
     max_batch_size: int
     log_level: str
+    mcp_config: Path | None = None
+    mcp_call_timeout: float = 60.0
     #: Hidden test option: ddgs searches a stand-in of DuckDuckGo's HTML endpoint at this URL.
     ddgs_url: str | None = None
 
@@ -84,6 +88,8 @@ class ServeSettings:
             cache_mode=args.cache_mode,
             max_batch_size=args.max_batch_size,
             log_level=args.log_level,
+            mcp_config=Path(args.mcp_config).expanduser() if args.mcp_config else None,
+            mcp_call_timeout=args.mcp_call_timeout,
         )
 
 
@@ -95,6 +101,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
 
@@ -204,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
         "default to keep web pages from reaching internal services (EXLOOP_FETCH_ALLOW_PRIVATE)",
     )
     serve.add_argument(
+        "--mcp-config",
+        default=_env("MCP_CONFIG"),
+        metavar="FILE",
+        help="MCP servers whose tools every request may use, on both APIs (EXLOOP_MCP_CONFIG): "
+        'JSON {"mcpServers": {name: {"command", "args", "env"} | {"url", "headers"}}}, the '
+        "shape Claude Desktop uses; stdio servers start with exloop and restart if they die",
+    )
+    serve.add_argument(
+        "--mcp-call-timeout",
+        type=_positive_seconds,
+        default=_env("MCP_CALL_TIMEOUT", "60"),
+        metavar="SECONDS",
+        help="longest wait for one MCP tool listing or call (EXLOOP_MCP_CALL_TIMEOUT)",
+    )
+    serve.add_argument(
         "--n-ctx",
         type=_positive,
         default=_env("N_CTX"),
@@ -285,12 +313,17 @@ async def serve(settings: ServeSettings) -> None:
     """Load the model, then serve until interrupted; runs stop when the server does."""
     # Imported here so `exloop --help` and `fetch-model` do not load llama.cpp.
     from exloop.engine.default_model import default_model_path
+    from exloop.orchestrator.mcp import McpSettings
     from exloop.orchestrator.service import Orchestrator
     from exloop.orchestrator.web_search import web_search_builtins
 
     from .app import AppSettings, build_app
 
     research = web_research(settings)
+    limits = McpLimits(call_timeout=settings.mcp_call_timeout)
+    configured = ConfiguredServers(
+        load_config(settings.mcp_config) if settings.mcp_config else {}, limits
+    )
     backend = select_backend(str(settings.model) if settings.model else None, settings.backend)
     path = settings.model
     if path is None:
@@ -311,12 +344,16 @@ async def serve(settings: ServeSettings) -> None:
     )
     try:
         served = settings.served_model_name or engine.info.name
-        async with Orchestrator(
-            engine,
-            model_name=served,
-            max_tool_rounds=settings.max_tool_rounds,
-            builtins=web_search_builtins(research),
-        ) as orchestrator:
+        async with (
+            configured,
+            Orchestrator(
+                engine,
+                model_name=served,
+                max_tool_rounds=settings.max_tool_rounds,
+                builtins=web_search_builtins(research),
+                mcp=McpSettings(limits, settings.fetch_allow_private, configured),
+            ) as orchestrator,
+        ):
             app = build_app(orchestrator, AppSettings(served, settings.api_key))
             server = uvicorn.Server(
                 uvicorn.Config(
@@ -364,13 +401,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.log_level != "debug":
         # httpx logs every page fetch and search request at INFO.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # the MCP SDK's HTTP client
     try:
         anyio.run(serve, settings)
     except EngineError as exc:
         # A missing or unreadable model: say what and how to fix it, without a traceback.
         print(f"exloop: {exc.message}", file=sys.stderr)
         return 1
-    except BackendUnavailable as exc:
+    except (BackendUnavailable, ConfigError) as exc:
         print(f"exloop: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -48,6 +48,10 @@ _ITEM_TYPES = frozenset(
         "function_call_output",
         "reasoning",
         "web_search_call",
+        "mcp_list_tools",
+        "mcp_call",
+        "mcp_approval_request",
+        "mcp_approval_response",
         "item_reference",
     }
 )
@@ -184,6 +188,12 @@ def _item(raw: Any, param: str) -> Item:
         raw = {**raw, "content": _content(raw.get("content"), raw.get("role"), param)}
     elif kind == "function_call_output" and isinstance(raw.get("output"), list):
         raw = {**raw, "output": _joined_text(raw["output"], f"{param}.output")}
+    elif kind == "mcp_call" and isinstance(raw.get("error"), str):
+        # Earlier SDKs typed an MCP call's error as a plain string.
+        raw = {
+            **raw,
+            "error": {"type": "mcp_protocol_error", "code": -32603, "message": raw["error"]},
+        }
     item: Item = convert(raw, Item, param)  # type: ignore[arg-type]
     return item
 

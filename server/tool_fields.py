@@ -4,7 +4,8 @@
 Function tools come in the Responses' flat form and in Chat's (and the seed schema's) nested
 ``function`` form alike; each one's ``parameters`` must be a JSON Schema of an object. Web
 search comes as a ``web_search`` tool (the model decides when to search) or as
-``web_search_options`` (every request searches).
+``web_search_options`` (every request searches). Remote MCP servers come as ``mcp`` tools
+(Responses only), each field bounded.
 """
 
 from __future__ import annotations
@@ -19,15 +20,27 @@ import msgspec
 from exloop.engine.protocol import ToolSpec
 from exloop.orchestrator.resource import (
     FunctionTool,
+    McpApprovalFilterEcho,
+    McpFilterEcho,
+    McpTool,
     Tool,
     ToolChoice,
     ToolChoiceFunction,
+    ToolChoiceMcp,
     ToolChoiceWebSearch,
     UserLocation,
     WebSearchPreviewTool,
     WebSearchTool,
 )
-from exloop.orchestrator.spec import ToolPolicy, WebSearchOptions
+from exloop.orchestrator.spec import (
+    NO_APPROVAL,
+    McpApproval,
+    McpChoice,
+    McpServerSpec,
+    McpToolFilter,
+    ToolPolicy,
+    WebSearchOptions,
+)
 
 from .errors import invalid_request
 from .format_fields import check_json_schema
@@ -35,6 +48,16 @@ from .format_fields import check_json_schema
 ContextSize: TypeAlias = Literal["low", "medium", "high"]
 
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Header names: RFC 9110 tokens.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+#: Bounds on an ``mcp`` tool's fields.
+MAX_MCP_SERVERS = 16
+MAX_URL_CHARS = 2048
+MAX_HEADERS = 64
+MAX_HEADER_CHARS = 8192
+MAX_DESCRIPTION_CHARS = 8192
+MAX_TOOL_NAMES = 256
+MAX_TOOL_NAME_CHARS = 128
 
 
 class FunctionDef(msgspec.Struct, frozen=True):
@@ -93,12 +116,39 @@ class WebSearchPreviewDated(WebSearchToolField, tag="web_search_preview_2025_03_
     pass
 
 
+class McpFilterField(msgspec.Struct, frozen=True):
+    tool_names: list[str] | None = None
+    read_only: bool | None = None
+
+
+class McpApprovalFilterField(msgspec.Struct, frozen=True):
+    always: McpFilterField | None = None
+    never: McpFilterField | None = None
+
+
+class McpToolField(msgspec.Struct, tag="mcp", tag_field="type", frozen=True):
+    """OpenAI's remote MCP tool."""
+
+    server_label: str | None = None
+    server_url: str | None = None
+    connector_id: str | None = None
+    tunnel_id: str | None = None
+    headers: dict[str, str] | None = None
+    authorization: str | None = None
+    server_description: str | None = None
+    allowed_tools: list[str] | McpFilterField | None = None
+    require_approval: Literal["always", "never"] | McpApprovalFilterField | None = None
+    defer_loading: bool | None = None
+    allowed_callers: list[str] | None = None
+
+
 ToolField: TypeAlias = (
     FunctionToolField
     | WebSearchToolField
     | WebSearchToolDated
     | WebSearchPreviewField
     | WebSearchPreviewDated
+    | McpToolField
 )
 
 
@@ -131,8 +181,14 @@ class ToolChoiceWebSearchPreviewDated(
     pass
 
 
+class ToolChoiceMcpField(msgspec.Struct, tag="mcp", tag_field="type", frozen=True):
+    server_label: str | None = None
+    name: str | None = None
+
+
 ToolChoiceField: TypeAlias = (
     Literal["none", "auto", "required"]
+    | ToolChoiceMcpField
     | ToolChoiceFunctionField
     | ToolChoiceWebSearchField
     | ToolChoiceWebSearchDated
@@ -157,14 +213,20 @@ class ToolsField:
     functions: tuple[ToolSpec, ...]
     echo: tuple[Tool, ...]
     web_search: WebSearchOptions | None
+    mcp: tuple[McpServerSpec, ...] = ()
 
 
 def tools_field(tools: Sequence[ToolField] | None) -> ToolsField:
     functions: list[ToolSpec] = []
     echo: list[Tool] = []
     web_search: WebSearchOptions | None = None
+    mcp: list[McpServerSpec] = []
     for i, tool in enumerate(tools or ()):
         match tool:
+            case McpToolField():
+                server, mcp_echo = _mcp_tool(tool, f"tools[{i}]", {s.label for s in mcp})
+                mcp.append(server)
+                echo.append(mcp_echo)
             case FunctionToolField():
                 spec, echoed = _function_tool(tool, i, {f.name for f in functions})
                 functions.append(spec)
@@ -177,7 +239,117 @@ def tools_field(tools: Sequence[ToolField] | None) -> ToolsField:
                 preview = isinstance(tool, (WebSearchPreviewField, WebSearchPreviewDated))
                 kind = WebSearchPreviewTool if preview else WebSearchTool
                 echo.append(kind(tool.search_context_size, location))
-    return ToolsField(tuple(functions), tuple(echo), web_search)
+    if len(mcp) > MAX_MCP_SERVERS:
+        raise invalid_request(f"At most {MAX_MCP_SERVERS} mcp tools may be given.", "tools")
+    return ToolsField(tuple(functions), tuple(echo), web_search, tuple(mcp))
+
+
+def _mcp_tool(tool: McpToolField, prefix: str, taken: set[str]) -> tuple[McpServerSpec, McpTool]:
+    for name in ("connector_id", "tunnel_id"):
+        if getattr(tool, name) is not None:
+            raise invalid_request(
+                f"{name} is not supported: this self-hosted server has no service connectors "
+                "or tunnels. Give the MCP server's server_url instead.",
+                f"{prefix}.{name}",
+                "unsupported_parameter",
+            )
+    if tool.defer_loading:
+        raise invalid_request(
+            "defer_loading is not supported on mcp tools; the server's tools are listed "
+            "when the response starts.",
+            f"{prefix}.defer_loading",
+            "unsupported_value",
+        )
+    if tool.allowed_callers is not None and set(tool.allowed_callers) != {"direct"}:
+        raise invalid_request(
+            "Only allowed_callers ['direct'] is supported.",
+            f"{prefix}.allowed_callers",
+            "unsupported_value",
+        )
+    label = tool.server_label
+    if label is None:
+        raise invalid_request(
+            "An mcp tool needs a server_label.",
+            f"{prefix}.server_label",
+            "missing_required_parameter",
+        )
+    if not _FUNCTION_NAME.match(label):
+        raise invalid_request(
+            f"Invalid server_label {label!r}: use 1 to 64 letters, digits, '_' or '-'.",
+            f"{prefix}.server_label",
+        )
+    if label in taken:
+        raise invalid_request(f"Duplicate server_label {label!r}.", f"{prefix}.server_label")
+    url = tool.server_url
+    if url is None:
+        raise invalid_request(
+            "An mcp tool needs a server_url.", f"{prefix}.server_url", "missing_required_parameter"
+        )
+    if len(url) > MAX_URL_CHARS or not re.match(r"^https?://[^/?#\s]+", url):
+        raise invalid_request(
+            f"server_url must be an absolute http or https URL of at most {MAX_URL_CHARS} "
+            "characters.",
+            f"{prefix}.server_url",
+        )
+    headers = dict(tool.headers or {})
+    if len(headers) > MAX_HEADERS:
+        raise invalid_request(f"At most {MAX_HEADERS} headers may be given.", f"{prefix}.headers")
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name) or len(value) > MAX_HEADER_CHARS or "\n" in value:
+            raise invalid_request(f"Invalid header {name!r}.", f"{prefix}.headers")
+    if tool.authorization is not None:
+        if len(tool.authorization) > MAX_HEADER_CHARS or "\n" in tool.authorization:
+            raise invalid_request("Invalid authorization token.", f"{prefix}.authorization")
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        headers["Authorization"] = f"Bearer {tool.authorization}"
+    description = tool.server_description
+    if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
+        raise invalid_request(
+            f"server_description may hold at most {MAX_DESCRIPTION_CHARS} characters.",
+            f"{prefix}.server_description",
+        )
+    allowed: McpToolFilter | None
+    allowed_echo: list[str] | McpFilterEcho | None
+    if isinstance(tool.allowed_tools, list):
+        allowed = _mcp_filter(McpFilterField(tool.allowed_tools), f"{prefix}.allowed_tools")
+        allowed_echo = list(tool.allowed_tools)
+    elif tool.allowed_tools is not None:
+        allowed = _mcp_filter(tool.allowed_tools, f"{prefix}.allowed_tools")
+        allowed_echo = McpFilterEcho(tool.allowed_tools.tool_names, tool.allowed_tools.read_only)
+    else:
+        allowed, allowed_echo = None, None
+    approval: McpApproval
+    approval_echo: Literal["always", "never"] | McpApprovalFilterEcho
+    match tool.require_approval:
+        case None | "always":
+            approval, approval_echo = McpApproval(), "always"
+        case "never":
+            approval, approval_echo = NO_APPROVAL, "never"
+        case McpApprovalFilterField(always=always, never=never):
+            where = f"{prefix}.require_approval"
+            approval = McpApproval(
+                never=_mcp_filter(never, f"{where}.never") if never else None,
+                always=_mcp_filter(always, f"{where}.always") if always else None,
+            )
+            approval_echo = McpApprovalFilterEcho(
+                McpFilterEcho(always.tool_names, always.read_only) if always else None,
+                McpFilterEcho(never.tool_names, never.read_only) if never else None,
+            )
+    server = McpServerSpec(label, url, headers, description, allowed, approval)
+    echoed = McpTool(label, url, allowed_echo, approval_echo, description)
+    return server, echoed
+
+
+def _mcp_filter(field: McpFilterField, param: str) -> McpToolFilter:
+    names = field.tool_names
+    if names is not None and (
+        len(names) > MAX_TOOL_NAMES or any(len(n) > MAX_TOOL_NAME_CHARS for n in names)
+    ):
+        raise invalid_request(
+            f"At most {MAX_TOOL_NAMES} tool names of at most {MAX_TOOL_NAME_CHARS} characters.",
+            param,
+        )
+    return McpToolFilter(frozenset(names) if names is not None else None, field.read_only)
 
 
 def _function_tool(
@@ -240,16 +412,32 @@ def tool_policy(
             options.extract_description,
         )
     names = {f.name for f in tools.functions}
+    mcp = tools.mcp
     match choice:
         case None | "auto" | "none":
             mode = choice or "auto"
-            return ToolPolicy(tools.functions, mode, None, web_search), mode
+            return ToolPolicy(tools.functions, mode, None, web_search, mcp), mode
         case "required":
-            if not names and web_search is None:
+            # Whether any tool is offered (the server's own MCP tools count) is checked by
+            # the orchestrator, which knows them.
+            return ToolPolicy(tools.functions, "required", None, web_search, mcp), "required"
+        case ToolChoiceMcpField(server_label=label, name=tool_name):
+            if label is None:
                 raise invalid_request(
-                    "tool_choice 'required' needs at least one tool.", "tool_choice"
+                    "tool_choice of type mcp needs a server_label.",
+                    "tool_choice.server_label",
+                    "missing_required_parameter",
                 )
-            return ToolPolicy(tools.functions, "required", None, web_search), "required"
+            if label not in {server.label for server in mcp}:
+                raise invalid_request(
+                    f"tool_choice names the MCP server {label!r}, which is not among the tools.",
+                    "tool_choice.server_label",
+                )
+            mcp_choice = McpChoice(label, tool_name)
+            return (
+                ToolPolicy(tools.functions, "auto", None, web_search, mcp, mcp_choice),
+                ToolChoiceMcp(label, tool_name),
+            )
         case ToolChoiceFunctionField():
             name = choice.function.name if choice.function is not None else choice.name
             if name is None:
@@ -264,7 +452,7 @@ def tool_policy(
                     "tool_choice",
                 )
             return (
-                ToolPolicy(tools.functions, "auto", name, web_search),
+                ToolPolicy(tools.functions, "auto", name, web_search, mcp),
                 ToolChoiceFunction(name),
             )
         case ToolChoiceWebSearchField():
@@ -280,4 +468,4 @@ def tool_policy(
                 web_search.search_description,
                 web_search.extract_description,
             )
-            return ToolPolicy(tools.functions, "auto", None, forced), ToolChoiceWebSearch()
+            return ToolPolicy(tools.functions, "auto", None, forced, mcp), ToolChoiceWebSearch()
