@@ -23,6 +23,7 @@ from typing import Any
 from openai import OpenAI
 from openai.types.responses import Response
 from openai.types.responses.response_output_item import McpApprovalRequest, McpCall, McpListTools
+from openai.types.responses.tool_param import Mcp
 
 MAX_TURNS = 4
 
@@ -50,7 +51,7 @@ def show(response: Response) -> list[McpApprovalRequest]:
 def run(
     client: OpenAI, server_url: str, question: str, *, tool: str | None, approve: bool
 ) -> Response:
-    mcp: dict[str, Any] = {
+    mcp: Mcp = {
         "type": "mcp",
         "server_label": "local",
         "server_url": server_url,

@@ -125,18 +125,18 @@ def mcp_client(mcp_server: ServerProcess) -> Iterator[openai.OpenAI]:
         yield sdk
 
 
-def mcp_tool(url: str, **fields: Any) -> dict[str, Any]:
+def mcp_tool(url: str, **fields: Any) -> Any:
     return {"type": "mcp", "server_label": "fix", "server_url": url, **fields}
 
 
-def force(name: str) -> dict[str, Any]:
+def force(name: str) -> Any:
     return {"type": "mcp", "server_label": "fix", "name": name}
 
 
 def create(client: openai.OpenAI, **fields: Any) -> Response:
     fields.setdefault("input", QUESTION)
     fields.setdefault("max_output_tokens", 120)
-    response = client.responses.create(model="default", extra_body=SHORT, **fields)
+    response: Response = client.responses.create(model="default", extra_body=SHORT, **fields)
     Response.model_validate(response.model_dump())
     return response
 
@@ -176,8 +176,8 @@ def test_stream_events_in_order(mcp_client: openai.OpenAI, mcp_http: McpFixture)
     with mcp_client.responses.stream(
         model="default",
         input=QUESTION,
-        tools=[mcp_tool(mcp_http.url, require_approval="never")],  # type: ignore[list-item]
-        tool_choice=force("add"),  # type: ignore[arg-type]
+        tools=[mcp_tool(mcp_http.url, require_approval="never")],
+        tool_choice=force("add"),
         max_output_tokens=120,
         extra_body=SHORT,
     ) as stream:
