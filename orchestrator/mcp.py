@@ -266,6 +266,8 @@ class McpToolset:
                 for _, info, _, name in named
             ]
 
+        if not named:
+            return []
         # Compiling grammars is CPU work: off the event loop.
         strict = await anyio.to_thread.run_sync(check)
         return [
