@@ -54,7 +54,7 @@ async def engine_round(engine: LlamaCppEngine, request: GenerationRequest) -> Ro
     """One job, timed from submission to its Finish event."""
     start = time.perf_counter()
     tokens = 0
-    async for event in engine.submit(request).events():
+    async for event in (await engine.submit(request)).events():
         if isinstance(event, Finish):
             tokens = event.usage.completion_tokens
     return tokens, time.perf_counter() - start

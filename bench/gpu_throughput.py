@@ -289,7 +289,7 @@ async def engine_run(
         ),
         constraint,
     )
-    async for event in engine.submit(request).events():
+    async for event in (await engine.submit(request)).events():
         if isinstance(event, Finish):
             return event.usage.completion_tokens
     return 0

@@ -92,7 +92,7 @@ async def engine_round(engine: LlamaCppEngine, n: int, tokens: int, eos: int) ->
 
     async def one() -> None:
         nonlocal total
-        async for event in engine.submit(request).events():
+        async for event in (await engine.submit(request)).events():
             if isinstance(event, Finish):
                 total += event.usage.completion_tokens
 

@@ -9,10 +9,11 @@ is chosen, so the CPU path never needs them.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeAlias
 
+from .grammar_sandbox import CompileBudget
 from .protocol import Engine
 
 Backend: TypeAlias = Literal["llama.cpp", "exllamav2"]
@@ -97,6 +98,8 @@ class EngineSettings:
     cache_mode: Literal["fp16", "q8", "q6", "q4"] = "fp16"
     #: ExLlamaV2's concurrent jobs (``--max-batch-size``).
     max_batch_size: int = 8
+    #: What compiling one constraint may cost (``--grammar-timeout``, ``--grammar-memory``...).
+    grammar_budget: CompileBudget = field(default_factory=CompileBudget)
 
 
 def open_engine(settings: EngineSettings) -> Engine:
@@ -111,6 +114,7 @@ def open_engine(settings: EngineSettings) -> Engine:
             max_batch_size=settings.max_batch_size,
             name=settings.name,
             tool_call_format=settings.tool_call_format,
+            grammar_budget=settings.grammar_budget,
         )
     from .llama_cpp import LlamaCppEngine
 
@@ -121,4 +125,5 @@ def open_engine(settings: EngineSettings) -> Engine:
         n_threads_batch=settings.n_threads_batch,
         name=settings.name,
         tool_call_format=settings.tool_call_format,
+        grammar_budget=settings.grammar_budget,
     )

@@ -2,7 +2,8 @@
 
 EngineError
 ├── InvalidParameter      a sampling value out of range (names the field)
-├── InvalidGrammar        a grammar or schema that does not compile
+├── InvalidGrammar        a grammar or schema that does not compile (or is too complex to)
+├── ConstraintFailed      a grammar that gave out while generating (the client's grammar)
 ├── ContextLengthExceeded the prompt does not fit the model's context window
 ├── ModelNotFound         the model file is missing (names the path and the fix)
 ├── UnsupportedBuild      the backend's native library uses instructions this CPU lacks
@@ -28,6 +29,11 @@ class InvalidParameter(EngineError):
 
 class InvalidGrammar(EngineError):
     """A constraint (grammar, regex, JSON schema) failed to compile."""
+
+
+class ConstraintFailed(EngineError):
+    """A compiled constraint failed during generation: llguidance's limits or a grammar with
+    no finite output. The grammar is the client's, so this is the request's fault."""
 
 
 class ContextLengthExceeded(EngineError):

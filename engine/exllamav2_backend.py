@@ -56,11 +56,11 @@ from .exllamav2_sampling import (
     OutputPenalties,
     SamplerPlan,
     cap_new_tokens,
-    check_logit_bias,
     fresh_state,
     plan_sampler,
 )
 from .exllamav2_vocab import ModelVocabulary, read_vocabulary
+from .grammar_sandbox import CompileBudget
 from .handoff import ThreadedJob
 from .protocol import Chat, GenerationRequest, ModelInfo
 from .queued import QueuedEngine
@@ -171,8 +171,9 @@ class ExLlamaV2Engine(QueuedEngine):
     """An :class:`~exloop.engine.protocol.Engine` running one model on CUDA GPUs.
 
     :meth:`load` loads a model directory and blocks: call it from a worker thread in async
-    code. ``tool_call_format`` overrides the format detected from the chat template. The
-    engine owns the model from then on: :meth:`aclose` unloads it.
+    code. ``tool_call_format`` overrides the format detected from the chat template;
+    ``grammar_budget`` bounds what compiling a constraint may cost. The engine owns the model
+    from then on: :meth:`aclose` unloads it.
     """
 
     @classmethod
@@ -186,6 +187,7 @@ class ExLlamaV2Engine(QueuedEngine):
         cache_tokens: int | None = None,
         name: str | None = None,
         tool_call_format: str | None = None,
+        grammar_budget: CompileBudget | None = None,
         progress: bool = True,
     ) -> ExLlamaV2Engine:
         """Load ``model_dir`` (see :func:`load_model`) and start the generator thread."""
@@ -197,10 +199,17 @@ class ExLlamaV2Engine(QueuedEngine):
             cache_tokens=cache_tokens,
             progress=progress,
         )
-        return cls(loaded, name=name, tool_call_format=tool_call_format)
+        return cls(
+            loaded, name=name, tool_call_format=tool_call_format, grammar_budget=grammar_budget
+        )
 
     def __init__(
-        self, loaded: LoadedModel, *, name: str | None = None, tool_call_format: str | None = None
+        self,
+        loaded: LoadedModel,
+        *,
+        name: str | None = None,
+        tool_call_format: str | None = None,
+        grammar_budget: CompileBudget | None = None,
     ) -> None:
         self._loaded = loaded
         self._vocab = vocab = loaded.vocab
@@ -220,7 +229,7 @@ class ExLlamaV2Engine(QueuedEngine):
                 eos_token=vocab.eos_token,
                 tool_format=get_format(format_name),
             )
-            self._grammars = GrammarCompiler(vocab.lltokenizer)
+            self._grammars = GrammarCompiler(vocab.lltokenizer, grammar_budget)
             self._info = ModelInfo(
                 name=name or loaded.path.name,
                 backend="exllamav2",
@@ -251,13 +260,15 @@ class ExLlamaV2Engine(QueuedEngine):
         return self._vocab.vocab_size
 
     def _check_request(self, request: GenerationRequest) -> None:
-        check_logit_bias(request.sampling.logit_bias, self._vocab.vocab_size)
+        # The prompt's length is checked when its job is prepared, against its cache share.
+        return None
 
     async def aclose(self) -> None:
         if self._closing:
             return
         self._closing = True
         await anyio.to_thread.run_sync(self._driver.close)
+        self._grammars.close()
         self._model.unload()  # type: ignore[no-untyped-call]
         torch.cuda.empty_cache()
 

@@ -27,10 +27,9 @@ contains a breaker breaks a sequence (as ExLlamaV2's own default set is derived)
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import ContextLengthExceeded, InvalidParameter
+from .errors import ContextLengthExceeded
 from .sampling import SamplingParams
 
 #: Output tokens a job may reserve when the request sets no ``max_tokens``, whatever its share
@@ -136,7 +135,7 @@ class TokenTexts:
 
 def plan_sampler(params: SamplingParams, tokens: TokenTexts) -> SamplerPlan:
     """The ExLlamaV2 settings for ``params`` (already validated), over ``tokens``' vocabulary."""
-    check_logit_bias(params.logit_bias, len(tokens))
+    params.check_model(len(tokens))
     if params.greedy:
         temperature, top_k, top_p, min_p = 1.0, 1, 0.0, 0.0
     else:
@@ -190,16 +189,6 @@ def plan_sampler(params: SamplingParams, tokens: TokenTexts) -> SamplerPlan:
         xtc_ignore_tokens=None,
         output_penalties=penalties,
     )
-
-
-def check_logit_bias(logit_bias: Mapping[int, float], vocab_size: int) -> None:
-    """Raise :class:`InvalidParameter` for a biased token id outside the vocabulary."""
-    for token_id in logit_bias:
-        if token_id >= vocab_size:
-            raise InvalidParameter(
-                f"logit_bias names token {token_id}; the vocabulary has {vocab_size} tokens.",
-                param="logit_bias",
-            )
 
 
 def cap_new_tokens(

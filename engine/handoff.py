@@ -17,9 +17,13 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import EngineError
 from .protocol import Delta, Finish, GenerationRequest, JobEvent
+
+if TYPE_CHECKING:
+    from .constraints import CompiledGrammar
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +39,9 @@ class ThreadedJob:
     :meth:`cancel`.
     """
 
-    def __init__(self, request: GenerationRequest, compiled_constraint: str | None) -> None:
+    def __init__(
+        self, request: GenerationRequest, compiled_constraint: CompiledGrammar | None
+    ) -> None:
         self.request = request
         #: The constraint as compiled by the engine's grammar compiler, when one is set.
         self.compiled_constraint = compiled_constraint

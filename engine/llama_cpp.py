@@ -35,8 +35,9 @@ from .errors import (
     ModelNotFound,
     UnsupportedBuild,
 )
+from .grammar_sandbox import CompileBudget
 from .handoff import ThreadedJob
-from .llama_sampler import NativeSampler
+from .llama_sampler import DryStages, NativeSampler
 from .protocol import (
     Chat,
     Delta,
@@ -69,7 +70,8 @@ class LlamaCppEngine(QueuedEngine):
     The constructor loads the model and blocks: call it from a worker thread in async code.
     ``tool_call_format`` overrides the format detected from the chat template. Without
     ``n_threads`` it uses the physical cores this process may use (:mod:`.threads`);
-    ``n_threads_batch`` (prompt evaluation) defaults to ``n_threads``.
+    ``n_threads_batch`` (prompt evaluation) defaults to ``n_threads``. ``grammar_budget``
+    bounds what compiling a constraint may cost.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class LlamaCppEngine(QueuedEngine):
         n_threads_batch: int | None = None,
         name: str | None = None,
         tool_call_format: str | None = None,
+        grammar_budget: CompileBudget | None = None,
     ) -> None:
         check_build()
         path = Path(model_path)
@@ -110,7 +113,7 @@ class LlamaCppEngine(QueuedEngine):
             # Without an explicit size, never run past what the model was trained on.
             self._n_ctx = min(self._n_ctx, llama_cpp.llama_model_n_ctx_train(self._llm.model))
         try:
-            self._read_model(path, name, tool_call_format)
+            self._read_model(path, name, tool_call_format, grammar_budget)
         except BaseException:
             self._llm.close()
             raise
@@ -120,7 +123,13 @@ class LlamaCppEngine(QueuedEngine):
         self._worker = threading.Thread(target=self._work, name="exloop-llama.cpp", daemon=True)
         self._worker.start()
 
-    def _read_model(self, path: Path, name: str | None, tool_call_format: str | None) -> None:
+    def _read_model(
+        self,
+        path: Path,
+        name: str | None,
+        tool_call_format: str | None,
+        grammar_budget: CompileBudget | None,
+    ) -> None:
         """Read what the GGUF says about tokens, template and tool calls."""
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         self._n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
@@ -152,7 +161,8 @@ class LlamaCppEngine(QueuedEngine):
             chat_template=template_source,
             tool_call_format=format_name,
         )
-        self._grammars = GrammarCompiler(lltokenizer(self._llm))
+        self._grammars = GrammarCompiler(lltokenizer(self._llm), grammar_budget)
+        self._dry_stages = DryStages(self._vocab, self._n_ctx)
 
     # -- Engine protocol, through QueuedEngine ---------------------------------------------
 
@@ -177,6 +187,8 @@ class LlamaCppEngine(QueuedEngine):
             current.cancel()
         self._jobs.put(None)
         await anyio.to_thread.run_sync(self._worker.join)
+        self._grammars.close()
+        self._dry_stages.close()
         self._llm.close()
 
     # -- helpers shared by the loop and the worker ----------------------------------------
@@ -256,7 +268,11 @@ class LlamaCppEngine(QueuedEngine):
             limit = min(limit, params.max_tokens)
         top_logprobs = params.top_logprobs if params.logprobs else -1
 
-        sampler = NativeSampler(self._vocab, self._n_vocab, self._n_ctx, params, tokens)
+        if job.cancel_requested:
+            # Cancelled while its prompt was evaluated: build no sampler for it.
+            job.finish(Finish(reason="cancelled", usage=Usage(len(tokens), 0, cached)))
+            return
+        sampler = NativeSampler(self._dry_stages, self._n_vocab, self._n_ctx, params, tokens)
         text = TextStream(params.stop)
         produced = 0
         reason: FinishReason = "length"

@@ -21,7 +21,8 @@ Role: TypeAlias = Literal["system", "developer", "user", "assistant", "tool"]
 
 #: Why a job ended. ``stop``: a stop sequence matched (never emitted as text);
 #: ``length``: the token limit was reached; ``eos``: the model ended its turn (or a
-#: constraint was satisfied and can accept nothing more); ``cancelled``: :meth:`GenerationJob.cancel`.
+#: constraint was satisfied and can accept nothing more); ``cancelled``:
+#: :meth:`GenerationJob.cancel`.
 FinishReason: TypeAlias = Literal["stop", "length", "eos", "cancelled"]
 
 
@@ -202,15 +203,17 @@ class Engine(Protocol):
         """How many tokens ``chat`` takes once rendered (for context-window checks)."""
         ...
 
-    def check(self, request: GenerationRequest) -> None:
+    async def check(self, request: GenerationRequest) -> None:
         """Validate sampling settings and compile the constraint, without generating.
 
-        Raises :class:`~exloop.engine.errors.InvalidParameter` or
-        :class:`~exloop.engine.errors.InvalidGrammar`.
+        Compiling runs off the event loop within the engine's budget; cancelling the caller
+        stops it. Raises :class:`~exloop.engine.errors.InvalidParameter` or
+        :class:`~exloop.engine.errors.InvalidGrammar` (also for a grammar too complex to
+        compile within the budget).
         """
         ...
 
-    def submit(self, request: GenerationRequest) -> GenerationJob:
+    async def submit(self, request: GenerationRequest) -> GenerationJob:
         """Validate (as :meth:`check`) and queue a job; generation starts when it is iterated
         or at once, as the backend prefers."""
         ...

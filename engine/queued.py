@@ -1,10 +1,11 @@
 """What every backend that queues jobs for its own worker thread shares.
 
 The Engine protocol's event-loop side is the same for such backends: a request is checked
-(sampling parameters, a token prompt's ids, the constraint compiled once by llguidance) before
-any job exists, so :meth:`~QueuedEngine.check` and :meth:`~QueuedEngine.submit` fail the same
-way; a job is a :class:`~.handoff.ThreadedJob` carrying the compiled constraint; chats are
-tokenized off the event loop. Only how a job reaches the worker, how a chat becomes tokens and
+(sampling parameters against the model's vocabulary and context, a token prompt's ids, the
+constraint compiled by llguidance in a worker process) before any job exists, so
+:meth:`~QueuedEngine.check` and :meth:`~QueuedEngine.submit` fail the same way; a job is a
+:class:`~.handoff.ThreadedJob` carrying the compiled constraint; chats are tokenized off the
+event loop. Only how a job reaches the worker, how a chat becomes tokens and
 what else a backend refuses differ.
 """
 
@@ -15,7 +16,7 @@ from abc import ABC, abstractmethod
 import anyio
 
 from .chat_template import ChatTemplate
-from .constraints import GrammarCompiler
+from .constraints import CompiledGrammar, GrammarCompiler
 from .errors import GenerationFailed, InvalidParameter
 from .handoff import ThreadedJob
 from .protocol import Chat, GenerationRequest, ModelInfo, TokenPrompt
@@ -25,13 +26,14 @@ class QueuedEngine(ABC):
     """The Engine protocol over a worker thread that runs :class:`~.handoff.ThreadedJob`\\ s.
 
     A subclass sets ``_info``, ``_template``, ``_grammars`` and ``_closing = False`` while it
-    loads its model, implements :meth:`aclose` (setting ``_closing``), and provides:
+    loads its model, implements :meth:`aclose` (setting ``_closing`` and closing
+    ``_grammars``), and provides:
 
     * :meth:`_enqueue`: hand a checked job to its worker;
     * :meth:`_chat_tokens`: tokenize a rendered chat (called in a worker thread);
     * :attr:`_vocab_size`: the number of token ids a prompt may use;
     * :meth:`_check_request`: what else it refuses before any job, such as a
-      prompt too long for the context or a logit bias outside the vocabulary.
+      prompt too long for the context.
     """
 
     _info: ModelInfo
@@ -49,13 +51,14 @@ class QueuedEngine(ABC):
     async def count_tokens(self, chat: Chat) -> int:
         return len(await anyio.to_thread.run_sync(self._chat_tokens, chat))
 
-    def check(self, request: GenerationRequest) -> None:
-        self._compile(request)
+    async def check(self, request: GenerationRequest) -> None:
+        await self._compile(request)
 
-    def submit(self, request: GenerationRequest) -> ThreadedJob:
+    async def submit(self, request: GenerationRequest) -> ThreadedJob:
+        compiled = await self._compile(request)
         if self._closing:
             raise GenerationFailed("The engine is shut down.")
-        job = ThreadedJob(request, self._compile(request))
+        job = ThreadedJob(request, compiled)
         self._enqueue(job)
         return job
 
@@ -84,11 +87,12 @@ class QueuedEngine(ABC):
 
     # -- shared checks and tokenizing ---------------------------------------------------
 
-    def _compile(self, request: GenerationRequest) -> str | None:
+    async def _compile(self, request: GenerationRequest) -> CompiledGrammar | None:
         """Check ``request`` and compile its constraint (``None`` without one)."""
-        request.sampling.validate()
-        prompt = request.prompt
         vocab_size = self._vocab_size
+        request.sampling.validate()
+        request.sampling.check_model(vocab_size, self._info.context_length)
+        prompt = request.prompt
         if isinstance(prompt, TokenPrompt) and any(
             not 0 <= t < vocab_size for t in prompt.token_ids
         ):
@@ -98,7 +102,7 @@ class QueuedEngine(ABC):
         self._check_request(request)
         if request.constraint is None:
             return None
-        return self._grammars.compile(request.constraint)
+        return await self._grammars.compile(request.constraint)
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The prompt's token ids, a chat tokenized: for the worker, which may not run an

@@ -1,4 +1,10 @@
-"""Sampling settings with one meaning on every backend, range-checked in one place."""
+"""Sampling settings with one meaning on every backend, range-checked in one place.
+
+:meth:`SamplingParams.validate` checks what holds for any model (ranges, and sizes that fit
+the native samplers' C integers); :meth:`SamplingParams.check_model` what depends on the
+loaded model (token ids in its vocabulary, lengths within its context). How many stop
+sequences, breakers or biases a request may carry is the server's policy (its limits).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,9 @@ from .errors import InvalidParameter
 #: text-generation-webui's (and the DRY paper's) default sequence breakers.
 DEFAULT_DRY_SEQUENCE_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
 
-MAX_STOP_SEQUENCES = 16
 MAX_TOP_LOGPROBS = 20
+#: The largest value a native sampler's ``int32_t`` parameter takes.
+MAX_C_INT = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +75,7 @@ class SamplingParams:
         _check_range("top_p", self.top_p, 0.0, 1.0)
         if self.top_p == 0.0:
             raise InvalidParameter("top_p must be greater than 0.", param="top_p")
-        _check_int("top_k", self.top_k, 0, None)
+        _check_int("top_k", self.top_k, 0, MAX_C_INT)
         _check_range("min_p", self.min_p, 0.0, 1.0)
         _check_range("repetition_penalty", self.repetition_penalty, 0.0, None)
         if self.repetition_penalty == 0.0:
@@ -84,10 +91,6 @@ class SamplingParams:
                     param="logit_bias",
                 )
             _check_range("logit_bias", bias, -100.0, 100.0)
-        if len(self.stop) > MAX_STOP_SEQUENCES:
-            raise InvalidParameter(
-                f"stop may hold at most {MAX_STOP_SEQUENCES} sequences.", param="stop"
-            )
         if any(not s for s in self.stop):
             raise InvalidParameter("stop sequences must not be empty.", param="stop")
         if self.seed is not None:
@@ -96,7 +99,7 @@ class SamplingParams:
         _check_range("dry_base", self.dry.base, 1.0, None)
         if self.dry.base == 1.0 and self.dry.enabled:
             raise InvalidParameter("dry_base must be greater than 1.", param="dry_base")
-        _check_int("dry_allowed_length", self.dry.allowed_length, 1, None)
+        _check_int("dry_allowed_length", self.dry.allowed_length, 1, MAX_C_INT)
         if any(not isinstance(s, str) for s in self.dry.sequence_breakers):
             raise InvalidParameter(
                 "dry_sequence_breakers must be strings.", param="dry_sequence_breakers"
@@ -105,10 +108,27 @@ class SamplingParams:
             _check_int("max_tokens", self.max_tokens, 1, None)
         _check_int("top_logprobs", self.top_logprobs, 0, MAX_TOP_LOGPROBS)
 
+    def check_model(self, vocab_size: int, context_length: int | None = None) -> None:
+        """Raise :class:`InvalidParameter` for a setting the loaded model cannot honour: a
+        biased token outside its vocabulary, a DRY length beyond its context. (A ``top_k``
+        beyond the vocabulary keeps every token, as it says.)"""
+        for token_id in self.logit_bias:
+            if token_id >= vocab_size:
+                raise InvalidParameter(
+                    f"logit_bias names token {token_id}; the vocabulary has {vocab_size} tokens.",
+                    param="logit_bias",
+                )
+        if context_length is not None and self.dry.allowed_length > context_length:
+            raise InvalidParameter(
+                f"dry_allowed_length must be at most the context length ({context_length}), "
+                f"got {self.dry.allowed_length}.",
+                param="dry_allowed_length",
+            )
+
 
 def _check_range(name: str, value: float, low: float | None, high: float | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise InvalidParameter(f"{name} must be a number, got {value!r}.", param=name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidParameter(f"{name} must be a finite number, got {value!r}.", param=name)
     if (low is not None and value < low) or (high is not None and value > high):
         raise InvalidParameter(f"{name} must be {_bounds(low, high)}, got {value}.", param=name)
 

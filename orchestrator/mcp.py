@@ -21,7 +21,7 @@ inside the toolset's task group, so cancelling the response cancels a call in fl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
@@ -175,7 +175,7 @@ class McpToolset:
         self,
         settings: McpSettings | None,
         servers: Sequence[McpServerSpec],
-        enforceable: Callable[[ToolSpec], bool],
+        enforceable: Callable[[ToolSpec], Awaitable[bool]],
     ) -> None:
         self._settings = settings or McpSettings()
         self._specs = tuple(servers)
@@ -260,16 +260,13 @@ class McpToolset:
             taken.add(name)
             named.append((server, info, approval, name))
 
-        def check() -> list[bool]:
-            return [
-                _enforceable_size(info) and self._enforceable(_strict_spec(name, info))
-                for _, info, _, name in named
-            ]
-
         if not named:
             return []
-        # Compiling grammars is CPU work: off the event loop.
-        strict = await anyio.to_thread.run_sync(check)
+        # The engine compiles each grammar off the event loop, within its budget.
+        strict = [
+            _enforceable_size(info) and await self._enforceable(_strict_spec(name, info))
+            for _, info, _, name in named
+        ]
         return [
             McpTool(server, info, name, approval=approval, strict=ok)
             for (server, info, approval, name), ok in zip(named, strict, strict=True)

@@ -15,7 +15,13 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from exloop.engine.errors import ContextLengthExceeded, EngineError, InvalidGrammar
+from exloop.engine.errors import (
+    ConstraintFailed,
+    ContextLengthExceeded,
+    EngineError,
+    InvalidGrammar,
+)
+from exloop.engine.grammar_sandbox import CompileBudget
 from exloop.engine.protocol import Chat, Engine, GenerationRequest, ToolSpec
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
@@ -88,8 +94,12 @@ class Orchestrator:
         builtins: BuiltinFactory | None = None,
         tool_format: ToolCallFormat | None = None,
         mcp: McpSettings | None = None,
+        grammar_timeout: float | None = None,
     ) -> None:
         self._engine = engine
+        #: Seconds all of one request's grammars may take to compile (each one's own budget
+        #: is the engine's).
+        self._grammar_timeout = grammar_timeout or CompileBudget().timeout
         self.model_name = model_name
         self._max_tool_rounds = max_tool_rounds
         self._store: ResponseStore = store if store is not None else MemoryStore()
@@ -150,10 +160,7 @@ class Orchestrator:
                     param="tools",
                 )
         self._check_mcp(spec, builtins, (*context, *inputs))
-        self._engine.check(
-            GenerationRequest(prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint)
-        )
-        self._check_tool_grammars(spec)
+        await self._check_grammars(spec)
         await self._check_context(spec, (*context, *inputs))
 
         record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
@@ -203,25 +210,42 @@ class Orchestrator:
                 "tool_choice 'required' needs at least one tool.", param="tool_choice"
             )
 
-    def _enforceable(self, tool: ToolSpec) -> bool:
+    async def _enforceable(self, tool: ToolSpec) -> bool:
         """Whether the call grammar can enforce ``tool``'s schema (else it is not strict)."""
         grammar = self._format.call_grammar((tool,), include_trigger=True)
         try:
-            self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
+            await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
         except InvalidGrammar:
             return False
         return True
 
-    def _check_tool_grammars(self, spec: RunSpec) -> None:
-        """Compile each function's call grammar now, so a schema llguidance cannot use is a
-        400 naming the tool rather than a failed response later."""
+    async def _check_grammars(self, spec: RunSpec) -> None:
+        """Check the sampling settings and compile the output constraint and each function's
+        call grammar now, so a schema llguidance cannot use is a 400 naming its field rather
+        than a failed response later. All of a request's grammars share one deadline."""
+        try:
+            with anyio.fail_after(self._grammar_timeout):
+                await self._engine.check(
+                    GenerationRequest(
+                        prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint
+                    )
+                )
+                await self._check_tool_grammars(spec)
+        except TimeoutError:
+            raise InvalidGrammar(
+                f"The request's schemas are too complex: compiling them took longer than "
+                f"{self._grammar_timeout:g} s. Simplify them or send fewer tools.",
+                param="tools",
+            ) from None
+
+    async def _check_tool_grammars(self, spec: RunSpec) -> None:
         if spec.tools.mode == "none":
             return
         names = [tool.name for tool in spec.echo.tools if isinstance(tool, FunctionTool)]
         for tool in spec.tools.functions:
             grammar = self._format.call_grammar((tool,), include_trigger=True)
             try:
-                self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
+                await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
             except InvalidGrammar as exc:
                 index = names.index(tool.name) if tool.name in names else 0
                 raise InvalidGrammar(
@@ -254,6 +278,11 @@ class Orchestrator:
                         record.move(Transition.START)
                     record.emit_in_progress()
                     await loop.run(record, writer, [*record.context, *record.input_items])
+                except (ConstraintFailed, InvalidGrammar) as exc:
+                    # The client's grammar gave out while generating: its fault, not ours.
+                    log.info("response %s failed: %s", record.id, exc)
+                    writer.close_all("incomplete")
+                    record.fail("invalid_prompt", exc.message)
                 except EngineError as exc:
                     log.warning("response %s failed: %s", record.id, exc)
                     writer.close_all("incomplete")
@@ -305,7 +334,10 @@ class Orchestrator:
         if record.phase is Phase.CANCELLED:
             return record.snapshot()
         if record.done:
-            raise InvalidState(f"Cannot cancel a {record.status} response.", param="response_id")
+            article = "an" if record.status[0] in "aeiou" else "a"
+            raise InvalidState(
+                f"Cannot cancel {article} {record.status} response.", param="response_id"
+            )
         await self._stop(record)
         return record.snapshot()
 

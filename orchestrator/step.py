@@ -161,7 +161,7 @@ class ModelStep:
         settles the figures of a job that ends.
         """
         usage = self._record.usage
-        job = self._engine.submit(
+        job = await self._engine.submit(
             GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint)
         )
         counted = 0

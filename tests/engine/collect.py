@@ -29,7 +29,7 @@ class Output:
 async def run_job(engine: Engine, request: GenerationRequest) -> tuple[str, Finish, list[Delta]]:
     """Run one job on any backend: its text, its Finish, and the deltas as they came."""
     deltas: list[Delta] = []
-    async for event in engine.submit(request).events():
+    async for event in (await engine.submit(request)).events():
         if isinstance(event, Delta):
             deltas.append(event)
         else:

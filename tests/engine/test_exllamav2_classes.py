@@ -192,17 +192,22 @@ def test_settings_hold_every_planned_value() -> None:
     )
 
 
-def test_grammar_filter_under_the_generators_protocol(vocabulary: ModelVocabulary) -> None:
+@pytest.mark.anyio
+async def test_grammar_filter_under_the_generators_protocol(vocabulary: ModelVocabulary) -> None:
     """Drive the filter as ``ExLlamaV2Sampler.sample`` and ``ExLlamaV2DynamicJob`` do: the
     mask branch (``get_next(mask=True)``, ``mask_logits`` on ``logits[0][0]``), ``feed`` with
     a ``(1, 1)`` tensor, then ``background_prepare_logit_mask`` on the filter pool."""
     compiler = GrammarCompiler(vocabulary.lltokenizer)
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
     width = -(-vocabulary.vocab_size // 32) * 32
+    try:
+        compiled = await compiler.compile(Grammar("json_schema", schema))
+    finally:
+        compiler.close()
     grammar_filter = backend.GrammarFilter(
         None,
         None,
-        compiler.start(compiler.compile(Grammar("json_schema", schema))),
+        compiler.start(compiled),
         width=width,
         stop_token_ids=vocabulary.stop_token_ids,
     )

@@ -301,7 +301,10 @@ async def test_a_failing_prepare_fails_only_that_job(harness: Harness) -> None:
 
 async def test_a_constraint_failure_fails_its_job(lltokenizer: LLTokenizer) -> None:
     compiler = GrammarCompiler(lltokenizer)
-    compiled = compiler.compile(Grammar("regex", "[0-9]+"))
+    try:
+        compiled = await compiler.compile(Grammar("regex", "[0-9]+"))
+    finally:
+        compiler.close()
 
     def broken() -> GrammarFilterCore:
         core = GrammarFilterCore(compiler.start(compiled), width=64, stop_token_ids=(EOS,))

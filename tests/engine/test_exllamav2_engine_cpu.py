@@ -238,7 +238,7 @@ async def test_a_json_schema_constraint_is_followed(engine: Any) -> None:
 
 
 async def test_cancel_ends_the_job_in_the_generator(engine: Any) -> None:
-    job = engine.submit(
+    job = await engine.submit(
         GenerationRequest(chat("Hi!"), SamplingParams(temperature=0.0, max_tokens=32))
     )
     finish: Finish | None = None

@@ -135,7 +135,7 @@ async def test_logprobs_and_logit_bias(engine: ExLlamaV2Engine) -> None:
 
 
 async def test_cancel_frees_the_job(engine: ExLlamaV2Engine) -> None:
-    job = engine.submit(
+    job = await engine.submit(
         GenerationRequest(
             chat("Write a long essay."), SamplingParams(temperature=1.0, seed=1, max_tokens=2000)
         )

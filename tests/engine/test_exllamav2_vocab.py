@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import anyio
 import llama_cpp
 import numpy as np
 import pytest
@@ -226,7 +227,10 @@ def test_chat_template_from_a_named_list(tmp_path: Path, smollm_dir: Path) -> No
 
 def _filter(vocabulary: ModelVocabulary, grammar: Grammar) -> GrammarFilterCore:
     compiler = GrammarCompiler(vocabulary.lltokenizer)
-    state = compiler.start(compiler.compile(grammar))
+    try:
+        state = compiler.start(anyio.run(compiler.compile, grammar))
+    finally:
+        compiler.close()
     width = -(-vocabulary.vocab_size // 32) * 32
     return GrammarFilterCore(state, width=width, stop_token_ids=vocabulary.stop_token_ids)
 

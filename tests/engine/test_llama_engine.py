@@ -122,17 +122,17 @@ async def test_constraint_with_greedy_and_logprobs(engine: LlamaCppEngine) -> No
     assert len(out.logprobs) == len(out.token_ids)
 
 
-def test_invalid_grammar_fails_before_generation(engine: LlamaCppEngine) -> None:
+async def test_invalid_grammar_fails_before_generation(engine: LlamaCppEngine) -> None:
     request = GenerationRequest(user("Hi"), constraint=Grammar("regex", "(unclosed"))
     with pytest.raises(InvalidGrammar) as checked:
-        engine.check(request)
+        await engine.check(request)
     assert checked.value.param == "grammar"
     with pytest.raises(InvalidGrammar):
-        engine.submit(request)
+        await engine.submit(request)
 
 
 async def test_cancel_takes_effect_within_one_token(engine: LlamaCppEngine) -> None:
-    job = engine.submit(
+    job = await engine.submit(
         GenerationRequest(user("Write a long essay about rivers."), SamplingParams(max_tokens=200))
     )
     received = 0
@@ -150,7 +150,7 @@ async def test_cancel_takes_effect_within_one_token(engine: LlamaCppEngine) -> N
 
 
 async def test_cancelling_the_consumer_cancels_the_job(engine: LlamaCppEngine) -> None:
-    job = engine.submit(
+    job = await engine.submit(
         GenerationRequest(user("Write a long essay about rivers."), SamplingParams(max_tokens=200))
     )
     with anyio.move_on_after(0.3) as scope:
@@ -203,15 +203,17 @@ async def test_prefix_reuse_reports_cached_tokens(engine: LlamaCppEngine) -> Non
     assert 0 < other.finish.usage.cached_tokens < first.finish.usage.prompt_tokens - 8
 
 
-def test_token_prompt_longer_than_the_context_fails_at_once(engine: LlamaCppEngine) -> None:
+async def test_token_prompt_longer_than_the_context_fails_at_once(
+    engine: LlamaCppEngine,
+) -> None:
     with pytest.raises(ContextLengthExceeded):
-        engine.check(GenerationRequest(TokenPrompt((100,) * TEST_CONTEXT)))
+        await engine.check(GenerationRequest(TokenPrompt((100,) * TEST_CONTEXT)))
 
 
 async def test_chat_longer_than_the_context_fails_before_any_output(
     engine: LlamaCppEngine,
 ) -> None:
-    job = engine.submit(GenerationRequest(user("word " * TEST_CONTEXT)))
+    job = await engine.submit(GenerationRequest(user("word " * TEST_CONTEXT)))
     events = []
     with pytest.raises(ContextLengthExceeded):
         async for event in job.events():
@@ -223,7 +225,7 @@ async def test_no_max_tokens_runs_to_the_context_end(engine: LlamaCppEngine) -> 
     prompt = TokenPrompt(
         tuple(engine._llm.tokenize(b"one two three " * 200, add_bos=False))[: TEST_CONTEXT - 6]
     )
-    eos_tokens = {token: -100.0 for token in engine._eog}
+    eos_tokens = dict.fromkeys(engine._eog, -100.0)
     out = await collect(
         engine, GenerationRequest(prompt, SamplingParams(temperature=0.0, logit_bias=eos_tokens))
     )
@@ -231,9 +233,9 @@ async def test_no_max_tokens_runs_to_the_context_end(engine: LlamaCppEngine) -> 
     assert out.finish.usage.completion_tokens == 6
 
 
-def test_token_prompt_ids_out_of_range_are_refused(engine: LlamaCppEngine) -> None:
+async def test_token_prompt_ids_out_of_range_are_refused(engine: LlamaCppEngine) -> None:
     with pytest.raises(InvalidParameter) as checked:
-        engine.check(GenerationRequest(TokenPrompt((1, 10**9))))
+        await engine.check(GenerationRequest(TokenPrompt((1, 10**9))))
     assert checked.value.param == "prompt"
 
 
@@ -247,7 +249,7 @@ def test_missing_model_file_names_the_fix(tmp_path: Path) -> None:
 async def test_aclose_cancels_running_work(model_path: Path) -> None:
     engine = await anyio.to_thread.run_sync(lambda: LlamaCppEngine(model_path, n_ctx=256))
     assert engine.info.backend == "llama.cpp" and engine.info.context_length == 256
-    job = engine.submit(
+    job = await engine.submit(
         GenerationRequest(user("Write a long essay."), SamplingParams(max_tokens=200))
     )
     events = job.events()
@@ -258,7 +260,7 @@ async def test_aclose_cancels_running_work(model_path: Path) -> None:
     rest = [event async for event in events]
     assert isinstance(rest[-1], Finish) and rest[-1].reason == "cancelled"
     with pytest.raises(Exception, match="shut down"):
-        engine.submit(GenerationRequest(user("Hi")))
+        await engine.submit(GenerationRequest(user("Hi")))
 
 
 async def test_a_backend_failure_fails_only_its_job(
@@ -268,7 +270,7 @@ async def test_a_backend_failure_fails_only_its_job(
         raise RuntimeError("llama_decode returned -1")
 
     monkeypatch.setattr(engine._llm, "eval", broken_eval)
-    job = engine.submit(GenerationRequest(user("Hi"), SamplingParams(max_tokens=4)))
+    job = await engine.submit(GenerationRequest(user("Hi"), SamplingParams(max_tokens=4)))
     with pytest.raises(GenerationFailed, match="llama_decode returned -1"):
         async for _event in job.events():
             pass

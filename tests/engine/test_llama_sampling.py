@@ -185,19 +185,19 @@ async def test_moderate_top_k_keeps_tokens_within_the_top_k(engine: LlamaCppEngi
         ("top_logprobs", 21),
     ],
 )
-def test_out_of_range_values_name_the_field(
+async def test_out_of_range_values_name_the_field(
     engine: LlamaCppEngine, field: str, value: object
 ) -> None:
     request = GenerationRequest(user(STORY), SamplingParams(**{field: value}))  # type: ignore[arg-type]
     with pytest.raises(InvalidParameter) as checked:
-        engine.check(request)
+        await engine.check(request)
     assert checked.value.param == field
     with pytest.raises(InvalidParameter):
-        engine.submit(request)
+        await engine.submit(request)
 
 
-def test_dry_out_of_range_names_the_field(engine: LlamaCppEngine) -> None:
+async def test_dry_out_of_range_names_the_field(engine: LlamaCppEngine) -> None:
     request = GenerationRequest(user(STORY), SamplingParams(dry=DrySettings(multiplier=-1.0)))
     with pytest.raises(InvalidParameter) as checked:
-        engine.check(request)
+        await engine.check(request)
     assert checked.value.param == "dry_multiplier"

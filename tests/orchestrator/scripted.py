@@ -121,11 +121,11 @@ class ScriptedEngine:
     async def count_tokens(self, chat: Chat) -> int:
         return len(self.render(chat)) // 4 + 1
 
-    def check(self, request: GenerationRequest) -> None:
+    async def check(self, request: GenerationRequest) -> None:
         request.sampling.validate()
 
-    def submit(self, request: GenerationRequest) -> ScriptedJob:
-        self.check(request)
+    async def submit(self, request: GenerationRequest) -> ScriptedJob:
+        await self.check(request)
         script = self.scripts[min(self.submitted, len(self.scripts) - 1)]
         self.submitted += 1
         job = ScriptedJob(request, script(request), self.token_delay)
