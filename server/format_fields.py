@@ -3,13 +3,16 @@ JSON Schema) and the non-OpenAI ``grammar`` (regex, JSON Schema, Lark, llguidanc
 
 At most one may be given. Each becomes an engine :class:`~exloop.engine.protocol.Grammar`
 tagged with the request field it came from, so a grammar that fails to compile names that
-field. JSON Schema documents are checked against their meta-schema here (as tool parameters
-are); whether llguidance can compile them is the engine's check.
+field. JSON Schema documents are checked against the request's schema limits
+(:mod:`.schema_bounds`) and their meta-schema here (as tool parameters are); whether llguidance
+can compile them is the engine's check.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -25,7 +28,11 @@ from exloop.orchestrator.resource import (
     TextFormat,
 )
 
+from .decode import json_depth
 from .errors import invalid_request
+from .schema_bounds import SchemaBudget, check_pattern, check_schema_bounds
+
+log = logging.getLogger(__name__)
 
 
 class GrammarField(msgspec.Struct, frozen=True):
@@ -74,7 +81,7 @@ class Constraint:
     param: str
 
 
-def format_constraint(format: TextFormat, param: str) -> Constraint | None:
+def format_constraint(format: TextFormat, param: str, budget: SchemaBudget) -> Constraint | None:
     """The constraint of a ``text.format``; ``json_object`` means any JSON object."""
     match format:
         case FormatText():
@@ -82,7 +89,7 @@ def format_constraint(format: TextFormat, param: str) -> Constraint | None:
         case FormatJsonObject():
             return Constraint(Grammar("json_schema", {"type": "object"}), param)
         case FormatJsonSchema(schema=schema):
-            check_json_schema(schema, f"{param}.schema", f"the '{format.name}' format")
+            check_json_schema(schema, f"{param}.schema", f"the '{format.name}' format", budget)
             return Constraint(Grammar("json_schema", schema), param)
 
 
@@ -113,8 +120,33 @@ def response_format(field: ResponseFormatField) -> TextFormat:
             )
 
 
-def grammar_constraint(field: GrammarField) -> Constraint:
-    return Constraint(Grammar(field.type, field.value), "grammar")
+def grammar_constraint(field: GrammarField, budget: SchemaBudget) -> Constraint:
+    """The non-OpenAI ``grammar``, within the request's limits (a JSON document given as text
+    is read here, so that its nesting and size are checked like any schema's)."""
+    value = field.value
+    if field.type in ("regex", "lark") and not isinstance(value, str):
+        raise invalid_request(f"A {field.type} grammar must be a string.", "grammar")
+    if field.type == "regex":
+        check_pattern(value, "grammar", budget.limits)
+    if field.type in ("json_schema", "llguidance"):
+        if isinstance(value, str):
+            value = _json_document(value, field.type, budget.limits.max_schema_depth)
+        check_schema_bounds(value, "grammar", budget)
+    return Constraint(Grammar(field.type, value), "grammar")
+
+
+def _json_document(text: str, kind: str, max_depth: int) -> Any:
+    raw = text.encode()
+    if json_depth(raw, stop_above=max_depth) > max_depth:
+        raise invalid_request(
+            f"The {kind} grammar nests arrays and objects more than {max_depth} levels deep.",
+            "grammar",
+            "schema_too_deep",
+        )
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise invalid_request(f"The {kind} grammar is not JSON: {exc}", "grammar") from None
 
 
 def single_constraint(*candidates: Constraint | None) -> Constraint | None:
@@ -128,10 +160,14 @@ def single_constraint(*candidates: Constraint | None) -> Constraint | None:
     return given[0] if given else None
 
 
-def check_json_schema(schema: Any, param: str, what: str, code: str = "invalid_schema") -> None:
-    """Refuse a document that is not a JSON Schema (jsonschema's meta-schema check)."""
+def check_json_schema(
+    schema: Any, param: str, what: str, budget: SchemaBudget, code: str = "invalid_schema"
+) -> None:
+    """Refuse a document past the request's schema limits or that is not a JSON Schema
+    (jsonschema's meta-schema check)."""
     if not isinstance(schema, dict):
         raise invalid_request(f"Invalid schema for {what}: it must be a JSON object.", param)
+    check_schema_bounds(schema, param, budget)
     problem = _schema_problem(_canonical.encode(schema))
     if problem is not None:
         raise invalid_request(f"Invalid schema for {what}{problem}", param, code)
@@ -159,4 +195,9 @@ def _schema_problem(document: bytes) -> str | None:
         location = "/".join(str(p) for p in exc.path)
         where = f" at '{location}'" if location else ""
         return f"{where}: {exc.message}"
+    except (RecursionError, OverflowError, re.error, ValueError) as exc:
+        # A pattern Python's re cannot compile (bounds are checked before, this is the
+        # backstop): the client's document, described without the library's internals.
+        log.debug("schema meta-check failed: %r", exc)
+        return ": it holds a pattern or value this server cannot read."
     return None

@@ -25,6 +25,8 @@ from .format_fields import (
     response_format,
     single_constraint,
 )
+from .limits import Limits
+from .schema_bounds import SchemaBudget
 from .tool_fields import tool_policy, tools_field
 
 #: ``include`` values OpenAI defines; the server produces what applies to a text model.
@@ -84,9 +86,9 @@ class ResponsesCall:
     constraint_param: str | None
 
 
-def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
+def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -> ResponsesCall:
     """Decode and validate a create request; raises :class:`~.errors.ApiError` (400)."""
-    request = decode_json(body, ResponsesRequest)
+    request = decode_json(body, ResponsesRequest, max_depth=limits.max_json_depth)
     check_unsupported(request)
     if request.max_tool_calls is not None:
         raise invalid_request(
@@ -112,16 +114,17 @@ def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
         if value not in INCLUDABLE:
             raise invalid_request(f"Unknown include value {value!r}.", f"include[{i}]")
 
+    budget = SchemaBudget(limits)
     text = request.text or TextConfig()
-    constraints = [format_constraint(text.format, "text.format")]
+    constraints = [format_constraint(text.format, "text.format", budget)]
     if request.response_format is not None:
         text = TextConfig(response_format(request.response_format), text.verbosity)
-        constraints.append(format_constraint(text.format, "response_format"))
+        constraints.append(format_constraint(text.format, "response_format", budget))
     if request.grammar is not None:
-        constraints.append(grammar_constraint(request.grammar))
+        constraints.append(grammar_constraint(request.grammar, budget))
     constraint = single_constraint(*constraints)
 
-    tools = tools_field(request.tools)
+    tools = tools_field(request.tools, budget)
     policy, tool_choice = tool_policy(tools, request.tool_choice, request.web_search_options)
     logprobs = bool(request.logprobs) or "message.output_text.logprobs" in include
     sampling = sampling_params(
@@ -129,6 +132,7 @@ def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
         max_tokens=request.max_output_tokens,
         max_tokens_param="max_output_tokens",
         logprobs=logprobs,
+        limits=limits,
     )
     spec = RunSpec(
         input=items,

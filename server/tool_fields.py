@@ -44,6 +44,7 @@ from exloop.orchestrator.spec import (
 
 from .errors import invalid_request
 from .format_fields import check_json_schema
+from .schema_bounds import SchemaBudget
 
 ContextSize: TypeAlias = Literal["low", "medium", "high"]
 
@@ -216,7 +217,14 @@ class ToolsField:
     mcp: tuple[McpServerSpec, ...] = ()
 
 
-def tools_field(tools: Sequence[ToolField] | None) -> ToolsField:
+def tools_field(tools: Sequence[ToolField] | None, budget: SchemaBudget) -> ToolsField:
+    """The tools, each checked (at most ``max_tools`` of them, their schemas within the
+    request's limits)."""
+    limit = budget.limits.max_tools
+    if tools is not None and len(tools) > limit:
+        raise invalid_request(
+            f"tools may hold at most {limit} tools, got {len(tools)}.", "tools", "too_many_tools"
+        )
     functions: list[ToolSpec] = []
     echo: list[Tool] = []
     web_search: WebSearchOptions | None = None
@@ -228,7 +236,7 @@ def tools_field(tools: Sequence[ToolField] | None) -> ToolsField:
                 mcp.append(server)
                 echo.append(mcp_echo)
             case FunctionToolField():
-                spec, echoed = _function_tool(tool, i, {f.name for f in functions})
+                spec, echoed = _function_tool(tool, i, {f.name for f in functions}, budget)
                 functions.append(spec)
                 echo.append(echoed)
             case WebSearchToolField():
@@ -353,7 +361,7 @@ def _mcp_filter(field: McpFilterField, param: str) -> McpToolFilter:
 
 
 def _function_tool(
-    tool: FunctionToolField, i: int, taken: set[str]
+    tool: FunctionToolField, i: int, taken: set[str], budget: SchemaBudget
 ) -> tuple[ToolSpec, FunctionTool]:
     if tool.function is not None:
         prefix = f"tools[{i}].function"
@@ -380,7 +388,9 @@ def _function_tool(
         raise invalid_request(f"Duplicate function name {name!r}.", f"{prefix}.name")
     if parameters is not None:
         what = f"function '{name}'"
-        check_json_schema(parameters, f"{prefix}.parameters", what, "invalid_function_parameters")
+        check_json_schema(
+            parameters, f"{prefix}.parameters", what, budget, "invalid_function_parameters"
+        )
         if parameters.get("type", "object") != "object":
             raise invalid_request(
                 f"Invalid schema for {what}: the parameters must be a JSON Schema of type "

@@ -14,6 +14,7 @@ from blacksheep import Application
 
 from exloop.orchestrator.service import Orchestrator
 from exloop.server.app import AppSettings, build_app
+from exloop.server.limits import Limits
 from tests.orchestrator.scripted import ScriptedEngine, say
 
 pytestmark = pytest.mark.anyio
@@ -23,10 +24,10 @@ ANSWER = "Hello there, friend."
 
 @asynccontextmanager
 async def running_app(
-    engine: ScriptedEngine, api_key: str | None = None
+    engine: ScriptedEngine, api_key: str | None = None, limits: Limits | None = None
 ) -> AsyncIterator[Application]:
     async with Orchestrator(engine, model_name="served") as orchestrator:
-        app = build_app(orchestrator, AppSettings("served", api_key))
+        app = build_app(orchestrator, AppSettings("served", api_key, limits or Limits()))
         await app.start()
         try:
             yield app
@@ -36,9 +37,14 @@ async def running_app(
 
 @asynccontextmanager
 async def http_client(
-    script: str = ANSWER, *, api_key: str | None = None, delay: float = 0.0
+    script: str = ANSWER,
+    *,
+    api_key: str | None = None,
+    delay: float = 0.0,
+    limits: Limits | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app(ScriptedEngine([say(script)], token_delay=delay), api_key) as app:
+    engine = ScriptedEngine([say(script)], token_delay=delay)
+    async with running_app(engine, api_key, limits) as app:
         transport = httpx.ASGITransport(app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://exloop") as client:
             yield client
@@ -207,3 +213,57 @@ async def test_sdk_reads_chat_completions() -> None:
     assert text == ANSWER
     assert chunks[-2].choices[0].finish_reason == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+async def test_a_body_past_the_limit_is_413_declared_or_streamed() -> None:
+    async with http_client(limits=Limits(max_body_bytes=1000)) as client:
+        body = json.dumps({"input": "x" * 2000}).encode()
+        declared = await client.post(
+            "/v1/responses", content=body, headers={"content-type": "application/json"}
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 100):
+                yield body[start : start + 100]
+
+        streamed = await client.post(
+            "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+        )
+        fits = await client.post("/v1/responses", json={"input": "x" * 500})
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "request_too_large"
+        assert "1000 bytes" in response.json()["error"]["message"]
+    assert fits.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"content-type": "text/plain"}, "unsupported_media_type"),
+        ({"content-type": "application/x-www-form-urlencoded"}, "unsupported_media_type"),
+        (
+            {"content-type": "application/json", "content-encoding": "gzip"},
+            "unsupported_content_encoding",
+        ),
+    ],
+)
+async def test_bodies_that_are_not_plain_json_are_415(headers: dict[str, str], code: str) -> None:
+    async with http_client() as client:
+        for path in ("/v1/responses", "/v1/chat/completions"):
+            response = await client.post(path, content=b'{"input": "hi"}', headers=headers)
+            assert response.status_code == 415, response.text
+            assert response.json()["error"]["code"] == code
+
+
+async def test_json_media_types_and_no_content_type_are_read() -> None:
+    async with http_client() as client:
+        for headers in (
+            {"content-type": "application/json; charset=utf-8"},
+            {"content-type": "application/vnd.api+json"},
+            {},
+        ):
+            response = await client.post(
+                "/v1/responses", content=b'{"input": "hi"}', headers=headers
+            )
+            assert response.status_code == 200, response.text

@@ -18,6 +18,7 @@ from exloop.orchestrator.items import (
 )
 from exloop.server.chat_request import ChatCall, parse_chat_request
 from exloop.server.errors import ApiError
+from exloop.server.limits import Limits
 
 TOOL = {
     "type": "function",
@@ -30,7 +31,7 @@ TOOL = {
 
 
 def parse(body: dict[str, Any]) -> ChatCall:
-    return parse_chat_request(json.dumps(body).encode(), served_model="served")
+    return parse_chat_request(json.dumps(body).encode(), served_model="served", limits=Limits())
 
 
 def refused(body: dict[str, Any]) -> ApiError:

@@ -27,6 +27,7 @@ from exloop.orchestrator.resource import (
     WebSearchTool,
 )
 from exloop.server.errors import ApiError
+from exloop.server.limits import Limits
 from exloop.server.responses_request import ResponsesCall, parse_responses_request
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -34,7 +35,7 @@ SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "require
 
 def parse(body: dict[str, Any] | bytes) -> ResponsesCall:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return parse_responses_request(raw, served_model="served")
+    return parse_responses_request(raw, served_model="served", limits=Limits())
 
 
 def refused(body: dict[str, Any] | bytes) -> ApiError:
