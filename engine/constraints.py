@@ -29,8 +29,8 @@ import numpy.typing as npt
 from llguidance import LLMatcher, LLTokenizer
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
-from .errors import ConstraintFailed, GenerationFailed, InvalidGrammar
-from .grammar_sandbox import CompileBudget, GrammarSandbox, GrammarTooComplex
+from .errors import ConstraintFailed, GenerationFailed, GrammarTooComplex, InvalidGrammar
+from .grammar_sandbox import BudgetExceeded, CompileBudget, GrammarSandbox
 from .grammar_worker import Rejected, parser_limits
 from .protocol import Grammar
 
@@ -91,15 +91,15 @@ class GrammarCompiler:
             raise InvalidGrammar(f"Unknown grammar kind {grammar.kind!r}.", param=param)
         try:
             reply = await self._sandbox.compile(*key)
-        except GrammarTooComplex as exc:
-            raise InvalidGrammar(self._too_complex(what, str(exc)), param=param) from None
+        except BudgetExceeded as exc:
+            raise GrammarTooComplex(self._too_complex(what, str(exc)), param=param) from None
         except RuntimeError as exc:
             log.error("grammar compile worker failed: %s", exc)
             raise GenerationFailed("The grammar compiler failed.") from exc
         if isinstance(reply, Rejected):
             log.debug("%s refused by llguidance: %s", what, reply.message)
             if reply.too_complex:
-                raise InvalidGrammar(self._too_complex(what, "memory"), param=param)
+                raise GrammarTooComplex(self._too_complex(what, "memory"), param=param)
             raise InvalidGrammar(f"Invalid {what}: {client_message(reply.message)}", param=param)
         # The worker built this matcher within the budget; building it here costs as much,
         # in a thread (llguidance releases the GIL while it builds).

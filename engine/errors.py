@@ -2,7 +2,8 @@
 
 EngineError
 ├── InvalidParameter      a sampling value out of range (names the field)
-├── InvalidGrammar        a grammar or schema that does not compile (or is too complex to)
+├── InvalidGrammar        a grammar or schema that does not compile
+│   └── GrammarTooComplex one that passed the compile budget (time or memory)
 ├── ConstraintFailed      a grammar that gave out while generating (the client's grammar)
 ├── ContextLengthExceeded the prompt does not fit the model's context window
 ├── ModelNotFound         the model file is missing (names the path and the fix)
@@ -29,6 +30,10 @@ class InvalidParameter(EngineError):
 
 class InvalidGrammar(EngineError):
     """A constraint (grammar, regex, JSON schema) failed to compile."""
+
+
+class GrammarTooComplex(InvalidGrammar):
+    """A constraint passed the compile budget: its deadline or its memory cap."""
 
 
 class ConstraintFailed(EngineError):

@@ -64,6 +64,7 @@ from .grammar_sandbox import CompileBudget
 from .handoff import ThreadedJob
 from .protocol import Chat, GenerationRequest, ModelInfo
 from .queued import QueuedEngine
+from .sampling import DrySettings
 from .tool_calls import detect_format, get_format
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,9 @@ class ExLlamaV2Engine(QueuedEngine):
 
     def _enqueue(self, job: ThreadedJob) -> None:
         self._driver.submit(job)
+
+    def _prepare_dry(self, dry: DrySettings) -> None:
+        self._vocab.texts.containing(tuple(dry.sequence_breakers))
 
     @property
     def _vocab_size(self) -> int:

@@ -26,7 +26,8 @@ contains a breaker breaks a sequence (as ExLlamaV2's own default set is derived)
 
 from __future__ import annotations
 
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from .errors import ContextLengthExceeded
@@ -110,26 +111,38 @@ def fresh_state() -> dict[str, object]:
 _NOT_SETTINGS = frozenset({"output_penalties"})
 
 
+#: Breaker tuples whose token ids are kept (a set can hold most of the vocabulary).
+_BREAKER_SETS = 16
+
+
 class TokenTexts:
     """The decoded text of every token, for mapping DRY breaker strings to token ids."""
 
     def __init__(self, texts: list[str]) -> None:
         self._texts = texts
-        self._breakers: dict[tuple[str, ...], frozenset[int]] = {}
+        self._breakers: OrderedDict[tuple[str, ...], frozenset[int]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._texts)
 
     def containing(self, needles: tuple[str, ...]) -> frozenset[int]:
-        """Ids of the tokens whose text contains any of ``needles`` (cached per tuple)."""
-        found = self._breakers.get(needles)
-        if found is None:
-            found = frozenset(
-                token_id
-                for token_id, text in enumerate(self._texts)
-                if any(needle in text for needle in needles)
-            )
+        """Ids of the tokens whose text contains any of ``needles`` (the last few tuples
+        cached; thread-safe)."""
+        with self._lock:
+            found = self._breakers.get(needles)
+            if found is not None:
+                self._breakers.move_to_end(needles)
+                return found
+        found = frozenset(
+            token_id
+            for token_id, text in enumerate(self._texts)
+            if any(needle in text for needle in needles)
+        )
+        with self._lock:
             self._breakers[needles] = found
+            if len(self._breakers) > _BREAKER_SETS:
+                self._breakers.popitem(last=False)
         return found
 
 

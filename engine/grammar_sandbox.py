@@ -55,8 +55,8 @@ class CompileBudget:
     workers: int = 2
 
 
-class GrammarTooComplex(Exception):
-    """The grammar passed the deadline or the memory cap."""
+class BudgetExceeded(Exception):
+    """The grammar passed the deadline (``"time"``) or the memory cap (``"memory"``)."""
 
 
 def vocabulary_setup(tokenizer: LLTokenizer, memory_limit: int) -> Setup:
@@ -85,12 +85,12 @@ class _Worker:
         try:
             reply = self._ask(setup)
         except BaseException:
-            self.kill()
+            self.reap()
             raise
         finally:
             watchdog.cancel()
         if not isinstance(reply, Ready):
-            self.kill()
+            self.reap()
             raise RuntimeError(f"grammar worker failed to start (exit {self._process.poll()})")
 
     def _ask(self, message: Message) -> Message | None:
@@ -113,12 +113,17 @@ class _Worker:
         status = self._process.wait()
         log.debug("grammar worker exited with %s while compiling", status)
         if status in (-signal.SIGABRT, -signal.SIGKILL, -signal.SIGSEGV):
-            raise GrammarTooComplex("memory")
+            raise BudgetExceeded("memory")
         raise RuntimeError(f"grammar worker exited with {status}")
 
     def kill(self) -> None:
-        if self._process.poll() is None:
+        """Send the kill signal (returns at once; :meth:`reap` waits for the end)."""
+        if self._process.returncode is None:
             self._process.kill()
+
+    def reap(self) -> None:
+        """Kill the worker if it still runs and wait until it is gone."""
+        self.kill()
         self._process.wait()
         for pipe in (self._process.stdin, self._process.stdout):
             if pipe is not None:
@@ -140,7 +145,7 @@ class GrammarSandbox:
         self._slots: anyio.Semaphore | None = None
 
     async def compile(self, kind: str, value: str) -> Compiled | Rejected:
-        """Compile in a worker; raises :class:`GrammarTooComplex` past the budget. A caller
+        """Compile in a worker; raises :class:`BudgetExceeded` past the budget. A caller
         cancelled while its grammar compiles kills that worker."""
         async with self._slot():
             # Not abandoned on cancel: a worker being started would be left behind.
@@ -150,12 +155,14 @@ class GrammarSandbox:
                     reply = await anyio.to_thread.run_sync(
                         worker.compile, CompileRequest(kind, value), abandon_on_cancel=True
                     )
-            except TimeoutError:
+            except BaseException as exc:
+                # Past the deadline, cancelled, the memory cap or a crash: the worker goes.
+                # Reaping a process that held gigabytes takes a while: not on the loop.
                 worker.kill()
-                raise GrammarTooComplex("time") from None
-            except BaseException:
-                # Cancelled, the memory cap, or a crash: this worker's state is unknown.
-                worker.kill()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(worker.reap)
+                if isinstance(exc, TimeoutError):
+                    raise BudgetExceeded("time") from None
                 raise
             self._give_back(worker)
             return reply
@@ -166,7 +173,7 @@ class GrammarSandbox:
             self._closed = True
             idle, self._idle = self._idle, []
         for worker in idle:
-            worker.kill()
+            worker.reap()
 
     def _slot(self) -> anyio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -190,4 +197,4 @@ class GrammarSandbox:
             if not self._closed and len(self._idle) < self.budget.workers:
                 self._idle.append(worker)
                 return
-        worker.kill()
+        worker.reap()

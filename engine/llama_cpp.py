@@ -51,6 +51,7 @@ from .protocol import (
     Usage,
 )
 from .queued import QueuedEngine
+from .sampling import DrySettings
 from .stop import TextStream
 from .threads import default_threads
 from .tool_calls import detect_format, get_format
@@ -168,6 +169,9 @@ class LlamaCppEngine(QueuedEngine):
 
     def _enqueue(self, job: ThreadedJob) -> None:
         self._jobs.put(job)
+
+    def _prepare_dry(self, dry: DrySettings) -> None:
+        self._dry_stages.prepare(dry)
 
     @property
     def _vocab_size(self) -> int:

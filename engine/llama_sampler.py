@@ -45,21 +45,35 @@ class DryStages:
         self._prepared: OrderedDict[DrySettings, llama_cpp.llama_sampler_p] = OrderedDict()
         self._lock = threading.Lock()
 
-    def clone(self, dry: DrySettings) -> llama_cpp.llama_sampler_p:
-        """A new stage for ``dry``, owned by the caller (or a null pointer on failure)."""
+    def prepare(self, dry: DrySettings) -> None:
+        """Prepare the stage for ``dry`` unless it is kept already (the slow part; the lock
+        is not held meanwhile, so other settings' clones go on)."""
         with self._lock:
-            prepared = self._prepared.get(dry)
-            if prepared is None:
-                prepared = self._prepare(dry)
-                if not prepared:
-                    return prepared
-                self._prepared[dry] = prepared
-                if len(self._prepared) > _DRY_STAGES:
-                    llama_cpp.llama_sampler_free(self._prepared.popitem(last=False)[1])
-            else:
+            if dry in self._prepared:
                 self._prepared.move_to_end(dry)
-            clone: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_clone(prepared)
-            return clone
+                return
+        stage = self._prepare(dry)
+        if not stage:
+            raise MemoryError("llama.cpp could not create a DRY stage")
+        with self._lock:
+            if dry in self._prepared:
+                llama_cpp.llama_sampler_free(stage)  # prepared meanwhile by another thread
+                return
+            self._prepared[dry] = stage
+            while len(self._prepared) > _DRY_STAGES:
+                llama_cpp.llama_sampler_free(self._prepared.popitem(last=False)[1])
+
+    def clone(self, dry: DrySettings) -> llama_cpp.llama_sampler_p:
+        """A new stage for ``dry``, owned by the caller (or a null pointer on failure);
+        prepared here if :meth:`prepare` was not called for it."""
+        while True:
+            with self._lock:
+                prepared = self._prepared.get(dry)
+                if prepared is not None:
+                    self._prepared.move_to_end(dry)
+                    clone: llama_cpp.llama_sampler_p = llama_cpp.llama_sampler_clone(prepared)
+                    return clone
+            self.prepare(dry)
 
     def close(self) -> None:
         with self._lock:

@@ -20,6 +20,7 @@ from .constraints import CompiledGrammar, GrammarCompiler
 from .errors import GenerationFailed, InvalidParameter
 from .handoff import ThreadedJob
 from .protocol import Chat, GenerationRequest, ModelInfo, TokenPrompt
+from .sampling import DrySettings
 
 
 class QueuedEngine(ABC):
@@ -30,6 +31,7 @@ class QueuedEngine(ABC):
     ``_grammars``), and provides:
 
     * :meth:`_enqueue`: hand a checked job to its worker;
+    * :meth:`_prepare_dry`: the vocabulary scan of a DRY setting, done before queueing;
     * :meth:`_chat_tokens`: tokenize a rendered chat (called in a worker thread);
     * :attr:`_vocab_size`: the number of token ids a prompt may use;
     * :meth:`_check_request`: what else it refuses before any job, such as a
@@ -56,6 +58,11 @@ class QueuedEngine(ABC):
 
     async def submit(self, request: GenerationRequest) -> ThreadedJob:
         compiled = await self._compile(request)
+        dry = request.sampling.dry
+        if dry.enabled:
+            # Preparing DRY scans the vocabulary for each breaker (up to a second): never on
+            # the worker thread, where it would hold up every other job.
+            await anyio.to_thread.run_sync(self._prepare_dry, dry)
         if self._closing:
             raise GenerationFailed("The engine is shut down.")
         job = ThreadedJob(request, compiled)
@@ -70,6 +77,11 @@ class QueuedEngine(ABC):
     @abstractmethod
     def _enqueue(self, job: ThreadedJob) -> None:
         """Hand ``job`` to the worker, which runs it and reports through it."""
+
+    @abstractmethod
+    def _prepare_dry(self, dry: DrySettings) -> None:
+        """Cache what the backend's DRY stage needs for ``dry``, so that the worker only
+        copies it (called in a thread before the job is queued)."""
 
     @abstractmethod
     def _chat_tokens(self, chat: Chat) -> list[int]:

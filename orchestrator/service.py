@@ -19,6 +19,7 @@ from exloop.engine.errors import (
     ConstraintFailed,
     ContextLengthExceeded,
     EngineError,
+    GrammarTooComplex,
     InvalidGrammar,
 )
 from exloop.engine.grammar_sandbox import CompileBudget
@@ -212,46 +213,63 @@ class Orchestrator:
 
     async def _enforceable(self, tool: ToolSpec) -> bool:
         """Whether the call grammar can enforce ``tool``'s schema (else it is not strict)."""
-        grammar = self._format.call_grammar((tool,), include_trigger=True)
         try:
-            await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
+            await self._check_call_grammar((tool,))
         except InvalidGrammar:
             return False
         return True
 
     async def _check_grammars(self, spec: RunSpec) -> None:
-        """Check the sampling settings and compile the output constraint and each function's
+        """Check the sampling settings and compile the output constraint and the functions'
         call grammar now, so a schema llguidance cannot use is a 400 naming its field rather
         than a failed response later. All of a request's grammars share one deadline."""
-        try:
-            with anyio.fail_after(self._grammar_timeout):
-                await self._engine.check(
-                    GenerationRequest(
-                        prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint
-                    )
+        stage = "grammar"  # the engine's name for the output constraint
+        with anyio.move_on_after(self._grammar_timeout) as deadline:
+            await self._engine.check(
+                GenerationRequest(
+                    prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint
                 )
-                await self._check_tool_grammars(spec)
-        except TimeoutError:
-            raise InvalidGrammar(
+            )
+            stage = "tools"
+            await self._check_tool_grammars(spec)
+        if deadline.cancelled_caught:
+            raise GrammarTooComplex(
                 f"The request's schemas are too complex: compiling them took longer than "
                 f"{self._grammar_timeout:g} s. Simplify them or send fewer tools.",
-                param="tools",
-            ) from None
+                param=stage,
+            )
 
     async def _check_tool_grammars(self, spec: RunSpec) -> None:
-        if spec.tools.mode == "none":
+        """All functions' call grammar, compiled once; when it fails, each function's own
+        names the one at fault."""
+        functions = spec.tools.functions
+        if spec.tools.mode == "none" or not functions:
             return
-        names = [tool.name for tool in spec.echo.tools if isinstance(tool, FunctionTool)]
-        for tool in spec.tools.functions:
-            grammar = self._format.call_grammar((tool,), include_trigger=True)
-            try:
-                await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
-            except InvalidGrammar as exc:
-                index = names.index(tool.name) if tool.name in names else 0
-                raise InvalidGrammar(
-                    f"The parameters of tool '{tool.name}' cannot be enforced: {exc.message}",
-                    param=f"tools[{index}].parameters",
-                ) from exc
+        try:
+            await self._check_call_grammar(functions)
+        except GrammarTooComplex as exc:
+            raise GrammarTooComplex(
+                f"The tools' parameters are too complex to enforce: {exc.message}", param="tools"
+            ) from exc
+        except InvalidGrammar as exc:
+            names = [tool.name for tool in spec.echo.tools if isinstance(tool, FunctionTool)]
+            for tool in functions:
+                try:
+                    await self._check_call_grammar((tool,))
+                except InvalidGrammar as culprit:
+                    index = names.index(tool.name) if tool.name in names else 0
+                    raise InvalidGrammar(
+                        f"The parameters of tool '{tool.name}' cannot be enforced: "
+                        f"{culprit.message}",
+                        param=f"tools[{index}].parameters",
+                    ) from culprit
+            raise InvalidGrammar(
+                f"The tools' parameters cannot be enforced together: {exc.message}", param="tools"
+            ) from exc
+
+    async def _check_call_grammar(self, tools: tuple[ToolSpec, ...]) -> None:
+        grammar = self._format.call_grammar(tools, include_trigger=True)
+        await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
 
     async def _check_context(self, spec: RunSpec, items: tuple[Item, ...]) -> None:
         if spec.truncation == "auto":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 
+import llama_cpp
 import pytest
 
 from exloop.engine.errors import InvalidParameter
 from exloop.engine.llama_cpp import LlamaCppEngine
+from exloop.engine.llama_sampler import DryStages
 from exloop.engine.protocol import GenerationRequest
 from exloop.engine.sampling import DrySettings, SamplingParams
 
@@ -201,3 +204,20 @@ async def test_dry_out_of_range_names_the_field(engine: LlamaCppEngine) -> None:
     with pytest.raises(InvalidParameter) as checked:
         await engine.check(request)
     assert checked.value.param == "dry_multiplier"
+
+
+def test_dry_stages_are_prepared_once_and_cloned_per_job(vocab_model: llama_cpp.Llama) -> None:
+    stages = DryStages(llama_cpp.llama_model_get_vocab(vocab_model.model), 512)
+    try:
+        dry = DrySettings(multiplier=0.8, sequence_breakers=("\n", "word"))
+        stages.prepare(dry)
+        first, second = stages.clone(dry), stages.clone(dry)
+        addresses = {ctypes.cast(stage, ctypes.c_void_p).value for stage in (first, second)}
+        assert len(addresses) == 2 and None not in addresses  # each job owns its own
+        for stage in (first, second):
+            llama_cpp.llama_sampler_free(stage)
+        for n in range(20):
+            stages.prepare(DrySettings(multiplier=0.8, sequence_breakers=(f"x{n}",)))
+        assert len(stages._prepared) == 16  # the oldest settings were freed
+    finally:
+        stages.close()
