@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -34,9 +36,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``exloop serve`` on a free loopback port, with its log in a temporary file."""
+    """``exloop serve`` on a free loopback port, with its log in a temporary file; with
+    ``memory_limit``, its address space is capped at that many bytes (``RLIMIT_AS``)."""
 
-    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *flags: str, env: dict[str, str] | None = None, memory_limit: int | None = None
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
@@ -62,6 +67,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            preexec_fn=None if memory_limit is None else partial(_limit_memory, memory_limit),
         )
         self._wait_ready()
 
@@ -79,6 +85,10 @@ class ServerProcess:
             time.sleep(0.2)
         self.stop()
         pytest.fail(f"exloop serve did not answer /health in {STARTUP_TIMEOUT}s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -100,6 +110,10 @@ class ServerProcess:
         """Stop the server and delete its log."""
         self.stop()
         self.log_path.unlink(missing_ok=True)
+
+
+def _limit_memory(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 @pytest.fixture(scope="session")
