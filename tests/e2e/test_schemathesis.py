@@ -152,7 +152,7 @@ def test_no_request_gets_a_server_error(
         suppress_health_check=list(hypothesis.HealthCheck),
     )
     @hypothesis.given(case=api_schema.as_strategy(generation_mode=mode))
-    def run(case: schemathesis.Case) -> None:
+    def run(case: schemathesis.Case[Any]) -> None:
         case.call_and_validate(checks=[not_a_server_error])
 
     run()
