@@ -4,8 +4,9 @@ Every error the server answers with is ``{"error": {"message", "type", "param", 
 with a fitting status; nothing leaks a traceback or answers in text/plain.
 
     ApiError                     raised by the server itself (request validation, auth, routes)
-    exloop.engine.errors.*       InvalidParameter / InvalidGrammar → 400, ContextLengthExceeded
-                                 → 400 context_length_exceeded, anything else → 500
+    exloop.engine.errors.*       InvalidParameter / InvalidGrammar (too complex too) /
+                                 ConstraintFailed → 400, ContextLengthExceeded → 400
+                                 context_length_exceeded, anything else → 500
     exloop.orchestrator.errors.* ResponseNotFound → 404, InvalidRequest → 400,
                                  InvalidState → 400 (as OpenAI answers a finished cancel)
     anything else                → 500 server_error, logged, message kept generic
@@ -19,6 +20,7 @@ from typing import Literal, TypeAlias
 import msgspec
 
 from exloop.engine.errors import (
+    ConstraintFailed,
     ContextLengthExceeded,
     EngineError,
     InvalidGrammar,
@@ -81,7 +83,7 @@ def to_api_error(exc: BaseException) -> ApiError:
     match exc:
         case ApiError():
             return exc
-        case InvalidParameter() | InvalidGrammar():
+        case InvalidParameter() | InvalidGrammar() | ConstraintFailed():
             return invalid_request(exc.message, exc.param, "invalid_value")
         case ContextLengthExceeded():
             return invalid_request(exc.message, exc.param, "context_length_exceeded")

@@ -6,8 +6,10 @@ import msgspec
 import pytest
 
 from exloop.engine.errors import (
+    ConstraintFailed,
     ContextLengthExceeded,
     GenerationFailed,
+    GrammarTooComplex,
     InvalidGrammar,
     InvalidParameter,
     ModelNotFound,
@@ -21,6 +23,8 @@ from exloop.server.errors import ApiError, to_api_error
     [
         (InvalidParameter("bad", param="top_p"), 400, "top_p", "invalid_value"),
         (InvalidGrammar("bad", param="grammar"), 400, "grammar", "invalid_value"),
+        (GrammarTooComplex("slow", param="tools"), 400, "tools", "invalid_value"),
+        (ConstraintFailed("gave out", param="grammar"), 400, "grammar", "invalid_value"),
         (ContextLengthExceeded("long", param="input"), 400, "input", "context_length_exceeded"),
         (ResponseNotFound("gone", param="response_id"), 404, "response_id", "not_found"),
         (InvalidState("done", param="response_id"), 400, "response_id", None),
