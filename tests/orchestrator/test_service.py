@@ -7,8 +7,8 @@ import json
 import anyio
 import pytest
 
-from exloop.engine.errors import GenerationFailed
-from exloop.engine.protocol import GenerationRequest, ToolSpec
+from exloop.engine.errors import ConstraintFailed, GenerationFailed, GrammarTooComplex
+from exloop.engine.protocol import GenerationRequest, Grammar, ToolSpec
 from exloop.engine.sampling import SamplingParams
 from exloop.orchestrator import events as ev
 from exloop.orchestrator.builtin import BuiltinCall, BuiltinTool
@@ -292,3 +292,40 @@ async def test_a_function_named_like_a_builtin_is_refused() -> None:
             await orch.create(spec(tools=policy))
     assert info.value.param == "tools"
     assert engine.jobs == []
+
+
+class SlowCompiles(ScriptedEngine):
+    """An engine on which regexes compile at once and other grammars (the tools' call
+    grammar) take long."""
+
+    async def check(self, request: GenerationRequest) -> None:
+        await super().check(request)
+        if request.constraint is not None and request.constraint.kind != "regex":
+            await anyio.sleep(30)
+
+
+async def test_a_requests_grammars_share_one_deadline() -> None:
+    tools = tuple(ToolSpec(f"tool_{i}", None, {"type": "object"}, True) for i in range(3))
+    engine = SlowCompiles([say("hi")])
+    async with Orchestrator(engine, model_name="m", grammar_timeout=0.5) as orch:
+        with pytest.raises(GrammarTooComplex) as caught:
+            # The output constraint compiles; the tools pass the deadline.
+            await orch.create(
+                spec(
+                    constraint=Grammar("regex", "[a-z]+"),
+                    tools=ToolPolicy(tools, "auto", None, None),
+                )
+            )
+        assert caught.value.param == "tools"
+        fits = await orch.create(spec(constraint=Grammar("regex", "[a-z]+")))
+        assert (await fits.wait()).status == "completed"
+
+
+async def test_a_grammar_that_gives_out_while_generating_is_the_clients_fault() -> None:
+    def gives_out(request: GenerationRequest) -> str:
+        raise ConstraintFailed("The output constraint could not be followed.", param="grammar")
+
+    async with Orchestrator(ScriptedEngine([gives_out]), model_name="m") as orch:
+        response = await (await orch.create(spec())).wait()
+    assert response.status == "failed"
+    assert response.error is not None and response.error.code == "invalid_prompt"
