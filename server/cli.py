@@ -34,7 +34,7 @@ from exloop.tools.mcp_servers import ConfigError, ConfiguredServers, load_config
 from exloop.tools.research import WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchProvider, SearxngProvider
 
-from .limits import Limits, add_limit_flags, limits_from_args
+from .limits import Limits, add_limit_flags, limits_from_args, positive_float, positive_int
 
 log = logging.getLogger("exloop")
 
@@ -101,20 +101,6 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"EXLOOP_{name}", default)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -171,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-tool-rounds",
-        type=_positive,
+        type=positive_int,
         default=_env("MAX_TOOL_ROUNDS", "8"),
         metavar="N",
         help="rounds of built-in tool calls (web search) per response before the model must "
@@ -230,14 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--mcp-call-timeout",
-        type=_positive_seconds,
+        type=positive_float,
         default=_env("MCP_CALL_TIMEOUT", "60"),
         metavar="SECONDS",
         help="longest wait for one MCP tool listing or call (EXLOOP_MCP_CALL_TIMEOUT)",
     )
     serve.add_argument(
         "--n-ctx",
-        type=_positive,
+        type=positive_int,
         default=_env("N_CTX"),
         metavar="N",
         help="context window in tokens (EXLOOP_N_CTX); default: the model's training context, "
@@ -245,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--threads",
-        type=_positive,
+        type=positive_int,
         default=_env("THREADS"),
         metavar="N",
         help="llama.cpp: CPU threads for generation (EXLOOP_THREADS); default: the physical "
@@ -254,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--threads-batch",
-        type=_positive,
+        type=positive_int,
         default=_env("THREADS_BATCH"),
         metavar="N",
         help="llama.cpp: CPU threads for prompt evaluation (EXLOOP_THREADS_BATCH); default: "
@@ -262,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-seq-len",
-        type=_positive,
+        type=positive_int,
         default=_env("MAX_SEQ_LEN"),
         metavar="N",
         help="ExLlamaV2: context length per job (EXLOOP_MAX_SEQ_LEN); default: the model's "
@@ -277,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-batch-size",
-        type=_positive,
+        type=positive_int,
         default=_env("MAX_BATCH_SIZE", "8"),
         metavar="N",
         help="ExLlamaV2: jobs generated together (EXLOOP_MAX_BATCH_SIZE)",

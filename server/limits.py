@@ -88,7 +88,7 @@ def add_limit_flags(parser: argparse.ArgumentParser) -> None:
     )
     for limit in fields(Limits):
         kind, help = limit_help()[limit.name]
-        convert = _positive_float if kind is float else _positive_int
+        convert = positive_float if kind is float else positive_int
         env = f"EXLOOP_{limit.name.upper()}"
         group.add_argument(
             flag_name(limit.name),
@@ -104,14 +104,16 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(**{limit.name: getattr(args, limit.name) for limit in fields(Limits)})
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """An argparse type: a number greater than 0."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
