@@ -24,14 +24,17 @@ import os
 import resource
 import struct
 import sys
-from typing import IO, TypeAlias
+from typing import IO, TYPE_CHECKING, TypeAlias
 
 import msgspec
 from llguidance import LLMatcher, LLParserLimits, LLTokenizer
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 #: JSON output without free whitespace: a small model given ``[ \t\n]*`` between tokens can
 #: spin on whitespace until it runs out of tokens.
-JSON_COMPILE_DEFAULTS = {"whitespace_flexible": False}
+JSON_COMPILE_DEFAULTS: JsonCompileOptions = {"whitespace_flexible": False}
 
 _LENGTH = struct.Struct(">I")
 _MESSAGE_LIMIT = 1 << 30
@@ -110,7 +113,7 @@ def grammar_text(kind: str, value: str) -> str:
     if kind == "lark":
         return LLMatcher.grammar_from_lark(value)
     if kind == "json_schema":
-        return LLMatcher.grammar_from_json_schema(value, defaults=JSON_COMPILE_DEFAULTS)  # type: ignore[arg-type]
+        return LLMatcher.grammar_from_json_schema(value, defaults=JSON_COMPILE_DEFAULTS)
     if kind == "llguidance":
         return value
     raise ValueError(f"unknown grammar kind {kind!r}")
