@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from exloop.engine.protocol import ChatMessage, ToolCall
 
@@ -24,15 +24,16 @@ from .items import (
     Reasoning,
     WebSearchCall,
 )
-from .store import ResponseStore
 
 
-def resolve_references(items: Iterable[Item], store: ResponseStore) -> list[Item]:
-    """Replace each ``item_reference`` with the stored item it names."""
+async def resolve_references(
+    items: Iterable[Item], find: Callable[[str], Awaitable[Item | None]]
+) -> list[Item]:
+    """Replace each ``item_reference`` with the stored item it names (``find`` looks it up)."""
     resolved: list[Item] = []
     for i, item in enumerate(items):
         if isinstance(item, ItemReference):
-            found = store.find_item(item.id)
+            found = await find(item.id)
             if found is None:
                 raise InvalidRequest(f"Item with id '{item.id}' not found.", param=f"input[{i}].id")
             resolved.append(found)

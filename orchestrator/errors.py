@@ -4,7 +4,8 @@ engine's) to OpenAI's error object in one place.
     OrchestratorError
     ├── ResponseNotFound   an unknown or deleted response id (404)
     ├── InvalidRequest     a request that cannot run as asked (400)
-    └── InvalidState       a state change the response's state forbids (400)
+    ├── InvalidState       a state change the response's state forbids (400)
+    └── StoreError         the response store failed, or holds what this exloop cannot read
 """
 
 from __future__ import annotations
@@ -31,3 +32,7 @@ class InvalidRequest(OrchestratorError):
 class InvalidState(OrchestratorError):
     """The response is in a state that forbids the requested change (e.g. cancelling a
     finished response); OpenAI answers these with 400."""
+
+
+class StoreError(OrchestratorError):
+    """The response store cannot be reached or read (the server's fault, not the request's)."""

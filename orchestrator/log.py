@@ -15,27 +15,33 @@ class EventLog:
     Followers replay what is there and then wait for more, until a terminal event. Sequence
     numbers are the positions in the log, starting at 0, so ``starting_after=N`` resumes
     exactly after event N.
+
+    A log taken up again from the store (a response another process left running) starts at
+    ``start``: it holds only the events appended since, and numbers them from there on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
+        self._start = start
         self._events: list[StreamEvent] = []
         self._grew = anyio.Event()
 
-    def __len__(self) -> int:
-        return len(self._events)
-
     @property
     def next_sequence_number(self) -> int:
-        return len(self._events)
+        """How many events the response has, counting those before ``start``."""
+        return self._start + len(self._events)
 
     @property
     def closed(self) -> bool:
         return bool(self._events) and isinstance(self._events[-1], TERMINAL_EVENTS)
 
+    def since(self, sequence_number: int) -> list[StreamEvent]:
+        """The events from ``sequence_number`` on (those held here)."""
+        return self._events[max(0, sequence_number - self._start) :]
+
     def append(self, event: StreamEvent) -> None:
-        if event.sequence_number != len(self._events):
+        if event.sequence_number != self.next_sequence_number:
             raise ValueError(
-                f"event {event.sequence_number} appended at position {len(self._events)}"
+                f"event {event.sequence_number} appended at position {self.next_sequence_number}"
             )
         if self.closed:
             raise ValueError("the event log is closed")
@@ -47,7 +53,7 @@ class EventLog:
     async def follow(self, starting_after: int | None = None) -> AsyncIterator[StreamEvent]:
         """Every event after ``starting_after`` (all of them when None), live, up to and
         including the terminal event."""
-        position = 0 if starting_after is None else starting_after + 1
+        position = max(0, (-1 if starting_after is None else starting_after) + 1 - self._start)
         while True:
             while position < len(self._events):
                 event = self._events[position]

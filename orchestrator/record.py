@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
+import msgspec
 
 from exloop.engine.protocol import Usage
 
@@ -30,6 +32,14 @@ from .state import STATUS, TERMINAL, Phase, Transition, advance
 
 #: Version of the stored record layout; bump it when the shape changes.
 SCHEMA_VERSION = 1
+
+#: Error code of a response whose server stopped (or died) while it ran.
+SERVER_RESTARTED = "server_restarted"
+
+
+def live(factory: Callable[[], Any]) -> Any:
+    """A field that exists only while the record is in this process (never stored)."""
+    return field(default_factory=factory, repr=False, compare=False, metadata={"live": True})
 
 
 @dataclass
@@ -57,7 +67,12 @@ class UsageTotals:
 
 @dataclass
 class ResponseRecord:
-    """A response, live while it runs and stored afterwards."""
+    """A response, live while it runs and stored afterwards.
+
+    Every field not marked :func:`live` is stored (see :mod:`.codec`), so a field added here
+    is kept across restarts and replicas without further work; the event log is stored beside
+    the record, event by event.
+    """
 
     id: str
     spec: RunSpec
@@ -72,12 +87,15 @@ class ResponseRecord:
     completed_at: int | None = None
     incomplete: IncompleteDetails | None = None
     error: ResponseError | None = None
-    log: EventLog = field(default_factory=EventLog)
-    cancel_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    finished: anyio.Event = field(default_factory=anyio.Event)
     #: Set when the run stopped because --max-tool-rounds was reached.
     tool_rounds_capped: bool = False
     schema_version: int = SCHEMA_VERSION
+    log: EventLog = live(EventLog)
+    cancel_scope: anyio.CancelScope = live(anyio.CancelScope)
+    finished: anyio.Event = live(anyio.Event)
+    #: Set once the final state is in the store (at once for unstored responses), so that a
+    #: client who saw the end can chain or fetch it from any replica.
+    persisted: anyio.Event = live(anyio.Event)
 
     @property
     def status(self) -> str:
@@ -163,6 +181,21 @@ class ResponseRecord:
     def cancel(self) -> None:
         self.move(Transition.CANCEL)
         self.emit(lambda n: ev.ResponseCancelled(sequence_number=n, response=self.snapshot()))
+
+    def close_items(self) -> None:
+        """Mark output items still in progress ``incomplete``: their run can no longer add to
+        them (it was stopped by another process, or that process died)."""
+        for index, item in enumerate(self.output):
+            if getattr(item, "status", None) in ("in_progress", "searching"):
+                closed = msgspec.structs.replace(item, status="incomplete")
+                self.output[index] = closed
+                self.emit(
+                    lambda n: ev.OutputItemDone(
+                        sequence_number=n,
+                        output_index=index,  # noqa: B023 (emit calls it at once)
+                        item=closed,  # noqa: B023
+                    )
+                )
 
     def fail(self, code: str, message: str) -> None:
         """End failed: the stream gets OpenAI's flat ``error`` event, then ``response.failed``."""

@@ -3,12 +3,20 @@
 Every run executes in the orchestrator's task group inside its own cancel scope. ``/cancel``,
 ``DELETE`` and a disconnecting streaming client all reach that one scope; the engine job
 inside it is cancelled before its next token and the response ends ``cancelled``.
+
+Responses this process runs are read from memory; all others from the store, which a
+:class:`~.persist.RecordWriter` keeps up to date in batches. With a store shared by several
+replicas (Redis), a response another replica runs is followed live through the store, and a
+cancel or delete reaches it as a signal to that replica. Responses left running by a process
+that is gone are claimed at start and on every upkeep, and end ``failed`` with the code
+``server_restarted``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from types import TracebackType
 
 import anyio
@@ -28,9 +36,10 @@ from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
 from .builtin import BuiltinFactory, BuiltinRegistry
+from .codec import RecordCodec
 from .conversation import resolve_references, to_messages
-from .errors import InvalidRequest, InvalidState, ResponseNotFound
-from .events import StreamEvent
+from .errors import InvalidRequest, InvalidState, ResponseNotFound, StoreError
+from .events import TERMINAL_EVENTS, StreamEvent
 from .items import (
     FunctionCall,
     FunctionCallOutput,
@@ -42,12 +51,14 @@ from .items import (
 )
 from .loop import ToolLoop
 from .mcp import McpSettings, McpToolset, approval_requests
+from .memory_store import MemoryStore
 from .output import OutputWriter
-from .record import ResponseRecord
+from .persist import RecordWriter
+from .record import SERVER_RESTARTED, ResponseRecord
 from .resource import FunctionTool, Response
 from .spec import RunSpec
 from .state import Phase, Transition
-from .store import MemoryStore, ResponseStore
+from .store import ResponseStore, Stored
 
 log = logging.getLogger("exloop.orchestrator")
 
@@ -76,14 +87,26 @@ class RunHandle:
 
     async def wait(self) -> Response:
         await self._record.finished.wait()
+        await self._record.persisted.wait()
         return self._record.snapshot()
 
     def events(self, *, starting_after: int | None = None) -> AsyncIterator[StreamEvent]:
-        return self._record.log.follow(starting_after)
+        return _live_events(self._record, starting_after)
+
+
+async def _live_events(
+    record: ResponseRecord, starting_after: int | None
+) -> AsyncIterator[StreamEvent]:
+    """The record's events as they come; the end only once it is stored."""
+    async for event in record.log.follow(starting_after):
+        if isinstance(event, TERMINAL_EVENTS):
+            await record.persisted.wait()
+        yield event
 
 
 class Orchestrator:
-    """Runs responses on one engine. Use as an async context manager."""
+    """Runs responses on one engine. Use as an async context manager, inside the store's
+    (the caller opens and closes the store)."""
 
     def __init__(
         self,
@@ -96,6 +119,7 @@ class Orchestrator:
         tool_format: ToolCallFormat | None = None,
         mcp: McpSettings | None = None,
         grammar_timeout: float | None = None,
+        flush_interval: float = 0.05,
     ) -> None:
         self._engine = engine
         #: Seconds all of one request's grammars may take to compile (each one's own budget
@@ -107,13 +131,28 @@ class Orchestrator:
         self._builtins = builtins
         self._format = tool_format or get_format(engine.info.tool_call_format)
         self._mcp = mcp
-        #: Runs in flight, stored or not (so a disconnect can abort an unstored run).
-        self._live: dict[str, ResponseRecord] = {}
+        self._codec = RecordCodec()
+        #: Records of this process: runs in flight (stored or not, so a disconnect can abort
+        #: an unstored run), and finished ones until the store has them.
+        self._local: dict[str, ResponseRecord] = {}
+        self._writer = RecordWriter(
+            self._store,
+            self._codec,
+            interval=flush_interval,
+            on_released=self._released,
+        )
         self._tg: TaskGroup | None = None
+        self._exit = AsyncExitStack()
 
     async def __aenter__(self) -> Orchestrator:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        async with AsyncExitStack() as stack:
+            await self._end_orphans()
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._stop_all)
+            self._tg.start_soon(self._writer.run)
+            self._tg.start_soon(self._upkeep)
+            self._tg.start_soon(self._listen)
+            self._exit = stack.pop_all()
         return self
 
     async def __aexit__(
@@ -122,9 +161,79 @@ class Orchestrator:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        return await self._exit.__aexit__(exc_type, exc, tb)
+
+    def _released(self, record: ResponseRecord) -> None:
+        self._local.pop(record.id, None)
+
+    async def drain(self, grace: float) -> None:
+        """Let running responses finish for up to ``grace`` seconds (a graceful shutdown);
+        leaving the context then cancels the rest."""
+        running = [record for record in self._local.values() if not record.done]
+        if running:
+            log.info("waiting up to %gs for %d running responses", grace, len(running))
+        with anyio.move_on_after(grace):
+            for record in running:
+                await record.finished.wait()
+
+    async def _stop_all(self) -> None:
+        """Cancel what still runs, store the outcome, stop the background tasks."""
         assert self._tg is not None
+        with anyio.CancelScope(shield=True):
+            for record in list(self._local.values()):
+                if not record.done:
+                    await self._stop(record)
+            await self._writer.close()
         self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    # -- upkeep ---------------------------------------------------------------------------
+
+    async def _upkeep(self) -> None:
+        """Heartbeat and retention, and ending responses of replicas that are gone."""
+        while True:
+            await anyio.sleep(self._store.upkeep_interval)
+            try:
+                await self._store.upkeep()
+                await self._end_orphans()
+            except StoreError as exc:
+                log.warning("store upkeep failed: %s", exc.message)
+
+    async def _end_orphans(self) -> None:
+        for stored in await self._store.claim_orphans():
+            record = self._codec.decode(stored.record, events=stored.events)
+            log.warning(
+                "response %s was left %s by %s, which stopped: it ends failed",
+                record.id,
+                record.status,
+                stored.replica,
+            )
+            record.close_items()
+            record.fail(
+                SERVER_RESTARTED,
+                "The server running this response stopped before it finished. Create it again.",
+            )
+            await self._adopt(record, stored)
+
+    async def _adopt(self, record: ResponseRecord, stored: Stored) -> None:
+        """Write a record taken over from the store, ended here."""
+        self._local[record.id] = record
+        try:
+            await self._writer.add(record, stored_events=stored.events)
+        except BaseException:
+            self._local.pop(record.id, None)
+            raise
+
+    async def _listen(self) -> None:
+        """Stop runs that other replicas were asked to cancel or delete."""
+        while True:
+            try:
+                async for response_id in self._store.signals():
+                    record = self._local.get(response_id)
+                    if record is not None:
+                        record.cancel_scope.cancel()
+            except StoreError as exc:
+                log.warning("listening for cancels failed (retrying): %s", exc.message)
+                await anyio.sleep(1)
 
     # -- create ---------------------------------------------------------------------------
 
@@ -137,7 +246,8 @@ class Orchestrator:
             raise RuntimeError("the orchestrator is not running (use `async with`)")
         context: tuple[Item, ...] = ()
         if spec.previous_response_id is not None:
-            previous = self._store.get(spec.previous_response_id)
+            found = await self._find(spec.previous_response_id)
+            previous = found[0] if found else None
             if previous is None:
                 raise ResponseNotFound(
                     f"Previous response with id '{spec.previous_response_id}' not found.",
@@ -149,7 +259,9 @@ class Orchestrator:
                     param="previous_response_id",
                 )
             context = previous.conversation()
-        inputs = tuple(_as_stored(item) for item in resolve_references(spec.input, self._store))
+        inputs = tuple(
+            _as_stored(item) for item in await resolve_references(spec.input, self._find_item)
+        )
         builtins = BuiltinRegistry(self._builtins(spec) if self._builtins else [])
         if spec.tools.web_search is not None and not builtins:
             raise InvalidRequest("Web search is not enabled on this server.", param="tools")
@@ -168,9 +280,15 @@ class Orchestrator:
         if not spec.background:
             record.move(Transition.START)
         record.announce()
+        self._local[record.id] = record
         if spec.store:
-            self._store.put(record)
-        self._live[record.id] = record
+            try:
+                await self._writer.add(record)
+            except BaseException:
+                self._local.pop(record.id, None)
+                raise
+        else:
+            record.persisted.set()
         mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
         loop = ToolLoop(
             self._engine, self._format, builtins, mcp, max_tool_rounds=self._max_tool_rounds
@@ -310,41 +428,83 @@ class Orchestrator:
                     writer.close_all("incomplete")
                     record.fail("server_error", "The model failed while generating the response.")
         finally:
-            self._live.pop(record.id, None)
             if not record.done:
-                # Cancelled by /cancel, DELETE, a disconnect or the server shutting down.
+                # Cancelled by /cancel, DELETE, a disconnect, another replica or the server
+                # shutting down.
                 writer.close_all("incomplete")
                 record.cancel()
+            if record.spec.store:
+                self._writer.finished()  # the writer releases it once stored
+            else:
+                self._local.pop(record.id, None)
 
     # -- the stored responses -------------------------------------------------------------
 
-    def _stored(self, response_id: str) -> ResponseRecord:
-        record = self._store.get(response_id)
-        if record is None:
+    async def _find(self, response_id: str) -> tuple[ResponseRecord, Stored | None] | None:
+        """The response and, unless it is this process's own, how the store holds it."""
+        record = self._local.get(response_id)
+        if record is not None:
+            return (record, None) if record.spec.store else None
+        stored = await self._store.load(response_id)
+        if stored is None:
+            return None
+        return self._codec.decode(stored.record, events=stored.events), stored
+
+    async def _stored(self, response_id: str) -> tuple[ResponseRecord, Stored | None]:
+        found = await self._find(response_id)
+        if found is None:
             raise ResponseNotFound(
                 f"Response with id '{response_id}' not found.", param="response_id"
             )
-        return record
+        return found
+
+    async def _find_item(self, item_id: str) -> Item | None:
+        for record in self._local.values():
+            if record.spec.store and (item := _item(record, item_id)) is not None:
+                return item
+        response_id = await self._store.response_of_item(item_id)
+        found = await self._find(response_id) if response_id else None
+        return _item(found[0], item_id) if found else None
 
     async def retrieve(self, response_id: str) -> Response:
-        return self._stored(response_id).snapshot()
+        record, _ = await self._stored(response_id)
+        return record.snapshot()
 
     async def subscribe(
         self, response_id: str, *, starting_after: int | None = None
     ) -> AsyncIterator[StreamEvent]:
-        record = self._stored(response_id)
-        if starting_after is not None and not 0 <= starting_after < len(record.log) + 1:
-            raise InvalidRequest(
-                f"starting_after must be between 0 and {len(record.log)}.", param="starting_after"
-            )
-        return record.log.follow(starting_after)
+        record, stored = await self._stored(response_id)
+        if stored is None or stored.replica is None:
+            # Here, or finished: the events there are all there will be.
+            count = record.log.next_sequence_number
+            if starting_after is not None and not 0 <= starting_after <= count:
+                raise InvalidRequest(
+                    f"starting_after must be between 0 and {count}.", param="starting_after"
+                )
+        elif starting_after is not None and starting_after < 0:
+            raise InvalidRequest("starting_after must be at least 0.", param="starting_after")
+        if stored is None:
+            return _live_events(record, starting_after)
+        return self._stored_events(response_id, starting_after)
+
+    async def _stored_events(
+        self, response_id: str, starting_after: int | None
+    ) -> AsyncIterator[StreamEvent]:
+        """Events from the store, live while another replica runs the response."""
+        after = -1 if starting_after is None else starting_after
+        async for data in self._store.events(response_id, after):
+            event = self._codec.decode_event(data)
+            yield event
+            if isinstance(event, TERMINAL_EVENTS):
+                return
 
     async def input_items(self, response_id: str) -> list[Item]:
-        return list(self._stored(response_id).input_items)
+        record, _ = await self._stored(response_id)
+        return list(record.input_items)
 
     async def cancel(self, response_id: str) -> Response:
         """Cancel a background response; a cancelled one is returned as it is."""
-        record = self._stored(response_id)
+        record, stored = await self._stored(response_id)
         if not record.spec.background:
             raise InvalidState(
                 "Only responses created with background=true can be cancelled.", param="response_id"
@@ -356,26 +516,59 @@ class Orchestrator:
             raise InvalidState(
                 f"Cannot cancel {article} {record.status} response.", param="response_id"
             )
-        await self._stop(record)
+        if stored is None:
+            await self._stop(record)
+            return record.snapshot()
+        return await self._cancel_elsewhere(response_id, stored)
+
+    async def _cancel_elsewhere(self, response_id: str, stored: Stored) -> Response:
+        """Cancel a response another replica runs: signal it and follow the response to its
+        end; when that replica is gone, end the response here."""
+        replica = stored.replica or ""
+        claimed = await self._store.claim(response_id, replica)
+        if claimed is not None:
+            record = self._codec.decode(claimed.record, events=claimed.events)
+            record.close_items()
+            record.cancel()
+            await self._adopt(record, claimed)
+            return record.snapshot()
+        await self._store.signal(replica, response_id)
+        async for _ in self._stored_events(response_id, stored.events - 1):
+            pass
+        record, _ = await self._stored(response_id)
         return record.snapshot()
 
     async def abort(self, response_id: str) -> None:
         """A streaming client went away: stop its run, whatever its mode."""
-        record = self._live.get(response_id)
-        if record is not None:
+        record = self._local.get(response_id)
+        if record is not None and not record.done:
             await self._stop(record)
 
     async def delete(self, response_id: str) -> None:
-        """Delete a stored response, cancelling it first if it still runs."""
-        record = self._stored(response_id)
-        self._store.delete(response_id)
-        if not record.done:
-            await self._stop(record)
+        """Delete a stored response, cancelling it first if it still runs (here or on
+        another replica)."""
+        record, stored = await self._stored(response_id)
+        if stored is None:
+            await self._writer.forget(response_id)
+            await self._store.delete(response_id)
+            if not record.done:
+                await self._stop(record)
+            return
+        removed = await self._store.delete(response_id)
+        if removed is not None and removed.replica not in (None, self._store.replica):
+            await self._store.signal(removed.replica, response_id)
 
     @staticmethod
     async def _stop(record: ResponseRecord) -> None:
         record.cancel_scope.cancel()
         await record.finished.wait()
+
+
+def _item(record: ResponseRecord, item_id: str) -> Item | None:
+    for item in (*record.input_items, *record.output):
+        if getattr(item, "id", None) == item_id:
+            return item
+    return None
 
 
 def _as_stored(item: Item) -> Item:

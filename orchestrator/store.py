@@ -1,77 +1,232 @@
-"""Where responses live between requests: an interface and a bounded in-memory store.
+"""Where responses live between requests: the store interface, its retention, and the choice
+of store by URL.
 
-Records are live objects while their run goes on, so ``GET`` mid-flight sees the partial
-output. The store bounds itself by age (TTL) and count; it never evicts a response that is
-still running.
+A store keeps, per response, the encoded record (:mod:`.codec`) and its event log, indexed by
+response id and by the ids of its items. Records arrive in batches from the
+:class:`~.persist.RecordWriter`; the store bounds itself by age, count and bytes and never
+evicts a response that is still running.
+
+Each process is a *replica* with its own id. A running response belongs to the replica that
+runs it; when that replica is gone (a restart on the same SQLite file, a dead process in a
+Redis deployment) another claims its responses and ends them ``failed``. Stores shared by
+several replicas (Redis) also carry events live between them and deliver cancel signals to the
+owning replica.
+
+    store           shared   durable   live events and signals across processes
+    memory          no       no        not needed
+    sqlite:PATH     no       yes       not needed (one process holds the file)
+    redis://...     yes      yes       Redis Streams and pub/sub
 """
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
 from typing import Protocol
 
-from .items import Item
-from .record import ResponseRecord
+import anyio
+
+#: A clock in seconds since the epoch (shared by replicas, unlike a monotonic one).
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long and how much the store keeps. Running responses are never evicted."""
+
+    #: Seconds a finished response is kept after it finished.
+    ttl: float = 30 * 24 * 3600
+    #: Stored responses at most; beyond it the oldest finished ones go.
+    max_responses: int = 100_000
+    #: Bytes of stored records and events at most; beyond it the oldest finished ones go.
+    max_bytes: int = 1 << 30
+
+
+def evictions(
+    oldest_first: Iterable[tuple[str, float, int]],
+    *,
+    count: int,
+    size: int,
+    retention: Retention,
+    now: float,
+) -> list[str]:
+    """Which finished responses go: those past the TTL, then the oldest while the store holds
+    more than ``max_responses`` or ``max_bytes``.
+
+    ``oldest_first`` yields finished responses as (id, finished at, bytes), oldest first;
+    ``count`` and ``size`` are the store's totals, running responses included (so they count
+    against the bounds but are never chosen).
+    """
+    chosen: list[str] = []
+    cutoff = now - retention.ttl
+    for response_id, finished_at, nbytes in oldest_first:
+        over = count > retention.max_responses or size > retention.max_bytes
+        if finished_at >= cutoff and not over:
+            break
+        chosen.append(response_id)
+        count -= 1
+        size -= nbytes
+    return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A response as the store holds it."""
+
+    record: bytes
+    #: Events stored (the next sequence number).
+    events: int
+    #: The replica running it; None once it finished.
+    replica: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """One response's changes since its last write: its whole record, its new events."""
+
+    id: str
+    record: bytes
+    #: Encoded events, numbered from ``first_event``.
+    events: tuple[bytes, ...]
+    first_event: int
+    #: The response reached a terminal state; ``events`` end with its terminal event.
+    done: bool
+    #: Ids of the response's items that ``item_reference`` inputs may name.
+    item_ids: tuple[str, ...] = ()
+
+
+def new_replica_id() -> str:
+    return f"replica_{secrets.token_hex(8)}"
 
 
 class ResponseStore(Protocol):
-    """Storage of response records by id."""
+    """Storage of response records and their event logs, for one replica."""
 
-    def put(self, record: ResponseRecord) -> None: ...
+    #: This process's replica id.
+    replica: str
+    #: Seconds between calls of :meth:`upkeep` (and claims of orphans).
+    upkeep_interval: float
 
-    def get(self, response_id: str) -> ResponseRecord | None: ...
-
-    def delete(self, response_id: str) -> ResponseRecord | None:
-        """Remove and return the record (None when unknown)."""
+    async def __aenter__(self) -> ResponseStore:
+        """Open (and migrate) the store; refuse one written by a newer exloop."""
         ...
 
-    def find_item(self, item_id: str) -> Item | None:
-        """An input or output item of any stored response, by its id."""
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def save(self, writes: Sequence[RecordWrite]) -> set[str]:
+        """Store a batch; returns the ids refused because the response was deleted, or
+        finished or claimed by another replica (their run should stop)."""
+        ...
+
+    async def load(self, response_id: str) -> Stored | None:
+        """The response, or None when unknown, deleted or expired."""
+        ...
+
+    def events(self, response_id: str, after: int) -> AsyncIterator[bytes]:
+        """Events after sequence number ``after``; where another replica still runs the
+        response, new ones follow live (the caller stops at the terminal event)."""
+        ...
+
+    async def delete(self, response_id: str) -> Stored | None:
+        """Remove the response, its events and item index; returns what it was."""
+        ...
+
+    async def response_of_item(self, item_id: str) -> str | None:
+        """The id of the stored response holding an item."""
+        ...
+
+    async def upkeep(self) -> None:
+        """Periodic work: announce this replica alive, evict what retention says."""
+        ...
+
+    async def claim_orphans(self) -> list[Stored]:
+        """Running responses of replicas that are gone, now claimed by this one (to end)."""
+        ...
+
+    async def claim(self, response_id: str, replica: str) -> Stored | None:
+        """Take over one response of a gone ``replica``; None if it is not orphaned."""
+        ...
+
+    async def alive(self, replica: str) -> bool:
+        """Whether ``replica`` still runs (its heartbeat is fresh)."""
+        ...
+
+    async def signal(self, replica: str, response_id: str) -> None:
+        """Ask ``replica`` to stop running a response (a cancel or delete elsewhere)."""
+        ...
+
+    def signals(self) -> AsyncIterator[str]:
+        """Ids of responses other replicas asked this one to stop."""
         ...
 
 
-class MemoryStore:
-    """Records in process memory, oldest first, under a TTL and a count cap."""
+class SingleProcess:
+    """What a store that one process holds answers about replicas: every running response is
+    this process's own, so nothing is signalled and no other replica is alive."""
 
-    def __init__(self, *, ttl_seconds: float = 24 * 3600, max_responses: int = 10_000) -> None:
-        self._ttl = ttl_seconds
-        self._max = max_responses
-        self._records: OrderedDict[str, tuple[float, ResponseRecord]] = OrderedDict()
+    #: Retention is also checked on every read; this pass reclaims the space.
+    upkeep_interval = 60.0
 
-    def __len__(self) -> int:
-        return len(self._records)
+    def __init__(self) -> None:
+        self.replica = new_replica_id()
 
-    def put(self, record: ResponseRecord) -> None:
-        self._evict()
-        self._records[record.id] = (time.monotonic(), record)
+    async def claim(self, response_id: str, replica: str) -> Stored | None:
+        return None  # orphans are all claimed at start (claim_orphans)
 
-    def get(self, response_id: str) -> ResponseRecord | None:
-        self._evict()
-        entry = self._records.get(response_id)
-        return entry[1] if entry else None
+    async def alive(self, replica: str) -> bool:
+        return replica == self.replica
 
-    def delete(self, response_id: str) -> ResponseRecord | None:
-        entry = self._records.pop(response_id, None)
-        return entry[1] if entry else None
-
-    def find_item(self, item_id: str) -> Item | None:
-        for _, record in reversed(self._records.values()):
-            for item in (*record.input_items, *record.output):
-                if getattr(item, "id", None) == item_id:
-                    return item
+    async def signal(self, replica: str, response_id: str) -> None:
         return None
 
-    def _evict(self) -> None:
-        """Drop finished records past their TTL, then the oldest finished past the cap."""
-        now = time.monotonic()
-        expired = [
-            rid for rid, (at, rec) in self._records.items() if rec.done and now - at > self._ttl
-        ]
-        for rid in expired:
-            del self._records[rid]
-        excess = len(self._records) - self._max + 1
-        if excess > 0:
-            oldest_done = [rid for rid, (_, rec) in self._records.items() if rec.done][:excess]
-            for rid in oldest_done:
-                del self._records[rid]
+    async def signals(self) -> AsyncIterator[str]:
+        await anyio.sleep_forever()
+        yield ""  # pragma: no cover (never reached; makes this an async generator)
+
+
+def default_store_path() -> Path:
+    """``$EXLOOP_DATA_DIR/responses.db``, else under ``$XDG_DATA_HOME`` (default
+    ``~/.local/share``) as ``exloop/responses.db``."""
+    import os
+
+    data = os.environ.get("EXLOOP_DATA_DIR")
+    if data:
+        return Path(data).expanduser() / "responses.db"
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg).expanduser() / "exloop" / "responses.db"
+
+
+def open_store(
+    url: str,
+    retention: Retention,
+    *,
+    heartbeat_timeout: float = 10.0,
+    clock: Clock = time.time,
+) -> ResponseStore:
+    """The store ``url`` names: ``memory``, ``sqlite:PATH`` or ``redis://HOST:PORT/DB``
+    (``rediss://`` and ``unix://`` too). Raises ValueError for anything else."""
+    if url == "memory":
+        from .memory_store import MemoryStore
+
+        return MemoryStore(retention, clock=clock)
+    if url.startswith("sqlite:"):
+        path = url.removeprefix("sqlite:").removeprefix("//")
+        if not path:
+            raise ValueError("sqlite: needs a file path, as in sqlite:/var/lib/exloop/r.db")
+        from .sqlite_store import SqliteStore
+
+        return SqliteStore(Path(path).expanduser(), retention, clock=clock)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisStore
+
+        return RedisStore(url, retention, heartbeat_timeout=heartbeat_timeout, clock=clock)
+    raise ValueError(f"unknown store {url!r}: use memory, sqlite:PATH or redis://HOST:PORT/DB")

@@ -9,12 +9,18 @@ fetcher are chosen and wired together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import anyio
 import uvicorn
@@ -28,6 +34,13 @@ from exloop.engine.backends import (
     select_backend,
 )
 from exloop.engine.errors import EngineError, ModelNotFound
+from exloop.orchestrator.errors import StoreError
+from exloop.orchestrator.store import (
+    ResponseStore,
+    Retention,
+    default_store_path,
+    open_store,
+)
 from exloop.tools.fetch import SafeFetcher
 from exloop.tools.mcp_client import McpLimits
 from exloop.tools.mcp_servers import ConfigError, ConfiguredServers, load_config
@@ -35,6 +48,7 @@ from exloop.tools.research import WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchProvider, SearxngProvider
 
 from .limits import Limits, add_limit_flags, limits_from_args, positive_float, positive_int
+from .units import parse_duration, parse_size
 
 log = logging.getLogger("exloop")
 
@@ -63,6 +77,12 @@ class ServeSettings:
     cache_mode: str
     max_batch_size: int
     log_level: str
+    store: str
+    store_ttl: float
+    store_max_responses: int
+    store_max_bytes: int
+    shutdown_grace: float
+    replica_timeout: float
     mcp_config: Path | None = None
     mcp_call_timeout: float = 60.0
     limits: Limits = Limits()
@@ -94,6 +114,20 @@ class ServeSettings:
             mcp_config=Path(args.mcp_config).expanduser() if args.mcp_config else None,
             mcp_call_timeout=args.mcp_call_timeout,
             limits=limits_from_args(args),
+            store=args.store,
+            store_ttl=args.store_ttl,
+            store_max_responses=args.store_max_responses,
+            store_max_bytes=args.store_max_bytes,
+            shutdown_grace=args.shutdown_grace,
+            replica_timeout=args.replica_timeout,
+        )
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(
+            ttl=self.store_ttl,
+            max_responses=self.store_max_responses,
+            max_bytes=self.store_max_bytes,
         )
 
 
@@ -106,6 +140,29 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {value}")
     return value
+
+
+def _checked(parse: Callable[[str], float], *, minimum: float = 0) -> Callable[[str], float]:
+    """An argparse type from ``parse``, refusing values below ``minimum``."""
+
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+
+    return convert
+
+
+def _store_url(text: str) -> str:
+    if text == "memory" or text.startswith(("sqlite:", "redis://", "rediss://", "unix://")):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"unknown store {text!r}: use memory, sqlite:PATH or redis://HOST:PORT/DB"
+    )
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -269,6 +326,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="ExLlamaV2: jobs generated together (EXLOOP_MAX_BATCH_SIZE)",
     )
     serve.add_argument(
+        "--store",
+        type=_store_url,
+        default=_env("STORE") or f"sqlite:{default_store_path()}",
+        metavar="URL",
+        help="where responses are kept (EXLOOP_STORE): sqlite:PATH (durable, one process; the "
+        "default file is under $EXLOOP_DATA_DIR or $XDG_DATA_HOME/exloop), memory (lost on "
+        "restart), or redis://HOST:PORT/DB (shared by several replicas)",
+    )
+    serve.add_argument(
+        "--store-ttl",
+        type=_checked(parse_duration, minimum=1),
+        default=_env("STORE_TTL", "30d"),
+        metavar="DURATION",
+        help="how long a finished response is kept, e.g. 30d, 12h, 900s (EXLOOP_STORE_TTL)",
+    )
+    serve.add_argument(
+        "--store-max-responses",
+        type=positive_int,
+        default=_env("STORE_MAX_RESPONSES", "100000"),
+        metavar="N",
+        help="responses kept at most; the oldest finished ones go first, running ones never "
+        "(EXLOOP_STORE_MAX_RESPONSES)",
+    )
+    serve.add_argument(
+        "--store-max-bytes",
+        type=_checked(parse_size, minimum=1),
+        default=_env("STORE_MAX_BYTES", "1G"),
+        metavar="SIZE",
+        help="bytes of stored responses and event logs at most, e.g. 512M, 4G; the oldest "
+        "finished responses go first (EXLOOP_STORE_MAX_BYTES)",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=_checked(parse_duration),
+        default=_env("SHUTDOWN_GRACE", "10"),
+        metavar="SECONDS",
+        help="on SIGTERM or Ctrl-C, how long running responses may finish before they are "
+        "cancelled (EXLOOP_SHUTDOWN_GRACE)",
+    )
+    serve.add_argument(
+        "--replica-timeout",
+        type=_checked(parse_duration, minimum=0.5),
+        default=_env("REPLICA_TIMEOUT", "10"),
+        metavar="SECONDS",
+        help="Redis store: a replica silent this long is gone, and another ends its running "
+        "responses failed (EXLOOP_REPLICA_TIMEOUT)",
+    )
+    serve.add_argument(
         "--log-level",
         choices=("critical", "error", "warning", "info", "debug"),
         default=_env("LOG_LEVEL", "info"),
@@ -301,8 +406,47 @@ def web_research(settings: ServeSettings) -> WebResearch:
 
 
 async def serve(settings: ServeSettings) -> None:
-    """Load the model, then serve until interrupted; runs stop when the server does."""
-    # Imported here so `exloop --help` and `fetch-model` do not load llama.cpp.
+    """Open the store, load the model, then serve until interrupted. On SIGTERM (or Ctrl-C)
+    the server stops accepting, running responses get ``--shutdown-grace`` seconds to finish,
+    and the rest are cancelled and stored as such."""
+    # Imported in _serve_with so `exloop --help` and `fetch-model` do not load llama.cpp.
+    research = web_research(settings)
+    store = open_store(
+        settings.store, settings.retention, heartbeat_timeout=settings.replica_timeout
+    )
+    # Open the store first: a store in use or from a newer exloop stops the start at once.
+    async with store:
+        await _serve_with(settings, research, store)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, noting when it was asked to stop (the grace period starts then), and
+    returning from ``serve()`` on SIGTERM or SIGINT instead of raising the signal again, so
+    that background responses can finish and be stored before the process exits."""
+
+    stop_requested_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        stops = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        try:
+            yield
+        finally:
+            # A second signal while responses drain stops the process at once.
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+async def _serve_with(settings: ServeSettings, research: WebResearch, store: ResponseStore) -> None:
     from exloop.engine.default_model import default_model_path
     from exloop.orchestrator.mcp import McpSettings
     from exloop.orchestrator.service import Orchestrator
@@ -310,7 +454,6 @@ async def serve(settings: ServeSettings) -> None:
 
     from .app import AppSettings, build_app
 
-    research = web_research(settings)
     limits = McpLimits(call_timeout=settings.mcp_call_timeout)
     configured = ConfiguredServers(
         load_config(settings.mcp_config) if settings.mcp_config else {}, limits
@@ -342,13 +485,14 @@ async def serve(settings: ServeSettings) -> None:
                 engine,
                 model_name=served,
                 max_tool_rounds=settings.max_tool_rounds,
+                store=store,
                 builtins=web_search_builtins(research),
                 mcp=McpSettings(limits, settings.fetch_allow_private, configured),
                 grammar_timeout=settings.limits.grammar_timeout,
             ) as orchestrator,
         ):
             app = build_app(orchestrator, AppSettings(served, settings.api_key, settings.limits))
-            server = uvicorn.Server(
+            server = _Server(
                 uvicorn.Config(
                     app,
                     host=settings.host,
@@ -356,9 +500,9 @@ async def serve(settings: ServeSettings) -> None:
                     log_level=settings.log_level,
                     lifespan="on",
                     access_log=settings.log_level == "debug",
-                    # Open streams get this long to finish on shutdown; then their runs are
-                    # cancelled with the orchestrator.
-                    timeout_graceful_shutdown=5,
+                    # Open connections get the grace to finish; background runs get what
+                    # is left of it below; then the orchestrator cancels the rest.
+                    timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
                 )
             )
             log.info(
@@ -371,7 +515,10 @@ async def serve(settings: ServeSettings) -> None:
                 settings.host,
                 settings.port,
             )
+            log.info("responses are stored in %s", settings.store)
             await server.serve()
+            started = server.stop_requested_at or time.monotonic()
+            await orchestrator.drain(settings.shutdown_grace - (time.monotonic() - started))
     finally:
         await engine.aclose()
 
@@ -403,6 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (BackendUnavailable, ConfigError) as exc:
         print(f"exloop: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"exloop: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -8,7 +8,8 @@ with a fitting status; nothing leaks a traceback or answers in text/plain.
                                  ConstraintFailed → 400, ContextLengthExceeded → 400
                                  context_length_exceeded, anything else → 500
     exloop.orchestrator.errors.* ResponseNotFound → 404, InvalidRequest → 400,
-                                 InvalidState → 400 (as OpenAI answers a finished cancel)
+                                 InvalidState → 400 (as OpenAI answers a finished cancel),
+                                 StoreError → 503 store_unavailable
     anything else                → 500 server_error, logged, message kept generic
 """
 
@@ -26,7 +27,12 @@ from exloop.engine.errors import (
     InvalidGrammar,
     InvalidParameter,
 )
-from exloop.orchestrator.errors import InvalidRequest, InvalidState, ResponseNotFound
+from exloop.orchestrator.errors import (
+    InvalidRequest,
+    InvalidState,
+    ResponseNotFound,
+    StoreError,
+)
 
 log = logging.getLogger("exloop.server")
 
@@ -99,6 +105,15 @@ def to_api_error(exc: BaseException) -> ApiError:
             )
         case InvalidRequest():
             return invalid_request(exc.message, exc.param, exc.code)
+        case StoreError():
+            log.error("response store error: %s", exc.message)
+            return ApiError(
+                503,
+                "The response store is unavailable; try again shortly.",
+                "server_error",
+                None,
+                "store_unavailable",
+            )
         case EngineError():
             # ModelNotFound and GenerationFailed: the server's fault, not the request's.
             log.error("engine error: %s", exc.message)

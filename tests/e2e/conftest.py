@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,13 +37,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``exloop serve`` on a free loopback port, with its log in a temporary file; with
+    """``exloop serve`` on a free loopback port, with its log in a temporary file and its
+    default response store in a temporary data directory (``--store`` overrides it); with
     ``memory_limit``, its address space is capped at that many bytes (``RLIMIT_AS``)."""
 
     def __init__(
         self, *flags: str, env: dict[str, str] | None = None, memory_limit: int | None = None
     ) -> None:
         self.port = free_port()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="exloop-e2e-data-"))
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
             prefix="exloop-e2e-", suffix=".log", delete=False
@@ -66,7 +69,7 @@ class ServerProcess:
             command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "EXLOOP_DATA_DIR": str(self.data_dir), **(env or {})},
             preexec_fn=None if memory_limit is None else partial(_limit_memory, memory_limit),
         )
         self._wait_ready()
@@ -93,6 +96,19 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def wait(self, timeout: float = SHUTDOWN_TIMEOUT) -> int:
+        """Wait for the process to exit (after a signal the test sent); its exit code."""
+        return self._process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, as in a crash."""
+        self._process.kill()
+        self._process.wait()
+
     def stop(self) -> None:
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
@@ -107,9 +123,10 @@ class ServerProcess:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        """Stop the server and delete its log."""
+        """Stop the server and delete its log and data directory."""
         self.stop()
         self.log_path.unlink(missing_ok=True)
+        shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def _limit_memory(limit: int) -> None:
