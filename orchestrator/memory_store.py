@@ -71,7 +71,7 @@ class MemoryStore(SingleProcess):
                 refused.add(write.id)
                 continue
             if entry is None:
-                entry = self._entries[write.id] = _Entry(write.record)
+                entry = self._entries[write.id] = _Entry(b"")
             self._bytes -= entry.size
             entry.record = write.record
             for offset, event in enumerate(write.events):
