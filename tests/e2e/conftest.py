@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from openai.types.responses import Response
 
 from tests.fixtures.web import WebFixture
 
@@ -103,6 +104,9 @@ class ServerProcess:
     def wait(self, timeout: float = SHUTDOWN_TIMEOUT) -> int:
         """Wait for the process to exit (after a signal the test sent); its exit code."""
         return self._process.wait(timeout)
+
+    def send_signal(self, sig: int) -> None:
+        self._process.send_signal(sig)
 
     def kill(self) -> None:
         """SIGKILL: the process dies at once, as in a crash."""
@@ -194,3 +198,36 @@ def web_flags(web: WebFixture) -> tuple[str, ...]:
         "--search-provider", "searxng", "--searxng-url", web.searxng_url,
         "--fetch-allow-private",
     )  # fmt: skip
+
+
+def sdk(server: ServerProcess) -> openai.OpenAI:
+    """OpenAI's SDK pointed at ``server`` (a test that runs several servers)."""
+    return openai.OpenAI(
+        base_url=f"{server.base_url}/v1", api_key="k", max_retries=0, timeout=REQUEST_TIMEOUT
+    )
+
+
+@pytest.fixture(scope="session")
+def endless() -> Callable[[openai.OpenAI], Response]:
+    """Creates a background response that runs until it is stopped (the end of turn banned, a
+    large budget): work to resume, cancel, delete or kill."""
+    import llama_cpp
+
+    from exloop.engine.default_model import default_model_path
+
+    vocab = llama_cpp.Llama(str(default_model_path()), vocab_only=True, verbose=False)
+    try:
+        eos = int(vocab.token_eos())
+    finally:
+        vocab.close()
+
+    def create(client: openai.OpenAI) -> Response:
+        return client.responses.create(
+            model="default",
+            input="Write a very long story about a dragon.",
+            background=True,
+            max_output_tokens=4000,
+            extra_body={"logit_bias": {str(eos): -100}},
+        )
+
+    return create

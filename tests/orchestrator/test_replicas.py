@@ -101,7 +101,7 @@ async def check_restart(tmp_path: Path, running: str, done: Response) -> None:
         failed = await orch.retrieve(running)
         assert failed.status == "failed"
         assert failed.error is not None and failed.error.code == "server_restarted"
-        assert failed.output and failed.output[0].status == "incomplete"  # type: ignore[union-attr]
+        assert failed.output and failed.output[0].status == "incomplete"
         events = [event async for event in await orch.subscribe(running)]
         assert [type(e) for e in events[-2:]] == [ev.ErrorEvent, ev.ResponseFailed]
         assert [e.sequence_number for e in events] == list(range(len(events)))

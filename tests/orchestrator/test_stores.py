@@ -223,10 +223,10 @@ async def test_redis_replicas_claim_a_gone_replica_s_work(redis_server: RedisSer
             await anyio.sleep(0.1)
         claimed = await b.claim_orphans()
         assert [(c.events, c.replica) for c in claimed] == [(1, b.replica)]
-        # a comes back (a long pause, say): its writes are refused, b's are taken.
-        a = RedisStore(redis_server.url)
-        a.replica = claimed[0].replica.replace(b.replica, "ghost")
-        async with a:
-            assert await a.save([write("r1", [b"late"], first=1)]) == {"r1"}
+        # a comes back (after a long pause, say): its writes are refused, b's are taken.
+        back = RedisStore(redis_server.url)
+        back.replica = a.replica
+        async with back:
+            assert await back.save([write("r1", [b"late"], first=1)]) == {"r1"}
         assert await b.save([write("r1", [b"failed"], first=1, done=True)]) == set()
         assert await collect(b.events("r1", -1)) == [b"e0", b"failed"]
