@@ -48,9 +48,9 @@ def free_port() -> int:
 
 
 class Server:
-    """``exloop serve`` in a subprocess, stopped on exit."""
+    """``exloop serve`` in a subprocess (with extra ``flags``), stopped on exit."""
 
-    def __init__(self, model: Path) -> None:
+    def __init__(self, model: Path, *flags: str) -> None:
         self.port = free_port()
         command = [
             sys.executable,
@@ -63,6 +63,7 @@ class Server:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *flags,
         ]
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -103,11 +104,13 @@ async def engine_round(engine: LlamaCppEngine, n: int, tokens: int, eos: int) ->
     return total, time.perf_counter() - started
 
 
-async def server_round(url: str, n: int, tokens: int, eos: int) -> tuple[int, float]:
+async def server_round(
+    url: str, n: int, tokens: int, eos: int, *, store: bool = False
+) -> tuple[int, float]:
     body = {
         "input": FREE_PROMPT,
         "stream": True,
-        "store": False,
+        "store": store,
         "temperature": 0,
         "max_output_tokens": tokens,
         "logit_bias": {str(eos): -100},
@@ -160,7 +163,7 @@ async def main() -> None:
 
     eos = eos_token(model)
     engine = await anyio.to_thread.run_sync(lambda: LlamaCppEngine(model))
-    server = await anyio.to_thread.run_sync(lambda: Server(model))
+    server = await anyio.to_thread.run_sync(lambda: Server(model, "--store", "memory"))
     try:
         print(f"model {model.name}, {args.tokens} tokens per stream, best of {args.rounds}")
         print(f"{'streams':>8} {'engine tok/s':>13} {'server tok/s':>13} {'ratio':>7}")
