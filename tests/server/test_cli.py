@@ -27,6 +27,12 @@ FLAGS = [
     "--threads",
     "--threads-batch",
     "--log-level",
+    "--store",
+    "--store-ttl",
+    "--store-max-responses",
+    "--store-max-bytes",
+    "--shutdown-grace",
+    "--replica-timeout",
 ]
 
 
@@ -34,7 +40,7 @@ def settings(*argv: str) -> ServeSettings:
     return ServeSettings.from_args(build_parser().parse_args(["serve", *argv]))
 
 
-def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
     for flag in FLAGS:
         monkeypatch.delenv("EXLOOP_" + flag[2:].upper().replace("-", "_"), raising=False)
     assert settings() == ServeSettings(
@@ -56,7 +62,24 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         cache_mode="fp16",
         max_batch_size=8,
         log_level="info",
+        store=f"sqlite:{data_dir / 'responses.db'}",
+        store_ttl=30 * 86400,
+        store_max_responses=100_000,
+        store_max_bytes=1 << 30,
+        shutdown_grace=10,
+        replica_timeout=10,
     )
+
+
+def test_the_default_store_follows_the_xdg_data_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("EXLOOP_DATA_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert settings().store == f"sqlite:{tmp_path / 'exloop' / 'responses.db'}"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert settings().store == f"sqlite:{tmp_path / '.local' / 'share' / 'exloop' / 'responses.db'}"
 
 
 def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,6 +102,12 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         "MAX_SEQ_LEN": "4096",
         "CACHE_MODE": "q4",
         "MAX_BATCH_SIZE": "2",
+        "STORE": "redis://r:6379/1",
+        "STORE_TTL": "12h",
+        "STORE_MAX_RESPONSES": "50",
+        "STORE_MAX_BYTES": "512M",
+        "SHUTDOWN_GRACE": "2.5",
+        "REPLICA_TIMEOUT": "30s",
     }
     assert {f"--{name.lower().replace('_', '-')}" for name in env} == set(FLAGS)
     for name, value in env.items():
@@ -102,6 +131,12 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         cache_mode="q4",
         max_batch_size=2,
         log_level="debug",
+        store="redis://r:6379/1",
+        store_ttl=12 * 3600,
+        store_max_responses=50,
+        store_max_bytes=512 << 20,
+        shutdown_grace=2.5,
+        replica_timeout=30,
     )
     # A flag on the command line wins over its variable.
     assert settings("--port", "9000", "--max-tool-rounds", "1").port == 9000
@@ -127,6 +162,13 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         ["--threads", "0"],
         ["--backend", "tpu"],
         ["--cache-mode", "q2"],
+        ["--store", "postgres://db"],
+        ["--store-ttl", "forever"],
+        ["--store-ttl", "0"],
+        ["--store-max-bytes", "lots"],
+        ["--store-max-responses", "0"],
+        ["--shutdown-grace", "-1"],
+        ["--replica-timeout", "0.1"],
     ],
 )
 def test_bad_values_are_refused(argv: list[str]) -> None:
