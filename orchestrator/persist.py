@@ -62,12 +62,17 @@ class RecordWriter:
         return len(self._tracked)
 
     async def add(self, record: ResponseRecord, *, stored_events: int | None = None) -> None:
-        """Track ``record`` and write it now, so that its id is durable before anyone learns
-        it. ``stored_events`` is set for a record taken over from the store, which holds that
-        many of its events already."""
+        """Write ``record`` now and track it, so that its id is durable before anyone learns
+        it; raises StoreError if the store cannot take it. ``stored_events`` is set for a
+        record taken over from the store, which holds that many of its events already."""
         created = stored_events is not None
-        self._tracked[record.id] = _Tracked(record, saved=stored_events or 0, created=created)
-        await self.flush()
+        tracked = _Tracked(record, saved=stored_events or 0, created=created)
+        async with self._lock:
+            write = self._changes(tracked)
+            saved = record.log.next_sequence_number
+            refused = await self._store.save([write]) if write is not None else set()
+            self._tracked[record.id] = tracked
+            self._settle(tracked, write, saved, refused)
         self._urgent.set()  # the loop may be idle, waiting for a first record
 
     def finished(self) -> None:
@@ -80,7 +85,11 @@ class RecordWriter:
             with anyio.move_on_after(self._interval if self._tracked else math.inf):
                 await self._urgent.wait()
             self._urgent = anyio.Event()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:
+                # A bug must not stop every later write; the records stay tracked.
+                log.exception("writing responses failed")
 
     async def flush(self) -> None:
         """Write every change now, in one batch."""
@@ -101,14 +110,22 @@ class RecordWriter:
                         tracked.record.persisted.set()  # served from here meanwhile
                 return
             for tracked, write, saved in writes:
-                tracked.created = True
-                tracked.saved = saved
-                if write.id in refused:
-                    log.info("response %s was deleted or taken over elsewhere", write.id)
-                    tracked.record.cancel_scope.cancel()
-                    self._release(write.id)
-                elif write.done:
-                    self._release(write.id)
+                self._settle(tracked, write, saved, refused)
+
+    def _settle(
+        self, tracked: _Tracked, write: RecordWrite | None, saved: int, refused: set[str]
+    ) -> None:
+        """Note what the store now holds; stop tracking a finished or refused record."""
+        if write is None:
+            return
+        tracked.created = True
+        tracked.saved = saved
+        if write.id in refused:
+            log.info("response %s was deleted or taken over elsewhere", write.id)
+            tracked.record.cancel_scope.cancel()
+            self._release(write.id)
+        elif write.done:
+            self._release(write.id)
 
     def _changes(self, tracked: _Tracked) -> RecordWrite | None:
         record, codec = tracked.record, self._codec

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from exloop.orchestrator import events as ev
-from exloop.orchestrator.errors import ResponseNotFound
+from exloop.orchestrator.errors import ResponseNotFound, StoreError
 from exloop.orchestrator.items import InputText, Message
 from exloop.orchestrator.memory_store import MemoryStore
 from exloop.orchestrator.redis_store import RedisStore
@@ -186,3 +186,15 @@ async def test_a_dead_replica_s_work_fails_on_another(redis_server: RedisServer)
         assert isinstance(events[-1], ev.ResponseFailed)
         failed = await b.retrieve(handle.id)
         assert failed.error is not None and failed.error.code == "server_restarted"
+
+
+async def test_a_store_that_is_down_refuses_new_work(redis_server: RedisServer) -> None:
+    engine = ScriptedEngine([say("fine.")])
+    async with replica(RedisStore(redis_server.url), engine) as orch:
+        done = await (await orch.create(spec())).wait()
+        redis_server.stop()
+        with pytest.raises(StoreError):
+            await orch.create(spec())
+        with pytest.raises(StoreError):
+            await orch.retrieve(done.id)
+        assert engine.submitted == 1  # nothing ran unstored
