@@ -18,6 +18,7 @@ from .store import Clock, RecordWrite, Retention, SingleProcess, Stored, evictio
 @dataclass
 class _Entry:
     record: bytes
+    fixed: bytes
     events: list[bytes] = field(default_factory=list)
     event_bytes: int = 0
     done: bool = False
@@ -25,7 +26,7 @@ class _Entry:
 
     @property
     def size(self) -> int:
-        return len(self.record) + self.event_bytes
+        return len(self.record) + len(self.fixed) + self.event_bytes
 
 
 class MemoryStore(SingleProcess):
@@ -64,14 +65,14 @@ class MemoryStore(SingleProcess):
         refused: set[str] = set()
         for write in writes:
             entry = self._entries.get(write.id)
-            if entry is None and write.first_event > 0:
+            if entry is None and write.fixed is None:
                 refused.add(write.id)  # deleted or evicted meanwhile
                 continue
             if entry is not None and entry.done:
                 refused.add(write.id)
                 continue
             if entry is None:
-                entry = self._entries[write.id] = _Entry(b"")
+                entry = self._entries[write.id] = _Entry(b"", write.fixed or b"")
             self._bytes -= entry.size
             entry.record = write.record
             for offset, event in enumerate(write.events):
@@ -93,7 +94,9 @@ class MemoryStore(SingleProcess):
         entry = self._entries.get(response_id)
         if entry is None:
             return None
-        return Stored(entry.record, len(entry.events), None if entry.done else self.replica)
+        return Stored(
+            entry.record, entry.fixed, len(entry.events), None if entry.done else self.replica
+        )
 
     async def events(self, response_id: str, after: int) -> AsyncIterator[bytes]:
         entry = self._entries.get(response_id)
@@ -104,7 +107,9 @@ class MemoryStore(SingleProcess):
         entry = self._drop(response_id)
         if entry is None:
             return None
-        return Stored(entry.record, len(entry.events), None if entry.done else self.replica)
+        return Stored(
+            entry.record, entry.fixed, len(entry.events), None if entry.done else self.replica
+        )
 
     async def response_of_item(self, item_id: str) -> str | None:
         return self._items.get(item_id)

@@ -141,6 +141,7 @@ class RecordWriter:
         return RecordWrite(
             id=record.id,
             record=codec.encode(record),
+            fixed=None if tracked.created else codec.encode_fixed(record),
             events=tuple(codec.encode_event(event) for event in events),
             first_event=tracked.saved,
             done=record.done,

@@ -42,6 +42,12 @@ def live(factory: Callable[[], Any]) -> Any:
     return field(default_factory=factory, repr=False, compare=False, metadata={"live": True})
 
 
+def fixed() -> Any:
+    """A field set when the record is made and never changed: stored once, not rewritten
+    with every batch of progress (a large input or a long chain costs its size once)."""
+    return field(metadata={"fixed": True})
+
+
 @dataclass
 class UsageTotals:
     """Token counts summed over every model step of a response."""
@@ -70,16 +76,17 @@ class ResponseRecord:
     """A response, live while it runs and stored afterwards.
 
     Every field not marked :func:`live` is stored (see :mod:`.codec`), so a field added here
-    is kept across restarts and replicas without further work; the event log is stored beside
-    the record, event by event.
+    is kept across restarts and replicas without further work; those marked :func:`fixed` are
+    written once, the others with every batch of progress. The event log is stored beside the
+    record, event by event.
     """
 
     id: str
-    spec: RunSpec
+    spec: RunSpec = fixed()
     #: Items of earlier turns (previous_response_id chain), before this response's input.
-    context: tuple[Item, ...]
+    context: tuple[Item, ...] = fixed()
     #: This response's input items, each with an id.
-    input_items: tuple[Item, ...]
+    input_items: tuple[Item, ...] = fixed()
     created_at: int = field(default_factory=lambda: int(time.time()))
     phase: Phase = Phase.QUEUED
     output: list[OutputItem] = field(default_factory=list)

@@ -57,7 +57,8 @@ local function drop(P, id)
 end
 """
 
-# ARGV: prefix, id, replica, done, now, record, first event, n, n events..., item ids...
+# ARGV: prefix, id, replica, done, now, record, fixed ('' after the first write), first
+# event, n, n events..., item ids...
 _SAVE = """
 local P, id, rid = ARGV[1], ARGV[2], ARGV[3]
 local done = ARGV[4] == '1'
@@ -70,24 +71,25 @@ if owner then
 elseif exists then
   return 0
 end
-local first, n = tonumber(ARGV[7]), tonumber(ARGV[8])
-if not exists and first > 0 then return 0 end
+local first, n = tonumber(ARGV[8]), tonumber(ARGV[9])
+if not exists and ARGV[7] == '' then return 0 end
 local stored = tonumber(redis.call('HGET', head, 'events') or '0')
 local ebytes = tonumber(redis.call('HGET', head, 'ebytes') or '0')
 local old = tonumber(redis.call('HGET', head, 'bytes') or '0')
 for i = 0, n - 1 do
   if first + i >= stored then
-    local event = ARGV[9 + i]
+    local event = ARGV[10 + i]
     redis.call('XADD', P .. 'e:' .. id, (first + i + 1) .. '-0', 'e', event)
     ebytes = ebytes + #event
   end
 end
-local size = #ARGV[6] + ebytes
+if ARGV[7] ~= '' then redis.call('HSET', head, 'fixed', ARGV[7]) end
+local size = #ARGV[6] + redis.call('HSTRLEN', head, 'fixed') + ebytes
 redis.call('HSET', head, 'record', ARGV[6], 'events', math.max(stored, first + n),
   'ebytes', ebytes, 'bytes', size, 'replica', done and '' or rid,
   'finished_at', done and ARGV[5] or '')
 redis.call('INCRBY', P .. 'bytes', size - old)
-for j = 9 + n, #ARGV do
+for j = 10 + n, #ARGV do
   redis.call('HSET', P .. 'item', ARGV[j], id)
   redis.call('SADD', P .. 'items:' .. id, ARGV[j])
 end
@@ -121,12 +123,12 @@ return dropped
 """
 )
 
-# ARGV: prefix, id, tombstone ms. Returns record, events, replica (or nil).
+# ARGV: prefix, id, tombstone ms. Returns record, fixed, events, replica (or nil).
 _DELETE = (
     _DROP
     + """
 local P, id = ARGV[1], ARGV[2]
-local found = redis.call('HMGET', P .. 'r:' .. id, 'record', 'events', 'replica')
+local found = redis.call('HMGET', P .. 'r:' .. id, 'record', 'fixed', 'events', 'replica')
 if not found[1] then return false end
 drop(P, id)
 redis.call('SET', P .. 'gone:' .. id, '1', 'PX', ARGV[3])
@@ -134,13 +136,13 @@ return found
 """
 )
 
-# ARGV: prefix, id, the gone replica, this replica. Returns record, events, replica (or nil).
+# ARGV: prefix, id, the gone replica, this replica. Returns what load returns (or nil).
 _CLAIM = """
 local P, id = ARGV[1], ARGV[2]
 if redis.call('HGET', P .. 'running', id) ~= ARGV[3] then return false end
 redis.call('HSET', P .. 'running', id, ARGV[4])
 redis.call('HSET', P .. 'r:' .. id, 'replica', ARGV[4])
-return redis.call('HMGET', P .. 'r:' .. id, 'record', 'events', 'replica')
+return redis.call('HMGET', P .. 'r:' .. id, 'record', 'fixed', 'events', 'replica')
 """
 
 
@@ -158,11 +160,11 @@ def _text(value: bytes | str | None) -> str:
 
 
 def _stored(found: Any) -> Stored | None:
-    """A Stored from the reply [record, events, replica] (None when the record is absent)."""
+    """A Stored from the reply [record, fixed, events, replica] (None when absent)."""
     if not found or found[0] is None:
         return None
-    record, events, replica = found
-    return Stored(bytes(record), int(events), _text(replica) or None)
+    record, fixed, events, replica = found
+    return Stored(bytes(record), bytes(fixed), int(events), _text(replica) or None)
 
 
 #: XREAD's reply: [(stream, [(entry id, {field: value})])].
@@ -238,6 +240,7 @@ class RedisStore:
                         int(write.done),
                         now,
                         write.record,
+                        write.fixed or b"",
                         write.first_event,
                         len(write.events),
                         *write.events,
@@ -272,7 +275,8 @@ class RedisStore:
     async def load(self, response_id: str) -> Stored | None:
         with _failures():
             *found, finished_at = await self._redis.hmget(
-                f"{self._p}r:{response_id}", ["record", "events", "replica", "finished_at"]
+                f"{self._p}r:{response_id}",
+                ["record", "fixed", "events", "replica", "finished_at"],
             )
         if finished_at and float(finished_at) < self._clock() - self._retention.ttl:
             return None  # expired; the next eviction pass removes it

@@ -200,7 +200,7 @@ class Orchestrator:
 
     async def _end_orphans(self) -> None:
         for stored in await self._store.claim_orphans():
-            record = self._codec.decode(stored.record, events=stored.events)
+            record = self._decode(stored)
             log.warning(
                 "response %s was left %s by %s, which stopped: it ends failed",
                 record.id,
@@ -448,7 +448,10 @@ class Orchestrator:
         stored = await self._store.load(response_id)
         if stored is None:
             return None
-        return self._codec.decode(stored.record, events=stored.events), stored
+        return self._decode(stored), stored
+
+    def _decode(self, stored: Stored) -> ResponseRecord:
+        return self._codec.decode(stored.record, stored.fixed, events=stored.events)
 
     async def _stored(self, response_id: str) -> tuple[ResponseRecord, Stored | None]:
         found = await self._find(response_id)
@@ -527,7 +530,7 @@ class Orchestrator:
         replica = stored.replica or ""
         claimed = await self._store.claim(response_id, replica)
         if claimed is not None:
-            record = self._codec.decode(claimed.record, events=claimed.events)
+            record = self._decode(claimed)
             record.close_items()
             record.cancel()
             await self._adopt(record, claimed)

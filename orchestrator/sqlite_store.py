@@ -36,6 +36,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE responses (
         id TEXT PRIMARY KEY,
         record BLOB NOT NULL,
+        fixed BLOB NOT NULL,
         events INTEGER NOT NULL,
         event_bytes INTEGER NOT NULL,
         bytes INTEGER NOT NULL,
@@ -194,12 +195,13 @@ class SqliteStore(SingleProcess):
 
     def _save_one(self, db: sqlite3.Connection, write: RecordWrite) -> bool:
         row = db.execute(
-            "SELECT events, event_bytes, bytes, finished_at FROM responses WHERE id = ?",
+            "SELECT events, event_bytes, bytes, finished_at, length(fixed) FROM responses "
+            "WHERE id = ?",
             (write.id,),
         ).fetchone()
-        if (row is None and write.first_event > 0) or (row is not None and row[3] is not None):
+        if (row is None and write.fixed is None) or (row is not None and row[3] is not None):
             return False  # deleted or evicted meanwhile, or already finished
-        stored, event_bytes, old_size = row[:3] if row else (0, 0, 0)
+        stored, event_bytes, old_size, _, fixed_size = row or (0, 0, 0, None, 0)
         new = [
             (write.id, write.first_event + i, event)
             for i, event in enumerate(write.events)
@@ -207,23 +209,28 @@ class SqliteStore(SingleProcess):
         ]
         db.executemany("INSERT INTO events (response_id, seq, event) VALUES (?, ?, ?)", new)
         event_bytes += sum(len(event) for _, _, event in new)
-        size = len(write.record) + event_bytes
-        db.execute(
-            "INSERT INTO responses (id, record, events, event_bytes, bytes, replica, finished_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-            "record = excluded.record, events = excluded.events, "
-            "event_bytes = excluded.event_bytes, bytes = excluded.bytes, "
-            "replica = excluded.replica, finished_at = excluded.finished_at",
-            (
-                write.id,
-                write.record,
-                max(stored, write.first_event + len(write.events)),
-                event_bytes,
-                size,
-                None if write.done else self.replica,
-                self._clock() if write.done else None,
-            ),
-        )
+        size = len(write.record) + (fixed_size or len(write.fixed or b"")) + event_bytes
+        columns: dict[str, object] = {
+            "record": write.record,
+            "events": max(stored, write.first_event + len(write.events)),
+            "event_bytes": event_bytes,
+            "bytes": size,
+            "replica": None if write.done else self.replica,
+            "finished_at": self._clock() if write.done else None,
+        }
+        if row is None:
+            columns |= {"id": write.id, "fixed": write.fixed}
+            names = ", ".join(columns)
+            db.execute(
+                f"INSERT INTO responses ({names}) VALUES ({', '.join('?' * len(columns))})",
+                tuple(columns.values()),
+            )
+        else:
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            db.execute(
+                f"UPDATE responses SET {assignments} WHERE id = ?",
+                (*columns.values(), write.id),
+            )
         db.executemany(
             "INSERT OR REPLACE INTO items (id, response_id) VALUES (?, ?)",
             [(item_id, write.id) for item_id in write.item_ids],
@@ -252,7 +259,8 @@ class SqliteStore(SingleProcess):
 
     def _drop(self, db: sqlite3.Connection, response_id: str) -> Stored | None:
         row = db.execute(
-            "SELECT record, events, replica, bytes FROM responses WHERE id = ?", (response_id,)
+            "SELECT record, fixed, events, replica, bytes FROM responses WHERE id = ?",
+            (response_id,),
         ).fetchone()
         if row is None:
             return None
@@ -260,8 +268,8 @@ class SqliteStore(SingleProcess):
         db.execute("DELETE FROM items WHERE response_id = ?", (response_id,))
         db.execute("DELETE FROM responses WHERE id = ?", (response_id,))
         self._count -= 1
-        self._bytes -= row[3]
-        return Stored(row[0], row[1], row[2])
+        self._bytes -= row[4]
+        return Stored(*row[:4])
 
     # -- reading --------------------------------------------------------------------------
 
@@ -270,12 +278,12 @@ class SqliteStore(SingleProcess):
 
     def _load(self, response_id: str) -> Stored | None:
         row = self._conn.execute(
-            "SELECT record, events, replica, finished_at FROM responses WHERE id = ?",
+            "SELECT record, fixed, events, replica, finished_at FROM responses WHERE id = ?",
             (response_id,),
         ).fetchone()
-        if row is None or (row[3] is not None and row[3] < self._clock() - self._retention.ttl):
+        if row is None or (row[4] is not None and row[4] < self._clock() - self._retention.ttl):
             return None
-        return Stored(row[0], row[1], row[2])
+        return Stored(*row[:4])
 
     async def events(self, response_id: str, after: int) -> AsyncIterator[bytes]:
         rows = await self._run(
@@ -308,7 +316,7 @@ class SqliteStore(SingleProcess):
     async def claim_orphans(self) -> list[Stored]:
         def claim(db: sqlite3.Connection) -> list[Stored]:
             rows = db.execute(
-                "SELECT record, events, replica FROM responses "
+                "SELECT record, fixed, events, replica FROM responses "
                 "WHERE finished_at IS NULL AND replica != ?",
                 (self.replica,),
             ).fetchall()

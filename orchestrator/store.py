@@ -77,7 +77,9 @@ def evictions(
 class Stored:
     """A response as the store holds it."""
 
+    #: The encoded state (what changes as it runs) and fixed part (see RecordCodec).
     record: bytes
+    fixed: bytes
     #: Events stored (the next sequence number).
     events: int
     #: The replica running it; None once it finished.
@@ -86,10 +88,13 @@ class Stored:
 
 @dataclass(frozen=True, slots=True)
 class RecordWrite:
-    """One response's changes since its last write: its whole record, its new events."""
+    """One response's changes since its last write: its state, its new events (and on the
+    first write its fixed part)."""
 
     id: str
     record: bytes
+    #: The fixed part, on the response's first write only (None after).
+    fixed: bytes | None
     #: Encoded events, numbered from ``first_event``.
     events: tuple[bytes, ...]
     first_event: int

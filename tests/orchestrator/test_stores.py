@@ -63,7 +63,9 @@ def write(
     record: bytes = b"{}",
     items: tuple[str, ...] = (),
 ) -> RecordWrite:
-    return RecordWrite(rid, record, tuple(events), first, done, items)
+    # The fixed part goes with a response's first write only.
+    fixed = b"{}" if first == 0 else None
+    return RecordWrite(rid, record, fixed, tuple(events), first, done, items)
 
 
 async def kept(store: ResponseStore, ids: list[str]) -> list[str]:
@@ -79,7 +81,8 @@ async def test_records_events_and_items(make_store: MakeStore) -> None:
         assert await store.save([write("r1", [b"e0", b"e1"], items=("msg_a",))]) == set()
         stored = await store.load("r1")
         assert stored is not None
-        assert (stored.record, stored.events, stored.replica) == (b"{}", 2, store.replica)
+        assert (stored.record, stored.fixed) == (b"{}", b"{}")
+        assert (stored.events, stored.replica) == (2, store.replica)
         # A later batch adds events and replaces the record; a resent event is not doubled.
         await store.save([write("r1", [b"e1", b"e2", b"e3"], first=1, done=True, record=b"[1]")])
         stored = await store.load("r1")
@@ -155,7 +158,7 @@ async def test_byte_cap_evicts_the_oldest_finished(make_store: MakeStore) -> Non
         kept = [
             rid for rid in ["running", *(f"done{n}" for n in range(4))] if await store.load(rid)
         ]
-        # 1002 + 502 per finished response: two finished ones fit under 2500 bytes.
+        # 1004 + 504 per finished response: two finished ones fit under 2500 bytes.
         assert kept == ["running", "done2", "done3"]
 
 
