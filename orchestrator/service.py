@@ -180,9 +180,11 @@ class Orchestrator:
         """Cancel what still runs, store the outcome, stop the background tasks."""
         assert self._tg is not None
         with anyio.CancelScope(shield=True):
-            for record in list(self._local.values()):
-                if not record.done:
-                    await self._stop(record)
+            running = [record for record in self._local.values() if not record.done]
+            for record in running:
+                record.cancel_scope.cancel()
+            for record in running:
+                await record.finished.wait()
             await self._writer.close()
         self._tg.cancel_scope.cancel()
 
@@ -202,10 +204,9 @@ class Orchestrator:
         for stored in await self._store.claim_orphans():
             record = self._decode(stored)
             log.warning(
-                "response %s was left %s by %s, which stopped: it ends failed",
+                "response %s was left %s by a server that stopped: it ends failed",
                 record.id,
                 record.status,
-                stored.replica,
             )
             record.close_items()
             record.fail(
