@@ -200,11 +200,23 @@ def web_flags(web: WebFixture) -> tuple[str, ...]:
     )  # fmt: skip
 
 
-def sdk(server: ServerProcess) -> openai.OpenAI:
-    """OpenAI's SDK pointed at ``server`` (a test that runs several servers)."""
-    return openai.OpenAI(
-        base_url=f"{server.base_url}/v1", api_key="k", max_retries=0, timeout=REQUEST_TIMEOUT
-    )
+@pytest.fixture
+def sdk() -> Iterator[Callable[[ServerProcess], openai.OpenAI]]:
+    """OpenAI's SDK pointed at a given server (for tests that run several); the clients close
+    when the test ends."""
+    with contextlib.ExitStack() as clients:
+
+        def connect(server: ServerProcess) -> openai.OpenAI:
+            return clients.enter_context(
+                openai.OpenAI(
+                    base_url=f"{server.base_url}/v1",
+                    api_key="k",
+                    max_retries=0,
+                    timeout=REQUEST_TIMEOUT,
+                )
+            )
+
+        yield connect
 
 
 @pytest.fixture(scope="session")

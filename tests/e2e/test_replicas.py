@@ -13,10 +13,11 @@ from openai.types.responses import Response
 
 from tests.fixtures.redis import RedisServer
 
-from .conftest import REQUEST_TIMEOUT, ServerProcess, sdk
+from .conftest import REQUEST_TIMEOUT, ServerProcess
 from .test_responses import SHORT, sse_events, wait_for_text
 
 Start = Callable[..., ServerProcess]
+Sdk = Callable[[ServerProcess], openai.OpenAI]
 Endless = Callable[[openai.OpenAI], Response]
 
 
@@ -26,7 +27,7 @@ def replicas(start_server: Start, redis: RedisServer) -> tuple[ServerProcess, Se
 
 
 def test_a_response_on_one_replica_is_served_by_the_other(
-    start_server: Start, redis_server: RedisServer, endless: Endless
+    sdk: Sdk, start_server: Start, redis_server: RedisServer, endless: Endless
 ) -> None:
     a, b = replicas(start_server, redis_server)
     on_a, on_b = sdk(a), sdk(b)
@@ -77,7 +78,7 @@ def test_a_response_on_one_replica_is_served_by_the_other(
 
 
 def test_delete_on_one_replica_stops_the_other(
-    start_server: Start, redis_server: RedisServer, endless: Endless
+    sdk: Sdk, start_server: Start, redis_server: RedisServer, endless: Endless
 ) -> None:
     a, b = replicas(start_server, redis_server)
     on_a, on_b = sdk(a), sdk(b)
@@ -93,7 +94,7 @@ def test_delete_on_one_replica_stops_the_other(
 
 
 def test_a_killed_replica_s_work_fails_on_the_other(
-    start_server: Start, redis_server: RedisServer, endless: Endless
+    sdk: Sdk, start_server: Start, redis_server: RedisServer, endless: Endless
 ) -> None:
     a, b = replicas(start_server, redis_server)
     on_a, on_b = sdk(a), sdk(b)

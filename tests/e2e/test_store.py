@@ -15,10 +15,11 @@ import openai
 import pytest
 from openai.types.responses import Response
 
-from .conftest import REQUEST_TIMEOUT, ServerProcess, sdk
+from .conftest import REQUEST_TIMEOUT, ServerProcess
 from .test_responses import SHORT, sse_events, wait_for_text
 
 Start = Callable[..., ServerProcess]
+Sdk = Callable[[ServerProcess], openai.OpenAI]
 Endless = Callable[[openai.OpenAI], Response]
 
 
@@ -46,6 +47,7 @@ def replay(
 
 
 def test_kill_9_and_restart_fails_running_work_and_keeps_finished_work(
+    sdk: Sdk,
     start_server: Start,
     tmp_path: Path,
     endless: Endless,
@@ -88,7 +90,7 @@ def test_kill_9_and_restart_fails_running_work_and_keeps_finished_work(
 
 
 def test_sigterm_lets_work_finish_within_the_grace_then_cancels(
-    start_server: Start, tmp_path: Path, endless: Endless
+    sdk: Sdk, start_server: Start, tmp_path: Path, endless: Endless
 ) -> None:
     store = f"sqlite:{tmp_path / 'responses.db'}"
     patient = start_server("--store", store, "--shutdown-grace", "120")
@@ -113,7 +115,7 @@ def test_sigterm_lets_work_finish_within_the_grace_then_cancels(
     assert stopped.status == "cancelled" and stopped.output_text
 
 
-def test_ttl_expires_finished_responses(start_server: Start) -> None:
+def test_ttl_expires_finished_responses(sdk: Sdk, start_server: Start) -> None:
     client = sdk(start_server("--store-ttl", "2s"))
     done = client.responses.create(model="default", input="Greet me.", extra_body=SHORT)
     assert client.responses.retrieve(done.id).status == "completed"
@@ -122,7 +124,7 @@ def test_ttl_expires_finished_responses(start_server: Start) -> None:
         client.responses.retrieve(done.id)
 
 
-def test_count_and_byte_bounds_evict_the_oldest(start_server: Start) -> None:
+def test_count_and_byte_bounds_evict_the_oldest(sdk: Sdk, start_server: Start) -> None:
     client = sdk(start_server("--store", "memory", "--store-max-responses", "3"))
     ids = [
         client.responses.create(model="default", input="Greet me.", extra_body=SHORT).id

@@ -205,7 +205,8 @@ async def test_sqlite_file_from_a_newer_exloop_is_refused(tmp_path: Path) -> Non
 
 
 async def test_redis_with_a_newer_layout_is_refused(redis_server: RedisServer) -> None:
-    redis.Redis.from_url(redis_server.url).set("exloop:layout", 99)
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.set("exloop:layout", 99)
     with pytest.raises(StoreError, match="newer than this exloop knows"):
         async with RedisStore(redis_server.url):
             pass
