@@ -9,6 +9,8 @@ It comes in two parts: the :func:`~.record.fixed` fields (the request, earlier t
 input), written once, and the *state* (status, output, usage...), rewritten as the response
 progresses. The run's input is stored once, as ``input_items``; the copy inside ``spec`` is
 dropped, so a large input (say 10 MB that then overflowed the context) is not kept twice.
+Secrets a request carries for its run (MCP servers' headers, with their authorization
+tokens) are never stored.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .errors import StoreError
 from .events import StreamEvent
 from .log import EventLog
 from .record import SCHEMA_VERSION, ResponseRecord
+from .spec import RunSpec
 
 
 def _stored_fields(*, fixed: bool) -> list[dataclasses.Field[Any]]:
@@ -48,6 +51,13 @@ def _stored_type(name: str, *, fixed: bool) -> type[msgspec.Struct]:
     return msgspec.defstruct(name, fields, kw_only=True)
 
 
+def _stored_spec(spec: RunSpec) -> RunSpec:
+    """The request as stored: without its input (stored as ``input_items``) or secrets."""
+    servers = tuple(dataclasses.replace(server, headers={}) for server in spec.tools.mcp)
+    tools = dataclasses.replace(spec.tools, mcp=servers)
+    return dataclasses.replace(spec, input=(), tools=tools)
+
+
 class RecordCodec:
     """Encodes and decodes records (without their events) and events."""
 
@@ -66,7 +76,7 @@ class RecordCodec:
     def encode_fixed(self, record: ResponseRecord) -> bytes:
         """The fields set once, when the record was made."""
         fields = {name: getattr(record, name) for name in self._fixed_names}
-        fields["spec"] = dataclasses.replace(record.spec, input=())
+        fields["spec"] = _stored_spec(record.spec)
         return self._encoder.encode(fields)
 
     def decode(self, state: bytes, fixed: bytes, *, events: int) -> ResponseRecord:

@@ -36,6 +36,9 @@ SCHEMA_VERSION = 1
 #: Error code of a response whose server stopped (or died) while it ran.
 SERVER_RESTARTED = "server_restarted"
 
+#: Statuses of an output item still being produced (a web search, an MCP call...).
+_UNFINISHED = frozenset({"in_progress", "searching", "calling"})
+
 
 def live(factory: Callable[[], Any]) -> Any:
     """A field that exists only while the record is in this process (never stored)."""
@@ -193,7 +196,7 @@ class ResponseRecord:
         """Mark output items still in progress ``incomplete``: their run can no longer add to
         them (it was stopped by another process, or that process died)."""
         for index, item in enumerate(self.output):
-            if getattr(item, "status", None) in ("in_progress", "searching"):
+            if getattr(item, "status", None) in _UNFINISHED:
                 closed = msgspec.structs.replace(item, status="incomplete")
                 self.output[index] = closed
                 self.emit(

@@ -15,7 +15,7 @@ from exloop.orchestrator.errors import StoreError
 from exloop.orchestrator.items import InputText, Message
 from exloop.orchestrator.output import OutputWriter
 from exloop.orchestrator.record import SCHEMA_VERSION, ResponseRecord
-from exloop.orchestrator.spec import RunSpec
+from exloop.orchestrator.spec import McpServerSpec, RunSpec
 from exloop.orchestrator.state import Transition
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -112,3 +112,16 @@ async def test_stored_samples_of_every_layout_still_load() -> None:
         assert response.status == "completed" and response.metadata == {"k": "v"}
         assert record.input_items[0].text == "hello"  # type: ignore[union-attr]
         assert response.output[0].text == "Hi there."  # type: ignore[union-attr]
+
+
+async def test_mcp_authorization_is_never_stored() -> None:
+    codec = RecordCodec()
+    record = finished_record()
+    server = McpServerSpec("tools", "https://mcp.example/", {"Authorization": "Bearer s3cr3t"})
+    record.spec = dataclasses.replace(
+        record.spec, tools=dataclasses.replace(record.spec.tools, mcp=(server,))
+    )
+    stored = codec.encode_fixed(record) + codec.encode(record)
+    assert b"s3cr3t" not in stored
+    back = codec.decode(codec.encode(record), codec.encode_fixed(record), events=0)
+    assert back.spec.tools.mcp[0].url == "https://mcp.example/"
