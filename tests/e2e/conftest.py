@@ -97,10 +97,6 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
     def wait(self, timeout: float = SHUTDOWN_TIMEOUT) -> int:
         """Wait for the process to exit (after a signal the test sent); its exit code."""
         return self._process.wait(timeout)
