@@ -28,6 +28,7 @@ from exloop.engine.backends import (
     select_backend,
 )
 from exloop.engine.errors import EngineError, ModelNotFound
+from exloop.engine.tool_calls import FORMATS
 from exloop.tools.fetch import SafeFetcher
 from exloop.tools.mcp_client import McpLimits
 from exloop.tools.mcp_servers import ConfigError, ConfiguredServers, load_config
@@ -111,6 +112,16 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _tool_call_format(text: str) -> str:
+    # A type, not ``choices``: argparse checks a string default (the environment's) against
+    # the type but not against choices.
+    if text not in FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"unknown tool-call format {text!r}; choose one of {', '.join(sorted(FORMATS))}"
+        )
+    return text
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -182,10 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--tool-call-format",
+        type=_tool_call_format,
         default=_env("TOOL_CALL_FORMAT"),
         metavar="NAME",
-        help="how the model writes tool calls (EXLOOP_TOOL_CALL_FORMAT); default: detected "
-        "from the model's chat template",
+        help="how the model writes tool calls: "
+        f"{', '.join(sorted(FORMATS))} (EXLOOP_TOOL_CALL_FORMAT); default: detected from the "
+        "model's chat template",
     )
     serve.add_argument(
         "--api-key",
