@@ -31,7 +31,7 @@ from .errors import ApiError, invalid_request, to_api_error
 from .pagination import Page, PageQuery, item_id, paginate
 from .responses_request import parse_responses_request
 from .sse import DONE, encode_data, encode_event
-from .streaming import event_stream, unless_disconnected
+from .streaming import check_disconnect_support, event_stream, unless_disconnected
 
 _encoder = msgspec.json.Encoder()
 
@@ -83,7 +83,11 @@ def error_response(error: ApiError) -> Response:
 
 
 def build_app(orchestrator: Orchestrator, settings: AppSettings) -> Application:
-    """The application over a running orchestrator (entered by the caller, around serving)."""
+    """The application over a running orchestrator (entered by the caller, around serving).
+
+    Raises :class:`RuntimeError` when BlackSheep lacks what disconnect handling relies on.
+    """
+    check_disconnect_support()
     # An own router: Application() would share the module-level default router between apps.
     app = Application(router=Router())
     api = _Api(orchestrator, settings)

@@ -140,3 +140,21 @@ async def test_dropping_a_waiting_request_cancels_its_run() -> None:
         with anyio.fail_after(1.0):
             while not engine.jobs[0].cancelled:
                 await anyio.sleep(0.02)
+
+
+async def test_start_up_fails_loudly_without_blacksheeps_receive_channel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Disconnects are noticed through the ASGI receive channel BlackSheep keeps on a
+    request's content; a BlackSheep without it must stop the server at start-up, not leave
+    every dropped stream running."""
+
+    class WithoutReceive:
+        def __init__(self, receive: object) -> None:
+            self.body = None
+
+    monkeypatch.setattr("blacksheep.contents.ASGIContent", WithoutReceive)
+    monkeypatch.setattr("exloop.server.streaming.ASGIContent", WithoutReceive, raising=False)
+    async with Orchestrator(ScriptedEngine([say("hi")]), model_name="served") as orchestrator:
+        with pytest.raises(RuntimeError, match="disconnect"):
+            build_app(orchestrator, AppSettings("served"))
