@@ -28,9 +28,6 @@ from .resource import (
 from .spec import RunSpec
 from .state import STATUS, TERMINAL, Phase, Transition, advance
 
-#: Version of the stored record layout; bump it when the shape changes.
-SCHEMA_VERSION = 1
-
 
 @dataclass
 class UsageTotals:
@@ -77,7 +74,6 @@ class ResponseRecord:
     finished: anyio.Event = field(default_factory=anyio.Event)
     #: Set when the run stopped because --max-tool-rounds was reached.
     tool_rounds_capped: bool = False
-    schema_version: int = SCHEMA_VERSION
 
     @property
     def status(self) -> str:
