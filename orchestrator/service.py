@@ -16,7 +16,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from exloop.engine.errors import ContextLengthExceeded, EngineError, InvalidGrammar
-from exloop.engine.protocol import Chat, Engine, GenerationRequest, ToolSpec
+from exloop.engine.protocol import Chat, Engine, GenerationRequest, ModelInfo, ToolSpec
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
@@ -99,6 +99,11 @@ class Orchestrator:
         #: Runs in flight, stored or not (so a disconnect can abort an unstored run).
         self._live: dict[str, ResponseRecord] = {}
         self._tg: TaskGroup | None = None
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The loaded model, as its engine describes it."""
+        return self._engine.info
 
     async def __aenter__(self) -> Orchestrator:
         self._tg = anyio.create_task_group()

@@ -20,6 +20,7 @@ from blacksheep import Application, Content, Request, Response
 from blacksheep.server.routing import Router
 
 from exloop.engine.errors import InvalidGrammar
+from exloop.engine.fingerprint import model_fingerprint
 from exloop.orchestrator.events import StreamEvent
 from exloop.orchestrator.items import Item
 from exloop.orchestrator.service import Orchestrator, RunHandle
@@ -69,6 +70,9 @@ class AppSettings:
     served_model: str
     #: When set, every endpoint but ``/health`` requires ``Authorization: Bearer <key>``.
     api_key: str | None = None
+    #: Chat Completions' ``system_fingerprint``; by default one from the engine's model name,
+    #: backend and versions (``exloop serve`` passes one made from the model's files too).
+    system_fingerprint: str | None = None
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -172,6 +176,10 @@ class _Api:
         self._orchestrator = orchestrator
         self._settings = settings
         self._card = ModelCard(settings.served_model, int(time.time()))
+        info = orchestrator.model_info
+        self._fingerprint = settings.system_fingerprint or model_fingerprint(
+            info.backend, info.name
+        )
 
     async def models(self, request: Request) -> Response:
         return json_response(ModelList([self._card]))
@@ -250,7 +258,7 @@ class _Api:
     # -- /v1/chat/completions -------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        call = parse_chat_request(await _body(request), served_model=self._settings.served_model)
+        call = parse_chat_request(await _body(request))
         handle = await self._start(call.spec, call.constraint_param)
         if call.stream:
             snapshot = handle.response
@@ -260,6 +268,7 @@ class _Api:
                 snapshot.model,
                 logprobs=call.logprobs,
                 include_usage=call.include_usage,
+                fingerprint=self._fingerprint,
             )
             return event_stream(
                 request, _chat_events(handle.events(), chunks), on_disconnect=self._abort(handle.id)
@@ -268,7 +277,9 @@ class _Api:
         if final.status == "failed":
             message = final.error.message if final.error else "The response failed."
             raise ApiError(500, message, "server_error")
-        return json_response(chat_completion(final, logprobs=call.logprobs))
+        return json_response(
+            chat_completion(final, logprobs=call.logprobs, fingerprint=self._fingerprint)
+        )
 
 
 def _plain(handler: Handler) -> Handler:

@@ -113,9 +113,14 @@ class ChatCall:
     constraint_param: str | None
 
 
-def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
+def parse_chat_request(body: bytes) -> ChatCall:
     """Decode and validate a chat request; raises :class:`~.errors.ApiError` (400)."""
     request = decode_json(body, ChatRequest)
+    if not request.model:
+        # OpenAI requires it here (Responses keeps it optional, as the seed schema does).
+        raise invalid_request(
+            "You must provide a model parameter.", "model", "missing_required_parameter"
+        )
     check_unsupported(request)
     if not request.messages:
         raise invalid_request("messages must hold at least one message.", "messages")
@@ -153,7 +158,7 @@ def parse_chat_request(body: bytes, *, served_model: str) -> ChatCall:
     )
     spec = RunSpec(
         input=tuple(_items(request.messages)),
-        model=request.model or served_model,
+        model=request.model,
         sampling=sampling,
         tools=policy,
         constraint=constraint.grammar if constraint else None,

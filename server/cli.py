@@ -326,6 +326,7 @@ async def serve(settings: ServeSettings) -> None:
     """Load the model, then serve until interrupted; runs stop when the server does."""
     # Imported here so `exloop --help` and `fetch-model` do not load llama.cpp.
     from exloop.engine.default_model import default_model_path
+    from exloop.engine.fingerprint import model_fingerprint
     from exloop.orchestrator.mcp import McpSettings
     from exloop.orchestrator.service import Orchestrator
     from exloop.orchestrator.web_search import web_search_builtins
@@ -357,6 +358,9 @@ async def serve(settings: ServeSettings) -> None:
     )
     try:
         served = settings.served_model_name or engine.info.name
+        fingerprint = await anyio.to_thread.run_sync(
+            model_fingerprint, engine.info.backend, engine.info.name, path
+        )
         async with (
             configured,
             Orchestrator(
@@ -367,7 +371,7 @@ async def serve(settings: ServeSettings) -> None:
                 mcp=McpSettings(limits, settings.fetch_allow_private, configured),
             ) as orchestrator,
         ):
-            app = build_app(orchestrator, AppSettings(served, settings.api_key))
+            app = build_app(orchestrator, AppSettings(served, settings.api_key, fingerprint))
             server = uvicorn.Server(
                 uvicorn.Config(
                     app,

@@ -30,7 +30,8 @@ TOOL = {
 
 
 def parse(body: dict[str, Any]) -> ChatCall:
-    return parse_chat_request(json.dumps(body).encode(), served_model="served")
+    """Parse ``body``, naming a model unless it has ``model`` (Chat requires one)."""
+    return parse_chat_request(json.dumps({"model": "m", **body}).encode())
 
 
 def refused(body: dict[str, Any]) -> ApiError:
@@ -112,7 +113,7 @@ def test_options() -> None:
         }
     )
     assert call.stream and call.include_usage and call.logprobs
-    assert call.spec.model == "served"
+    assert call.spec.model == "m"
     sampling = call.spec.sampling
     assert sampling.max_tokens == 5 and sampling.top_logprobs == 2 and sampling.logprobs
     assert sampling.stop == ("a", "b") and sampling.top_k == 3
@@ -185,3 +186,16 @@ def test_each_bad_field_is_named(body: dict[str, Any], param: str) -> None:
 def test_messages_are_required() -> None:
     error = refused({"model": "m"})
     assert error.param == "messages" and error.code == "missing_required_parameter"
+
+
+@pytest.mark.parametrize("model", [None, ""])
+def test_model_is_required(model: str | None) -> None:
+    """Chat needs ``model``, as OpenAI answers (Responses keeps it optional)."""
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "x"}]}
+    if model is not None:
+        body["model"] = model
+    with pytest.raises(ApiError) as info:
+        parse_chat_request(json.dumps(body).encode())
+    error = info.value
+    assert (error.status, error.param, error.code) == (400, "model", "missing_required_parameter")
+    assert error.type == "invalid_request_error"

@@ -93,6 +93,7 @@ async def test_dropping_a_chat_stream_cancels_its_run() -> None:
             "/v1/chat/completions",
             3,
             json={
+                "model": "m",
                 "messages": [{"role": "user", "content": "hi"}],
                 "stream": True,
             },
