@@ -149,7 +149,13 @@ def parse_chat_request(body: bytes) -> ChatCall:
             "tools",
             "unsupported_value",
         )
-    policy, tool_choice = tool_policy(tools, request.tool_choice, request.web_search_options)
+    policy, tool_choice = tool_policy(
+        tools,
+        request.tool_choice,
+        request.web_search_options,
+        parallel_tool_calls=request.parallel_tool_calls,
+        max_tool_calls=request.max_tool_calls,
+    )
     sampling = sampling_params(
         request,
         max_tokens=max_tokens,

@@ -62,6 +62,7 @@ class CommonFields(msgspec.Struct, kw_only=True, frozen=True):
     tools: list[ToolField] | None = None
     tool_choice: ToolChoiceField | None = None
     parallel_tool_calls: bool | None = None
+    max_tool_calls: int | None = None
     web_search_options: WebSearchOptionsField | None = None
     metadata: dict[str, str] | None = None
     n: int | None = None
@@ -73,13 +74,6 @@ class CommonFields(msgspec.Struct, kw_only=True, frozen=True):
 
 def check_unsupported(fields: CommonFields) -> None:
     """Refuse values the server accepts the field of but cannot honour."""
-    if fields.parallel_tool_calls is False:
-        raise invalid_request(
-            "parallel_tool_calls=false is not supported: every tool call the model makes in a "
-            "turn is returned (or run). Omit the field or set it to true.",
-            "parallel_tool_calls",
-            "unsupported_value",
-        )
     if fields.n is not None and fields.n != 1:
         raise invalid_request("Only n=1 is supported.", "n", "unsupported_value")
     check_metadata(fields.metadata)

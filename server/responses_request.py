@@ -12,8 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
+
 from exloop.orchestrator.items import InputText, Item, Message
-from exloop.orchestrator.resource import ReasoningConfig, TextConfig
+from exloop.orchestrator.resource import (
+    FormatText,
+    ReasoningConfig,
+    TextConfig,
+    TextFormat,
+    Verbosity,
+)
 from exloop.orchestrator.spec import Echo, RunSpec
 
 from .decode import convert, decode_json
@@ -58,15 +66,21 @@ _ITEM_TYPES = frozenset(
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 
 
+class TextField(msgspec.Struct, frozen=True):
+    """``text``: the output format, and ``verbosity`` (null or absent: OpenAI's ``medium``)."""
+
+    format: TextFormat = FormatText()
+    verbosity: Verbosity | None = None
+
+
 class ResponsesRequest(CommonFields, kw_only=True, frozen=True):
     """The body of ``POST /v1/responses``; fields shared with Chat are in :class:`CommonFields`."""
 
     input: str | list[Any] | None = None
     instructions: str | None = None
-    text: TextConfig | None = None
+    text: TextField | None = None
     reasoning: ReasoningConfig | None = None
     max_output_tokens: int | None = None
-    max_tool_calls: int | None = None
     background: bool | None = None
     store: bool | None = None
     include: list[str] | None = None
@@ -88,13 +102,6 @@ def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
     """Decode and validate a create request; raises :class:`~.errors.ApiError` (400)."""
     request = decode_json(body, ResponsesRequest)
     check_unsupported(request)
-    if request.max_tool_calls is not None:
-        raise invalid_request(
-            "max_tool_calls is not supported; the server caps tool rounds with its "
-            "--max-tool-rounds setting.",
-            "max_tool_calls",
-            "unsupported_parameter",
-        )
     store = request.store is not False
     if request.background and not store:
         raise invalid_request(
@@ -112,7 +119,8 @@ def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
         if value not in INCLUDABLE:
             raise invalid_request(f"Unknown include value {value!r}.", f"include[{i}]")
 
-    text = request.text or TextConfig()
+    given = request.text or TextField()
+    text = TextConfig(given.format, given.verbosity or "medium")
     constraints = [format_constraint(text.format, "text.format")]
     if request.response_format is not None:
         text = TextConfig(response_format(request.response_format), text.verbosity)
@@ -122,7 +130,13 @@ def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
     constraint = single_constraint(*constraints)
 
     tools = tools_field(request.tools)
-    policy, tool_choice = tool_policy(tools, request.tool_choice, request.web_search_options)
+    policy, tool_choice = tool_policy(
+        tools,
+        request.tool_choice,
+        request.web_search_options,
+        parallel_tool_calls=request.parallel_tool_calls,
+        max_tool_calls=request.max_tool_calls,
+    )
     logprobs = bool(request.logprobs) or "message.output_text.logprobs" in include
     sampling = sampling_params(
         request,
@@ -149,7 +163,6 @@ def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
             reasoning=request.reasoning,
             max_output_tokens=request.max_output_tokens,
             top_logprobs=sampling.top_logprobs,
-            parallel_tool_calls=True,
             include=include,
             safety_identifier=request.safety_identifier,
             prompt_cache_key=request.prompt_cache_key,

@@ -38,7 +38,8 @@ def _registry() -> referencing.Registry[Any]:
         {"components": _nullable_as_null(document["components"])},
         default_specification=referencing.jsonschema.DRAFT202012,
     )
-    return referencing.Registry().with_resource(_URI, resource)
+    registry: referencing.Registry[Any] = referencing.Registry().with_resource(_URI, resource)
+    return registry
 
 
 @functools.cache

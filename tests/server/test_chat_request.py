@@ -149,7 +149,8 @@ def test_options() -> None:
         ({"n": 3}, "n"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"temperature": -1}, "temperature"),
-        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+        ({"max_tool_calls": -1}, "max_tool_calls"),
+        ({"web_search_options": {}, "max_tool_calls": 0}, "max_tool_calls"),
         (
             {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "x"}}},
             "tool_choice",
@@ -199,3 +200,17 @@ def test_model_is_required(model: str | None) -> None:
     error = info.value
     assert (error.status, error.param, error.code) == (400, "model", "missing_required_parameter")
     assert error.type == "invalid_request_error"
+
+
+def test_tool_call_limits() -> None:
+    default = parse({"messages": [{"role": "user", "content": "x"}]}).spec.tools
+    assert default.parallel_tool_calls is True and default.max_tool_calls is None
+    limited = parse(
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [TOOL],
+            "parallel_tool_calls": False,
+            "max_tool_calls": 2,
+        }
+    ).spec.tools
+    assert limited.parallel_tool_calls is False and limited.max_tool_calls == 2

@@ -12,6 +12,7 @@ from exloop.orchestrator.items import (
     FunctionCall,
     Logprob,
     Message,
+    OutputItem,
     OutputText,
     TopLogprob,
     UrlCitation,
@@ -171,7 +172,7 @@ def test_chunks_for_text_tool_calls_and_usage() -> None:
     for chunk in raw:
         assert errors("CreateChatCompletionStreamResponse", chunk) == []
         assert chunk["system_fingerprint"] == FINGERPRINT
-    chunks = [ChatCompletionChunk.model_validate(c) for c in raw]
+    chunks: list[Any] = [ChatCompletionChunk.model_validate(c) for c in raw]
     assert all(c.id == "chatcmpl-abc" and c.object == "chat.completion.chunk" for c in chunks)
     first, text, added, args, finish, usage = chunks
     assert first.choices[0].delta.role == "assistant"
@@ -214,7 +215,7 @@ def test_completions_match_openais_schema() -> None:
     ``annotations`` always a list, ``refusal`` present, ``tool_calls`` only when there are
     calls, ``system_fingerprint`` a string."""
     cite = UrlCitation("https://a.example", "A", 0, 5)
-    shapes = {
+    shapes: dict[str, list[OutputItem]] = {
         "text": [message(OutputText("Hello"))],
         "cited": [message(OutputText("Cited", [cite], [LOGPROB]))],
         "calls": [FunctionCall("call_1", "weather", "{}", id="fc_1")],
