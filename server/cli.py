@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -174,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default=_env("HOST", "127.0.0.1"), help="address to listen on (EXLOOP_HOST)"
     )
     serve.add_argument(
-        "--port", type=_port, default=_env("PORT", "1234"), help="port to listen on (EXLOOP_PORT)"
+        "--port",
+        type=_port,
+        default=_env("PORT", "1234"),
+        help="port to listen on; 0 picks a free one, which the log names (EXLOOP_PORT)",
     )
     serve.add_argument(
         "--max-tool-rounds",
@@ -372,7 +376,7 @@ async def serve(settings: ServeSettings) -> None:
             ) as orchestrator,
         ):
             app = build_app(orchestrator, AppSettings(served, settings.api_key, fingerprint))
-            server = uvicorn.Server(
+            server = _Server(
                 uvicorn.Config(
                     app,
                     host=settings.host,
@@ -386,18 +390,30 @@ async def serve(settings: ServeSettings) -> None:
                 )
             )
             log.info(
-                "serving %s (%s, %s, context %d, tool calls %s) on http://%s:%d",
+                "serving %s (%s, %s, context %d, tool calls %s, fingerprint %s)",
                 served,
                 engine.info.backend,
                 path,
                 engine.info.context_length,
                 engine.info.tool_call_format,
-                settings.host,
-                settings.port,
+                fingerprint,
             )
             await server.serve()
     finally:
         await engine.aclose()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, logging the address it listens on once its sockets are bound, so
+    that ``--port 0`` (any free port) can be used: ``listening on http://HOST:PORT``."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+                log.info("listening on http://%s:%d", shown, port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,11 +38,14 @@ class ScriptedJob:
     request: GenerationRequest
     text: str
     token_delay: float
+    #: When given, the job waits for it after its first token.
+    hold: anyio.Event | None = None
     cancelled: bool = False
     emitted_tokens: int = 0
-    #: Set once the first token is out, and once the job is cancelled.
+    #: Set once the first token is out, once the job is cancelled, and once it has ended.
     first_token: anyio.Event = field(default_factory=anyio.Event)
     cancelled_event: anyio.Event = field(default_factory=anyio.Event)
+    ended: anyio.Event = field(default_factory=anyio.Event)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -64,6 +67,8 @@ class ScriptedJob:
                 if sampling.max_tokens is not None and self.emitted_tokens >= sampling.max_tokens:
                     reason = "length"
                     break
+                if self.hold is not None and self.emitted_tokens == 1:
+                    await self.hold.wait()
                 await anyio.sleep(self.token_delay)
                 out += chunk
                 self.emitted_tokens += 1
@@ -83,7 +88,9 @@ class ScriptedJob:
                     yield Delta(text=out[sent:])
         except BaseException:
             self.cancel()
+            self.ended.set()
             raise
+        self.ended.set()
         yield Finish(
             reason=reason,  # type: ignore[arg-type]
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=self.emitted_tokens),
@@ -111,6 +118,8 @@ class ScriptedEngine:
     token_delay: float = 0.0
     context_length: int = 4096
     tool_call_format: str = "exloop"
+    #: When given, every job stops after its first token until it is set.
+    hold: anyio.Event | None = None
     jobs: list[ScriptedJob] = field(default_factory=list)
     submitted: int = 0
     _new_job: anyio.Event | None = None
@@ -153,7 +162,7 @@ class ScriptedEngine:
             raise ContextLengthExceeded("The prompt does not fit in the context window.")
         script = self.scripts[min(self.submitted, len(self.scripts) - 1)]
         self.submitted += 1
-        job = ScriptedJob(request, script(request), self.token_delay)
+        job = ScriptedJob(request, script(request), self.token_delay, self.hold)
         self.jobs.append(job)
         if self._new_job is not None:
             self._new_job.set()
