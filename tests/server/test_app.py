@@ -14,6 +14,7 @@ from blacksheep import Application
 
 from exloop.engine.errors import GenerationFailed
 from exloop.engine.protocol import GenerationRequest
+from exloop.orchestrator.builtin import BuiltinFactory
 from exloop.orchestrator.service import Orchestrator
 from exloop.server.app import AppSettings, build_app
 from tests.orchestrator.scripted import ScriptedEngine, say
@@ -25,9 +26,9 @@ ANSWER = "Hello there, friend."
 
 @asynccontextmanager
 async def running_app(
-    engine: ScriptedEngine, api_key: str | None = None
+    engine: ScriptedEngine, api_key: str | None = None, builtins: BuiltinFactory | None = None
 ) -> AsyncIterator[Application]:
-    async with Orchestrator(engine, model_name="served") as orchestrator:
+    async with Orchestrator(engine, model_name="served", builtins=builtins) as orchestrator:
         app = build_app(orchestrator, AppSettings("served", api_key))
         await app.start()
         try:
