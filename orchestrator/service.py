@@ -159,7 +159,7 @@ class Orchestrator:
             GenerationRequest(prompt=Chat(()), sampling=spec.sampling, constraint=spec.constraint)
         )
         self._check_tool_grammars(spec)
-        await self._check_context(spec, (*context, *inputs))
+        await self._check_context(spec, (*context, *inputs), builtins)
 
         record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
         if not spec.background:
@@ -234,10 +234,14 @@ class Orchestrator:
                     param=f"tools[{index}].parameters",
                 ) from exc
 
-    async def _check_context(self, spec: RunSpec, items: tuple[Item, ...]) -> None:
+    async def _check_context(
+        self, spec: RunSpec, items: tuple[Item, ...], builtins: BuiltinRegistry
+    ) -> None:
+        """The input, with the definitions of every tool the first step may show, must leave
+        room for the output (the steps count the same way)."""
         if spec.truncation == "auto":
             return  # the loop drops the oldest turns as needed
-        tools = (*spec.tools.functions,)
+        tools = (*spec.tools.functions, *builtins.specs)
         tokens = await self._engine.count_tokens(
             Chat(tuple(to_messages(items, spec.instructions)), tools)
         )

@@ -7,6 +7,7 @@ from typing import get_args
 
 import pytest
 
+from exloop.engine.errors import ContextLengthExceeded
 from exloop.engine.protocol import FinishReason, GenerationRequest, ToolSpec
 from exloop.engine.sampling import SamplingParams
 from exloop.engine.tool_calls import get_format
@@ -182,3 +183,21 @@ async def test_max_tool_calls_zero_offers_no_builtin_tool() -> None:
         response = await (await orch.create(spec(tools=ToolPolicy(max_tool_calls=0)))).wait()
     assert lookup.calls == [] and len(engine.jobs) == 1
     assert response.output[0].text == "final answer"  # type: ignore[union-attr]
+
+
+async def test_the_context_check_counts_builtin_tool_definitions() -> None:
+    """Without truncation, an input that fits alone but not with the built-in tools' definitions
+    the step shows is refused up front (a 400), not failed mid-run."""
+
+    class Described(Lookup):
+        @property
+        def spec(self) -> ToolSpec:
+            return ToolSpec(name="lookup", description="Looks things up. " * 60)
+
+    tools: list[BuiltinTool] = [Described()]
+    engine = ScriptedEngine([say("fine")], context_length=400)
+    request = spec("question " * 100, sampling=SamplingParams(max_tokens=20))
+    async with Orchestrator(engine, model_name="m", builtins=lambda _s: tools) as orch:
+        with pytest.raises(ContextLengthExceeded):
+            await orch.create(request)
+    assert engine.jobs == []
