@@ -27,14 +27,13 @@ from exloop.orchestrator.spec import Echo, RunSpec
 
 from .decode import decode_json
 from .errors import invalid_request
-from .fields import CommonFields, check_unsupported, sampling_params
+from .fields import CommonFields, check_unsupported, request_tools, sampling_params
 from .format_fields import (
     format_constraint,
     grammar_constraint,
     response_format,
     single_constraint,
 )
-from .tool_fields import tool_policy, tools_field
 
 
 class TextPart(msgspec.Struct, tag="text", tag_field="type", frozen=True):
@@ -141,21 +140,14 @@ def parse_chat_request(body: bytes) -> ChatCall:
         constraints.append(grammar_constraint(request.grammar))
     constraint = single_constraint(*constraints)
 
-    tools = tools_field(request.tools)
-    if tools.mcp:
+    policy, echoed_tools, tool_choice = request_tools(request)
+    if policy.mcp:
         raise invalid_request(
             "mcp tools are a Responses API feature (approvals need its items); on Chat "
             "Completions the server's own MCP servers (--mcp-config) are available as tools.",
             "tools",
             "unsupported_value",
         )
-    policy, tool_choice = tool_policy(
-        tools,
-        request.tool_choice,
-        request.web_search_options,
-        parallel_tool_calls=request.parallel_tool_calls,
-        max_tool_calls=request.max_tool_calls,
-    )
     sampling = sampling_params(
         request,
         max_tokens=max_tokens,
@@ -171,7 +163,7 @@ def parse_chat_request(body: bytes) -> ChatCall:
         store=False,
         metadata=dict(request.metadata or {}),
         echo=Echo(
-            tools=tools.echo,
+            tools=echoed_tools,
             tool_choice=tool_choice,
             max_output_tokens=max_tokens,
             top_logprobs=sampling.top_logprobs,

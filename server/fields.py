@@ -14,10 +14,12 @@ import msgspec
 
 from exloop.engine.errors import InvalidParameter
 from exloop.engine.sampling import DrySettings, SamplingParams
+from exloop.orchestrator.resource import Tool, ToolChoice
+from exloop.orchestrator.spec import ToolPolicy
 
 from .errors import invalid_request
 from .format_fields import GrammarField, ResponseFormatField
-from .tool_fields import ToolChoiceField, ToolField, WebSearchOptionsField
+from .tool_fields import ToolChoiceField, ToolField, WebSearchOptionsField, tool_policy, tools_field
 
 T = TypeVar("T")
 
@@ -77,6 +79,20 @@ def check_unsupported(fields: CommonFields) -> None:
     if fields.n is not None and fields.n != 1:
         raise invalid_request("Only n=1 is supported.", "n", "unsupported_value")
     check_metadata(fields.metadata)
+
+
+def request_tools(fields: CommonFields) -> tuple[ToolPolicy, tuple[Tool, ...], ToolChoice]:
+    """The tools of a request (both APIs): the policy the orchestrator follows, and ``tools``
+    and ``tool_choice`` as the response echoes them."""
+    tools = tools_field(fields.tools)
+    policy, tool_choice = tool_policy(
+        tools,
+        fields.tool_choice,
+        fields.web_search_options,
+        parallel_tool_calls=fields.parallel_tool_calls,
+        max_tool_calls=fields.max_tool_calls,
+    )
+    return policy, tools.echo, tool_choice
 
 
 def check_metadata(metadata: dict[str, str] | None) -> None:

@@ -26,14 +26,13 @@ from exloop.orchestrator.spec import Echo, RunSpec
 
 from .decode import convert, decode_json
 from .errors import invalid_request
-from .fields import CommonFields, check_unsupported, sampling_params
+from .fields import CommonFields, check_unsupported, request_tools, sampling_params
 from .format_fields import (
     format_constraint,
     grammar_constraint,
     response_format,
     single_constraint,
 )
-from .tool_fields import tool_policy, tools_field
 
 #: ``include`` values OpenAI defines; the server produces what applies to a text model.
 INCLUDABLE = frozenset(
@@ -129,14 +128,7 @@ def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
         constraints.append(grammar_constraint(request.grammar))
     constraint = single_constraint(*constraints)
 
-    tools = tools_field(request.tools)
-    policy, tool_choice = tool_policy(
-        tools,
-        request.tool_choice,
-        request.web_search_options,
-        parallel_tool_calls=request.parallel_tool_calls,
-        max_tool_calls=request.max_tool_calls,
-    )
+    policy, echoed_tools, tool_choice = request_tools(request)
     logprobs = bool(request.logprobs) or "message.output_text.logprobs" in include
     sampling = sampling_params(
         request,
@@ -157,7 +149,7 @@ def parse_responses_request(body: bytes, *, served_model: str) -> ResponsesCall:
         truncation=request.truncation or "disabled",
         metadata=dict(request.metadata or {}),
         echo=Echo(
-            tools=tools.echo,
+            tools=echoed_tools,
             tool_choice=tool_choice,
             text=text,
             reasoning=request.reasoning,
