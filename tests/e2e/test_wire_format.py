@@ -158,12 +158,3 @@ def test_max_tool_calls_caps_the_searches(searching: openai.OpenAI) -> None:
     assert response.max_tool_calls == 1
     kinds = [item.type for item in response.output]
     assert kinds == ["web_search_call", "message"]
-    # The chat endpoint takes the same cap for its built-in search.
-    completion = searching.chat.completions.create(
-        model="m",
-        messages=[{"role": "user", "content": "What causes the ocean tides?"}],
-        max_tokens=120,
-        temperature=0,
-        extra_body={"web_search_options": {"search_context_size": "low"}, "max_tool_calls": 1},
-    )
-    assert completion.choices[0].message.content
