@@ -151,7 +151,7 @@ def test_max_tool_calls_caps_the_searches(searching: openai.OpenAI) -> None:
         input="What causes the ocean tides?",
         max_tool_calls=1,
         temperature=0,
-        max_output_tokens=120,
+        max_output_tokens=32,
         extra_body={"web_search_options": {"search_context_size": "low"}},
     )
     check_response(searching.get(f"/responses/{response.id}", cast_to=httpx.Response).json())
