@@ -411,10 +411,10 @@ def tool_policy(
         )
     policy, echoed = _choice_policy(tools, choice, options)
     forced_search = policy.web_search is not None and policy.web_search.forced
-    if max_tool_calls == 0 and forced_search:
+    if max_tool_calls == 0 and (forced_search or policy.forced_mcp is not None):
         raise invalid_request(
-            "max_tool_calls is 0, but the request asks for a web search (web_search_options, "
-            "or tool_choice web_search); allow at least one built-in tool call.",
+            "max_tool_calls is 0, but the request forces a built-in tool call (web_search_options, "
+            "or a web_search or mcp tool_choice); allow at least one.",
             "max_tool_calls",
         )
     limits = replace(

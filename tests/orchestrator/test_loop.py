@@ -57,8 +57,8 @@ def test_every_finish_reason_has_its_outcome() -> None:
 
 
 def test_calls_decide_only_when_the_model_ended_its_turn() -> None:
-    builtin = StepCall("call_1", "lookup", "{}", builtin=True)
-    client = StepCall("call_2", "weather", "{}", builtin=False)
+    builtin = StepCall("call_1", "lookup", "{}", "builtin")
+    client = StepCall("call_2", "weather", "{}", "client")
     for finish in ("eos", "stop"):
         assert decide(result(finish, builtin, client), rounds_left=True) == RunBuiltinTools(
             (builtin,), (client,)

@@ -183,6 +183,14 @@ def test_bad_input_names_the_item(body: dict[str, Any], param: str) -> None:
             "max_tool_calls",
         ),
         ({"text": {"verbosity": "loud"}}, "text.verbosity"),
+        (
+            {
+                "tools": [{"type": "mcp", "server_label": "s", "server_url": "https://s.test/mcp"}],
+                "tool_choice": {"type": "mcp", "server_label": "s"},
+                "max_tool_calls": 0,
+            },
+            "max_tool_calls",
+        ),
         ({"n": 2}, "n"),
         ({"background": True, "store": False}, "background"),
         ({"include": ["everything"]}, "include[0]"),
