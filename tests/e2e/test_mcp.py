@@ -82,11 +82,14 @@ def mcp_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpFixture]:
     line = process.stdout.readline()
     if not line.strip().isdigit():
         process.kill()
+        process.wait()
+        process.stdout.close()
         pytest.fail(f"the MCP fixture server did not start: {line!r}")
     port = int(line)
-    yield McpFixture(f"http://127.0.0.1:{port}/mcp", log_path, process)
-    process.terminate()
-    process.wait(10)
+    with process.stdout:
+        yield McpFixture(f"http://127.0.0.1:{port}/mcp", log_path, process)
+        process.terminate()
+        process.wait(10)
 
 
 @pytest.fixture(scope="module")
