@@ -157,5 +157,6 @@ def test_max_tool_calls_caps_the_searches(searching: openai.OpenAI) -> None:
     )
     check_response(searching.get(f"/responses/{response.id}", cast_to=httpx.Response).json())
     assert response.max_tool_calls == 1
+    assert response.status in ("completed", "incomplete")  # the answer may be cut short
     kinds = [item.type for item in response.output]
     assert kinds == ["web_search_call", "message"]
