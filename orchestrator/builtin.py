@@ -72,6 +72,37 @@ class Citing(Protocol):
 BuiltinFactory: TypeAlias = Callable[[RunSpec], list[BuiltinTool]]
 
 
+class CallBudget:
+    """``max_tool_calls``: how many built-in calls one response may run, over every built-in
+    tool together (web search, page reads, and any tool a :class:`BuiltinRegistry` holds).
+
+    The tool loop takes one unit for each built-in call before running it, so every kind of
+    built-in tool counts through here; a call that finds the budget spent is not run.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self._limit = limit
+        self._used = 0
+
+    @property
+    def spent(self) -> bool:
+        return self._limit is not None and self._used >= self._limit
+
+    def take(self) -> bool:
+        """Count one call; False (counting nothing) when the budget is spent."""
+        if self.spent:
+            return False
+        self._used += 1
+        return True
+
+    def refusal(self) -> str:
+        """What the model reads in place of the result of a call over the budget."""
+        return (
+            f"Not run: this response may make at most {self._limit} built-in tool calls, and "
+            "they are used up. Answer with the information you already have."
+        )
+
+
 class BuiltinRegistry:
     """The built-in tools enabled for one response, by name."""
 

@@ -1,20 +1,26 @@
 """The tool loop: model step → decide → (built-in tools → next step) until an outcome.
 
-Each step ends in one of a closed set of outcomes, decided in this priority order:
+Each step ends in one of a closed set of outcomes, decided from how the engine job finished
+and what the model wrote, in this priority order:
 
-1. :class:`Incomplete`: the token budget ran out;
-2. :class:`RunBuiltinTools`: the model called built-in tools (MCP tools included) and rounds
+1. :class:`EngineStopped`: the engine cancelled the job itself (it is closing): the
+   response fails, since the answer was cut off by the server, not the client;
+2. :class:`Incomplete`: the token budget ran out;
+3. :class:`RunBuiltinTools`: the model called built-in tools (MCP tools included) and rounds
    remain;
-3. :class:`AwaitClientTools`: the model called client functions, or MCP tools that need the
+4. :class:`AwaitClientTools`: the model called client functions, or MCP tools that need the
    client's approval: the response completes with its function_call / mcp_approval_request
    items and the client answers them;
-4. :class:`FinalMessage`: an answer.
+5. :class:`FinalMessage`: an answer (the model ended its turn, or a stop sequence matched).
 
 Before the first step, the response's MCP servers are listed (:mod:`.mcp`), and calls the
 input approves (``mcp_approval_response``) run as the first round. ``--max-tool-rounds`` caps
 rounds of built-in tools: when reached, one last step runs with tools disabled so the model
-answers from what it has. Cancellation is the response's cancel scope, which reaches into
-generation and tool runs alike.
+answers from what it has. ``max_tool_calls`` caps built-in calls, MCP calls included
+(:class:`~.builtin.CallBudget`): a call over it is not run, the model reads why, and later
+steps no longer offer built-in tools. ``parallel_tool_calls: false`` lets a turn's call
+grammar hold one call. Cancellation is the response's cancel scope, which reaches into
+generation and tool runs alike; a job cancelled that way never reaches :func:`decide`.
 """
 
 from __future__ import annotations
@@ -25,11 +31,11 @@ from typing import TypeAlias, assert_never
 
 import anyio
 
-from exloop.engine.protocol import Chat, ChatMessage, Engine, ToolCall
+from exloop.engine.protocol import Chat, ChatMessage, Engine, ToolCall, ToolSpec
 from exloop.engine.tool_calls.base import ToolCallFormat
 from exloop.engine.tool_calls.grammar import MAX_CALLS
 
-from .builtin import BuiltinCall, BuiltinRegistry
+from .builtin import BuiltinCall, BuiltinRegistry, CallBudget
 from .conversation import drop_oldest_turn, to_messages
 from .items import Item, new_id
 from .mcp import McpToolset, approved
@@ -38,7 +44,16 @@ from .record import ResponseRecord
 from .resource import IncompleteDetails
 from .spec import RunSpec
 from .state import Transition
-from .step import AnswerMode, AutoMode, CallMode, ModelStep, StepCall, StepMode, StepResult
+from .step import (
+    AnswerMode,
+    AutoMode,
+    CallMode,
+    ModelStep,
+    StepCall,
+    StepMode,
+    StepResult,
+    offered_tools,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +77,29 @@ class Incomplete:
     """The token budget (``max_output_tokens``) ran out."""
 
 
-Outcome: TypeAlias = FinalMessage | AwaitClientTools | RunBuiltinTools | Incomplete
+@dataclass(frozen=True, slots=True)
+class EngineStopped:
+    """The engine ended the job before the model finished (``Finish(reason="cancelled")``
+    without the response being cancelled: the engine is closing)."""
+
+
+Outcome: TypeAlias = FinalMessage | AwaitClientTools | RunBuiltinTools | Incomplete | EngineStopped
+
+#: Why the engine stopped a job itself, as the failed response reports it.
+ENGINE_STOPPED = "The model stopped before finishing the response: the server is shutting down."
 
 
 def decide(result: StepResult, *, rounds_left: bool) -> Outcome:
     """The outcome of a step, in the documented priority order."""
-    if result.finish == "length":
-        return Incomplete()
+    match result.finish:
+        case "cancelled":
+            return EngineStopped()
+        case "length":
+            return Incomplete()
+        case "eos" | "stop":
+            pass
+        case _:
+            assert_never(result.finish)
     builtin = tuple(c for c in result.calls if c.kind == "builtin")
     client = tuple(c for c in result.calls if c.kind != "builtin")
     if builtin and rounds_left:
@@ -109,20 +140,21 @@ class ToolLoop:
         spec = record.spec
         messages = to_messages(history, spec.instructions)
         step = ModelStep(self._engine, record, writer, self._format, self._builtins)
+        budget = CallBudget(spec.tools.max_tool_calls)
         rounds = 0
         first = True
         resumed = self._approved_calls(history, record.input_items, writer)
         if resumed:
             # Approved calls run first thing; they stand for this response's first tool use.
-            await self._round(record, resumed, "", writer, messages)
+            await self._round(record, resumed, "", writer, messages, budget)
             rounds += 1
             first = False
         while True:
             capped = rounds >= self._max_rounds and bool(self._builtins)
-            mode = self._mode(spec, first=first, capped=capped)
+            mode = self._mode(spec, first=first, capped=capped, budget=budget)
             if capped:
                 record.tool_rounds_capped = True
-            await self._fit_context(messages, spec)
+            await self._fit_context(messages, spec, offered_tools(mode))
             sampling = replace(
                 spec.sampling,
                 max_tokens=_budget(spec.sampling.max_tokens, record.usage.output_tokens),
@@ -131,6 +163,10 @@ class ToolLoop:
             first = False
             outcome = decide(result, rounds_left=not capped)
             match outcome:
+                case EngineStopped():
+                    writer.close_all("incomplete")
+                    record.fail("server_error", ENGINE_STOPPED)
+                    return
                 case Incomplete():
                     # A cut-off answer still cites the sources of the text it has.
                     citations = self._builtins.annotate(writer.message_text)
@@ -148,7 +184,7 @@ class ToolLoop:
                     return
                 case RunBuiltinTools(calls=calls, client_calls=client_calls):
                     writer.close_message()
-                    await self._round(record, calls, result.text, writer, messages)
+                    await self._round(record, calls, result.text, writer, messages, budget)
                     if client_calls:
                         record.complete()
                         return
@@ -163,10 +199,11 @@ class ToolLoop:
         text: str,
         writer: OutputWriter,
         messages: list[ChatMessage],
+        budget: CallBudget,
     ) -> None:
         """Run a round of built-in calls and add the turn and its results to ``messages``."""
         record.move(Transition.RUN_TOOLS)
-        results = await self._run_builtins(calls, writer)
+        results = await self._run_builtins(calls, writer, budget)
         messages.append(
             ChatMessage(
                 role="assistant",
@@ -199,30 +236,38 @@ class ToolLoop:
             calls.append(StepCall(call_id, name, request.arguments, "builtin"))
         return tuple(calls)
 
-    def _mode(self, spec: RunSpec, *, first: bool, capped: bool) -> StepMode:
+    def _mode(self, spec: RunSpec, *, first: bool, capped: bool, budget: CallBudget) -> StepMode:
         policy = spec.tools
-        offered = (*policy.functions, *self._builtins.specs)
+        builtins = () if budget.spent else self._builtins.specs
+        offered = (*policy.functions, *builtins)
         if capped or policy.mode == "none" or not offered:
             return AnswerMode(spec.constraint)
-        if first and policy.web_search is not None and policy.web_search.forced:
-            return CallMode(self._builtins.specs[:1], max_calls=1)
-        if first and policy.forced_mcp is not None:
+        per_turn = MAX_CALLS if policy.parallel_tool_calls else 1
+        if first and builtins and policy.web_search is not None and policy.web_search.forced:
+            return CallMode(builtins[:1], max_calls=1)
+        if first and builtins and policy.forced_mcp is not None:
             choice = policy.forced_mcp
             forced = self._builtins.mcp_specs(choice.server_label, choice.name)
             # A server that could not list its tools (or lacks the tool) forces nothing.
             if forced:
-                return CallMode(forced, max_calls=1 if choice.name else MAX_CALLS)
+                return CallMode(forced, max_calls=1 if choice.name else per_turn)
         if first and policy.forced_name is not None:
             return CallMode(tuple(t for t in offered if t.name == policy.forced_name), max_calls=1)
         if first and policy.mode == "required":
-            return CallMode(offered)
+            return CallMode(offered, max_calls=per_turn)
         if spec.constraint is not None:
             # A structured-output constraint leaves no room for call syntax.
             return AnswerMode(spec.constraint)
-        return AutoMode(offered)
+        return AutoMode(offered, max_calls=per_turn)
 
-    async def _run_builtins(self, calls: tuple[StepCall, ...], writer: OutputWriter) -> list[str]:
-        """Run a round's built-in calls concurrently; results keep the calls' order."""
+    async def _run_builtins(
+        self, calls: tuple[StepCall, ...], writer: OutputWriter, budget: CallBudget
+    ) -> list[str]:
+        """Run a round's built-in calls concurrently; results keep the calls' order.
+
+        Every built-in call passes the budget here, whatever its tool (MCP calls, approved
+        ones included); a call over it is not run, and its result tells the model so.
+        """
         results = [""] * len(calls)
 
         async def run_one(i: int, call: StepCall) -> None:
@@ -245,15 +290,22 @@ class ToolLoop:
 
         async with anyio.create_task_group() as tg:
             for i, call in enumerate(calls):
-                tg.start_soon(run_one, i, call)
+                if budget.take():
+                    tg.start_soon(run_one, i, call)
+                else:
+                    results[i] = budget.refusal()
+                    writer.abandon_call(call.call_id, results[i])
         return results
 
-    async def _fit_context(self, messages: list[ChatMessage], spec: RunSpec) -> None:
-        """With truncation auto, drop the oldest turns until the prompt fits."""
+    async def _fit_context(
+        self, messages: list[ChatMessage], spec: RunSpec, tools: tuple[ToolSpec, ...]
+    ) -> None:
+        """With truncation auto, drop the oldest turns until the prompt fits, counted as the
+        step renders it: with the definitions of the tools it offers."""
         if spec.truncation != "auto":
             return
         limit = self._engine.info.context_length - (spec.sampling.max_tokens or 1)
-        while await self._engine.count_tokens(Chat(tuple(messages))) > limit:
+        while await self._engine.count_tokens(Chat(tuple(messages), tools)) > limit:
             if not drop_oldest_turn(messages):
                 return
 

@@ -235,7 +235,11 @@ class OutputWriter:
             return
         record.emit(
             lambda n: ev.FunctionCallArgumentsDone(
-                sequence_number=n, item_id=where[0], output_index=where[1], arguments=arguments
+                sequence_number=n,
+                item_id=where[0],
+                output_index=where[1],
+                name=call.name,
+                arguments=arguments,
             )
         )
         item = self._call_item(call, status)

@@ -58,9 +58,15 @@ class FormatJsonSchema(msgspec.Struct, tag="json_schema", tag_field="type", froz
 TextFormat: TypeAlias = FormatText | FormatJsonObject | FormatJsonSchema
 
 
+Verbosity: TypeAlias = Literal["low", "medium", "high"]
+
+
 class TextConfig(msgspec.Struct, frozen=True):
+    """``text`` as the response echoes it: ``verbosity`` is ``medium`` unless asked (responses
+    stored before exloop echoed it keep their ``null``)."""
+
     format: TextFormat = FormatText()
-    verbosity: Literal["low", "medium", "high"] | None = None
+    verbosity: Verbosity | None = "medium"
 
 
 class ReasoningConfig(msgspec.Struct, frozen=True):

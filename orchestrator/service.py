@@ -31,7 +31,7 @@ from exloop.engine.errors import (
     InvalidGrammar,
 )
 from exloop.engine.grammar_sandbox import CompileBudget
-from exloop.engine.protocol import Chat, Engine, GenerationRequest, ToolSpec
+from exloop.engine.protocol import Chat, Engine, GenerationRequest, ModelInfo, ToolSpec
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
@@ -143,6 +143,11 @@ class Orchestrator:
         )
         self._tg: TaskGroup | None = None
         self._exit = AsyncExitStack()
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The loaded model, as its engine describes it."""
+        return self._engine.info
 
     async def __aenter__(self) -> Orchestrator:
         async with AsyncExitStack() as stack:
@@ -275,7 +280,7 @@ class Orchestrator:
                 )
         self._check_mcp(spec, builtins, (*context, *inputs))
         await self._check_grammars(spec)
-        await self._check_context(spec, (*context, *inputs))
+        await self._check_context(spec, (*context, *inputs), builtins)
 
         record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
         if not spec.background:
@@ -390,10 +395,14 @@ class Orchestrator:
         grammar = self._format.call_grammar(tools, include_trigger=True)
         await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
 
-    async def _check_context(self, spec: RunSpec, items: tuple[Item, ...]) -> None:
+    async def _check_context(
+        self, spec: RunSpec, items: tuple[Item, ...], builtins: BuiltinRegistry
+    ) -> None:
+        """The input, with the definitions of every tool the first step may show, must leave
+        room for the output (the steps count the same way)."""
         if spec.truncation == "auto":
             return  # the loop drops the oldest turns as needed
-        tools = (*spec.tools.functions,)
+        tools = (*spec.tools.functions, *builtins.specs)
         tokens = await self._engine.count_tokens(
             Chat(tuple(to_messages(items, spec.instructions)), tools)
         )

@@ -93,10 +93,12 @@ class McpChoice:
 
 @dataclass(frozen=True, slots=True)
 class ToolPolicy:
-    """Which tools the model sees and must use.
+    """Which tools the model sees and must use, and how many calls it may make.
 
     ``forced_name`` set means the model must call that one function (``tool_choice`` naming a
     function); ``mode == "required"`` means it must call one of ``functions``.
+    ``parallel_tool_calls`` false allows one call per model turn; ``max_tool_calls`` caps the
+    built-in tool calls of the whole response (None: only ``--max-tool-rounds`` applies).
     """
 
     functions: tuple[ToolSpec, ...] = ()
@@ -105,6 +107,8 @@ class ToolPolicy:
     web_search: WebSearchOptions | None = None
     mcp: tuple[McpServerSpec, ...] = ()
     forced_mcp: McpChoice | None = None
+    parallel_tool_calls: bool = True
+    max_tool_calls: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +121,6 @@ class Echo:
     reasoning: ReasoningConfig | None = None
     max_output_tokens: int | None = None
     top_logprobs: int = 0
-    parallel_tool_calls: bool = True
     include: tuple[str, ...] = ()
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None

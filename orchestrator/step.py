@@ -56,12 +56,15 @@ class AnswerMode:
 @dataclass(frozen=True, slots=True)
 class AutoMode:
     tools: tuple[ToolSpec, ...]
+    #: Calls the turn may make once it starts calling (one with ``parallel_tool_calls: false``).
+    max_calls: int = MAX_CALLS
 
 
 @dataclass(frozen=True, slots=True)
 class CallMode:
     tools: tuple[ToolSpec, ...]
-    #: One when ``tool_choice`` names a function (or for the forced first search).
+    #: One when ``tool_choice`` names a function (or for the forced first search), or with
+    #: ``parallel_tool_calls: false``.
     max_calls: int = MAX_CALLS
 
 
@@ -111,8 +114,7 @@ class ModelStep:
     async def run(
         self, messages: Sequence[ChatMessage], mode: StepMode, sampling: SamplingParams
     ) -> StepResult:
-        tools = () if isinstance(mode, AnswerMode) else mode.tools
-        chat = Chat(messages=tuple(messages), tools=tools)
+        chat = Chat(messages=tuple(messages), tools=offered_tools(mode))
         sink = _Sink(self._writer, self._builtins, self._format)
         match mode:
             case AnswerMode(constraint=constraint):
@@ -122,7 +124,7 @@ class ModelStep:
                     tools, include_trigger=True, max_calls=max_calls
                 )
                 finish, used = await self._generate(chat, sampling, grammar, sink.calls)
-            case AutoMode(tools=tools):
+            case AutoMode(tools=tools, max_calls=max_calls):
                 stops = (*sampling.stop, *self._format.triggers)
                 free = replace(sampling, stop=stops)
                 finish, used = await self._generate(chat, free, None, sink.text)
@@ -130,15 +132,18 @@ class ModelStep:
                     trigger = finish.stop_sequence or ""
                     sink.calls(trigger, [])
                     chat = replace(chat, assistant_prefix=sink.raw_text + trigger)
-                    grammar = self._format.call_grammar(tools, include_trigger=False)
+                    grammar = self._format.call_grammar(
+                        tools, include_trigger=False, max_calls=max_calls
+                    )
                     rest = replace(sampling, max_tokens=_remaining(sampling.max_tokens, used))
                     finish, more = await self._generate(chat, rest, grammar, sink.calls)
                     used += more
         try:
             sink.finish()
         except ToolCallParseError:
-            # Calls are generated under their grammar, so only a cut-off can leave one open.
-            if finish.reason != "length":
+            # Calls are generated under their grammar, so only a cut-off (the token budget, or
+            # the engine stopping the job) can leave one open.
+            if finish.reason not in ("length", "cancelled"):
                 raise
         return StepResult(
             text=sink.raw_text,
@@ -180,6 +185,11 @@ class ModelStep:
                 usage.input_tokens += await self._engine.count_tokens(chat)
             raise
         raise RuntimeError("engine job ended without a Finish event")
+
+
+def offered_tools(mode: StepMode) -> tuple[ToolSpec, ...]:
+    """The tools a step in ``mode`` shows the model."""
+    return () if isinstance(mode, AnswerMode) else mode.tools
 
 
 def _remaining(budget: int | None, used: int) -> int | None:

@@ -22,6 +22,7 @@ from blacksheep import Application, Content, Request, Response
 from blacksheep.server.routing import Router
 
 from exloop.engine.errors import InvalidGrammar
+from exloop.engine.fingerprint import model_fingerprint
 from exloop.orchestrator.events import StreamEvent
 from exloop.orchestrator.items import Item
 from exloop.orchestrator.service import Orchestrator, RunHandle
@@ -35,7 +36,7 @@ from .limits import Limits
 from .pagination import Page, PageQuery, item_id, paginate
 from .responses_request import parse_responses_request
 from .sse import DONE, encode_data, encode_event
-from .streaming import event_stream, unless_disconnected
+from .streaming import check_disconnect_support, event_stream, unless_disconnected
 
 _encoder = msgspec.json.Encoder()
 
@@ -80,6 +81,9 @@ class AppSettings:
     api_key: str | None = None
     #: What one request may make the server do.
     limits: Limits = field(default_factory=Limits)
+    #: Chat Completions' ``system_fingerprint``; by default one from the engine's model name,
+    #: backend and versions (``exloop serve`` passes one made from the model's files too).
+    system_fingerprint: str | None = None
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -94,7 +98,11 @@ def error_response(error: ApiError) -> Response:
 
 
 def build_app(orchestrator: Orchestrator, settings: AppSettings) -> Application:
-    """The application over a running orchestrator (entered by the caller, around serving)."""
+    """The application over a running orchestrator (entered by the caller, around serving).
+
+    Raises :class:`RuntimeError` when BlackSheep lacks what disconnect handling relies on.
+    """
+    check_disconnect_support()
     # An own router: Application() would share the module-level default router between apps.
     app = Application(router=Router())
     api = _Api(orchestrator, settings)
@@ -180,6 +188,10 @@ class _Api:
         self._settings = settings
         self._card = ModelCard(settings.served_model, int(time.time()))
         self._parsers: anyio.CapacityLimiter | None = None
+        info = orchestrator.model_info
+        self._fingerprint = settings.system_fingerprint or model_fingerprint(
+            info.backend, info.name
+        )
 
     async def _parse(self, request: Request, parse: Callable[..., T]) -> T:
         """Read the body within the limits and run ``parse`` on it in a worker thread."""
@@ -187,12 +199,7 @@ class _Api:
         if self._parsers is None:
             self._parsers = anyio.CapacityLimiter(_PARSERS)
         return await anyio.to_thread.run_sync(
-            partial(
-                parse,
-                body,
-                served_model=self._settings.served_model,
-                limits=self._settings.limits,
-            ),
+            partial(parse, body, limits=self._settings.limits),
             limiter=self._parsers,
         )
 
@@ -230,7 +237,9 @@ class _Api:
     # -- /v1/responses --------------------------------------------------------------------
 
     async def create_response(self, request: Request) -> Response:
-        call = await self._parse(request, parse_responses_request)
+        call = await self._parse(
+            request, partial(parse_responses_request, served_model=self._settings.served_model)
+        )
         handle = await self._start(call.spec, call.constraint_param)
         if call.stream:
             # A background response outlives its stream; any other is aborted with it.
@@ -281,6 +290,7 @@ class _Api:
                 snapshot.model,
                 logprobs=call.logprobs,
                 include_usage=call.include_usage,
+                fingerprint=self._fingerprint,
             )
             return event_stream(
                 request, _chat_events(handle.events(), chunks), on_disconnect=self._abort(handle.id)
@@ -292,7 +302,9 @@ class _Api:
                 # The request's own grammar gave out while generating.
                 raise invalid_request(message, call.constraint_param or "tools", "invalid_value")
             raise ApiError(500, message, "server_error")
-        return json_response(chat_completion(final, logprobs=call.logprobs))
+        return json_response(
+            chat_completion(final, logprobs=call.logprobs, fingerprint=self._fingerprint)
+        )
 
 
 def _plain(handler: Handler) -> Handler:

@@ -27,7 +27,7 @@ from exloop.orchestrator.spec import Echo, RunSpec
 
 from .decode import decode_json
 from .errors import invalid_request
-from .fields import CommonFields, check_unsupported, sampling_params
+from .fields import CommonFields, check_unsupported, request_tools, sampling_params
 from .format_fields import (
     format_constraint,
     grammar_constraint,
@@ -36,7 +36,6 @@ from .format_fields import (
 )
 from .limits import Limits
 from .schema_bounds import SchemaBudget
-from .tool_fields import tool_policy, tools_field
 
 
 class TextPart(msgspec.Struct, tag="text", tag_field="type", frozen=True):
@@ -115,9 +114,14 @@ class ChatCall:
     constraint_param: str | None
 
 
-def parse_chat_request(body: bytes, *, served_model: str, limits: Limits) -> ChatCall:
+def parse_chat_request(body: bytes, *, limits: Limits) -> ChatCall:
     """Decode and validate a chat request; raises :class:`~.errors.ApiError` (400)."""
     request = decode_json(body, ChatRequest, max_depth=limits.max_json_depth)
+    if not request.model:
+        # OpenAI requires it here (Responses keeps it optional, as the seed schema does).
+        raise invalid_request(
+            "You must provide a model parameter.", "model", "missing_required_parameter"
+        )
     check_unsupported(request)
     if not request.messages:
         raise invalid_request("messages must hold at least one message.", "messages")
@@ -139,15 +143,14 @@ def parse_chat_request(body: bytes, *, served_model: str, limits: Limits) -> Cha
         constraints.append(grammar_constraint(request.grammar, budget))
     constraint = single_constraint(*constraints)
 
-    tools = tools_field(request.tools, budget)
-    if tools.mcp:
+    policy, echoed_tools, tool_choice = request_tools(request, budget)
+    if policy.mcp:
         raise invalid_request(
             "mcp tools are a Responses API feature (approvals need its items); on Chat "
             "Completions the server's own MCP servers (--mcp-config) are available as tools.",
             "tools",
             "unsupported_value",
         )
-    policy, tool_choice = tool_policy(tools, request.tool_choice, request.web_search_options)
     sampling = sampling_params(
         request,
         max_tokens=max_tokens,
@@ -157,14 +160,14 @@ def parse_chat_request(body: bytes, *, served_model: str, limits: Limits) -> Cha
     )
     spec = RunSpec(
         input=tuple(_items(request.messages)),
-        model=request.model or served_model,
+        model=request.model,
         sampling=sampling,
         tools=policy,
         constraint=constraint.grammar if constraint else None,
         store=False,
         metadata=dict(request.metadata or {}),
         echo=Echo(
-            tools=tools.echo,
+            tools=echoed_tools,
             tool_choice=tool_choice,
             max_output_tokens=max_tokens,
             top_logprobs=sampling.top_logprobs,

@@ -43,9 +43,12 @@ class ChoiceLogprobs(msgspec.Struct, frozen=True, omit_defaults=False):
 
 
 class AssistantMessage(msgspec.Struct, frozen=True, omit_defaults=False):
+    """The answer, as OpenAI writes it: ``refusal`` always there (null), ``annotations``
+    always a list, ``tool_calls`` only when the model made calls."""
+
     content: str | None
-    tool_calls: list[ToolCall] | None = None
-    annotations: list[Annotation] | None = None
+    annotations: list[Annotation]
+    tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET
     refusal: str | None = None
     role: Literal["assistant"] = "assistant"
 
@@ -79,9 +82,9 @@ class ChatCompletion(msgspec.Struct, frozen=True, omit_defaults=False):
     model: str
     choices: list[Choice]
     usage: CompletionUsage | None
+    system_fingerprint: str
     object: Literal["chat.completion"] = "chat.completion"
     service_tier: str = "default"
-    system_fingerprint: str | None = None
 
 
 class ChunkFunction(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -114,10 +117,10 @@ class ChatCompletionChunk(msgspec.Struct, frozen=True, omit_defaults=False):
     created: int
     model: str
     choices: list[ChunkChoice]
-    usage: CompletionUsage | None = None
+    usage: CompletionUsage | None
+    system_fingerprint: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     service_tier: str = "default"
-    system_fingerprint: str | None = None
 
 
 class ChunkError(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -166,9 +169,10 @@ def usage(response: Response) -> CompletionUsage | None:
     )
 
 
-def chat_completion(response: Response, *, logprobs: bool) -> ChatCompletion:
+def chat_completion(response: Response, *, logprobs: bool, fingerprint: str) -> ChatCompletion:
     """The ``chat.completion`` for a finished response: every text part of its output joined
-    into one message (annotation offsets moved along), and its function calls."""
+    into one message (annotation offsets moved along), and its function calls.
+    ``fingerprint`` is the server's ``system_fingerprint``."""
     content = ""
     annotations: list[Annotation] = []
     token_logprobs: list[Logprob] = []
@@ -193,8 +197,8 @@ def chat_completion(response: Response, *, logprobs: bool) -> ChatCompletion:
             calls.append(ToolCall(item.call_id, CalledFunction(item.name, item.arguments)))
     message = AssistantMessage(
         content=content if content or not calls else None,
-        tool_calls=calls or None,
-        annotations=annotations or None,
+        annotations=annotations,
+        tool_calls=calls or msgspec.UNSET,
     )
     return ChatCompletion(
         id=completion_id(response.id),
@@ -209,22 +213,33 @@ def chat_completion(response: Response, *, logprobs: bool) -> ChatCompletion:
             )
         ],
         usage=usage(response),
+        system_fingerprint=fingerprint,
     )
 
 
 class ChunkStream:
-    """Turns one run's events into ``chat.completion.chunk``\\ s (or a stream error)."""
+    """Turns one run's events into ``chat.completion.chunk``\\ s (or one stream error)."""
 
     def __init__(
-        self, response_id: str, created: int, model: str, *, logprobs: bool, include_usage: bool
+        self,
+        response_id: str,
+        created: int,
+        model: str,
+        *,
+        logprobs: bool,
+        include_usage: bool,
+        fingerprint: str,
     ) -> None:
         self._id = completion_id(response_id)
         self._created = created
         self._model = model
         self._logprobs = logprobs
         self._include_usage = include_usage
+        self._fingerprint = fingerprint
         #: Tool call index of each function_call item, by item id.
         self._calls: dict[str, int] = {}
+        #: A failed run logs an ``error`` event and ``response.failed``: one error is sent.
+        self._failed = False
 
     def chunks(self, event: ev.StreamEvent) -> list[ChatCompletionChunk | ChunkErrorEnvelope]:
         """The chunks ``event`` makes (often none)."""
@@ -262,22 +277,12 @@ class ChunkStream:
                         )
                     )
                 ]
-            case ev.ResponseFailed(response=response):
-                error = response.error
+            case ev.ErrorEvent(message=message, param=param, code=code):
+                return self._error(ChunkError(message, "server_error", param, code))
+            case ev.ResponseFailed(response=Response(error=error)):
                 message = error.message if error else "The response failed."
-                return [
-                    ChunkErrorEnvelope(
-                        ChunkError(
-                            message, "server_error", None, error.code if error else "server_error"
-                        )
-                    )
-                ]
-            case ev.ErrorEvent():
-                return [
-                    ChunkErrorEnvelope(
-                        ChunkError(event.message, "server_error", event.param, event.code)
-                    )
-                ]
+                code = error.code if error else "server_error"
+                return self._error(ChunkError(message, "server_error", None, code))
             case ev.ResponseCompleted() | ev.ResponseIncomplete() | ev.ResponseCancelled():
                 response = event.response
                 final: list[ChatCompletionChunk | ChunkErrorEnvelope] = [
@@ -288,6 +293,12 @@ class ChunkStream:
                 return final
             case _:
                 return []
+
+    def _error(self, error: ChunkError) -> list[ChatCompletionChunk | ChunkErrorEnvelope]:
+        if self._failed:
+            return []
+        self._failed = True
+        return [ChunkErrorEnvelope(error)]
 
     def _delta(
         self,
@@ -300,4 +311,6 @@ class ChunkStream:
     def _chunk(
         self, choices: list[ChunkChoice], usage: CompletionUsage | None
     ) -> ChatCompletionChunk:
-        return ChatCompletionChunk(self._id, self._created, self._model, choices, usage)
+        return ChatCompletionChunk(
+            self._id, self._created, self._model, choices, usage, self._fingerprint
+        )

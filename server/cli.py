@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -34,6 +35,7 @@ from exloop.engine.backends import (
     select_backend,
 )
 from exloop.engine.errors import EngineError, ModelNotFound
+from exloop.engine.tool_calls import FORMATS
 from exloop.orchestrator.errors import StoreError
 from exloop.orchestrator.store import (
     ResponseStore,
@@ -135,6 +137,16 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"EXLOOP_{name}", default)
 
 
+def _tool_call_format(text: str) -> str:
+    # A type, not ``choices``: argparse checks a string default (the environment's) against
+    # the type but not against choices.
+    if text not in FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"unknown tool-call format {text!r}; choose one of {', '.join(sorted(FORMATS))}"
+        )
+    return text
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -210,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default=_env("HOST", "127.0.0.1"), help="address to listen on (EXLOOP_HOST)"
     )
     serve.add_argument(
-        "--port", type=_port, default=_env("PORT", "1234"), help="port to listen on (EXLOOP_PORT)"
+        "--port",
+        type=_port,
+        default=_env("PORT", "1234"),
+        help="port to listen on; 0 picks a free one, which the log names (EXLOOP_PORT)",
     )
     serve.add_argument(
         "--max-tool-rounds",
@@ -229,10 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--tool-call-format",
+        type=_tool_call_format,
         default=_env("TOOL_CALL_FORMAT"),
         metavar="NAME",
-        help="how the model writes tool calls (EXLOOP_TOOL_CALL_FORMAT); default: detected "
-        "from the model's chat template",
+        help="how the model writes tool calls: "
+        f"{', '.join(sorted(FORMATS))} (EXLOOP_TOOL_CALL_FORMAT); default: detected from the "
+        "model's chat template",
     )
     serve.add_argument(
         "--api-key",
@@ -422,9 +439,19 @@ async def serve(settings: ServeSettings) -> None:
 class _Server(uvicorn.Server):
     """uvicorn's server, noting when it was asked to stop (the grace period starts then), and
     returning from ``serve()`` on SIGTERM or SIGINT instead of raising the signal again, so
-    that background responses can finish and be stored before the process exits."""
+    that background responses can finish and be stored before the process exits. It logs the
+    address it listens on once its sockets are bound, so that ``--port 0`` (any free port)
+    can be used: ``listening on http://HOST:PORT``."""
 
     stop_requested_at: float | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+                log.info("listening on http://%s:%d", shown, port)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.stop_requested_at is None:
@@ -448,6 +475,7 @@ class _Server(uvicorn.Server):
 
 async def _serve_with(settings: ServeSettings, research: WebResearch, store: ResponseStore) -> None:
     from exloop.engine.default_model import default_model_path
+    from exloop.engine.fingerprint import model_fingerprint
     from exloop.orchestrator.mcp import McpSettings
     from exloop.orchestrator.service import Orchestrator
     from exloop.orchestrator.web_search import web_search_builtins
@@ -479,6 +507,9 @@ async def _serve_with(settings: ServeSettings, research: WebResearch, store: Res
     )
     try:
         served = settings.served_model_name or engine.info.name
+        fingerprint = await anyio.to_thread.run_sync(
+            model_fingerprint, engine.info.backend, engine.info.name, path
+        )
         async with (
             configured,
             Orchestrator(
@@ -491,7 +522,15 @@ async def _serve_with(settings: ServeSettings, research: WebResearch, store: Res
                 grammar_timeout=settings.limits.grammar_timeout,
             ) as orchestrator,
         ):
-            app = build_app(orchestrator, AppSettings(served, settings.api_key, settings.limits))
+            app = build_app(
+                orchestrator,
+                AppSettings(
+                    served,
+                    settings.api_key,
+                    limits=settings.limits,
+                    system_fingerprint=fingerprint,
+                ),
+            )
             server = _Server(
                 uvicorn.Config(
                     app,
@@ -506,14 +545,13 @@ async def _serve_with(settings: ServeSettings, research: WebResearch, store: Res
                 )
             )
             log.info(
-                "serving %s (%s, %s, context %d, tool calls %s) on http://%s:%d",
+                "serving %s (%s, %s, context %d, tool calls %s, fingerprint %s)",
                 served,
                 engine.info.backend,
                 path,
                 engine.info.context_length,
                 engine.info.tool_call_format,
-                settings.host,
-                settings.port,
+                fingerprint,
             )
             log.info("responses are stored in %s", settings.store)
             await server.serve()

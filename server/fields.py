@@ -16,11 +16,14 @@ import msgspec
 
 from exloop.engine.errors import InvalidParameter
 from exloop.engine.sampling import DrySettings, SamplingParams
+from exloop.orchestrator.resource import Tool, ToolChoice
+from exloop.orchestrator.spec import ToolPolicy
 
 from .errors import invalid_request
 from .format_fields import GrammarField, ResponseFormatField
 from .limits import Limits
-from .tool_fields import ToolChoiceField, ToolField, WebSearchOptionsField
+from .schema_bounds import SchemaBudget
+from .tool_fields import ToolChoiceField, ToolField, WebSearchOptionsField, tool_policy, tools_field
 
 T = TypeVar("T")
 
@@ -65,6 +68,7 @@ class CommonFields(msgspec.Struct, kw_only=True, frozen=True):
     tools: list[ToolField] | None = None
     tool_choice: ToolChoiceField | None = None
     parallel_tool_calls: bool | None = None
+    max_tool_calls: int | None = None
     web_search_options: WebSearchOptionsField | None = None
     metadata: dict[str, str] | None = None
     n: int | None = None
@@ -76,16 +80,25 @@ class CommonFields(msgspec.Struct, kw_only=True, frozen=True):
 
 def check_unsupported(fields: CommonFields) -> None:
     """Refuse values the server accepts the field of but cannot honour."""
-    if fields.parallel_tool_calls is False:
-        raise invalid_request(
-            "parallel_tool_calls=false is not supported: every tool call the model makes in a "
-            "turn is returned (or run). Omit the field or set it to true.",
-            "parallel_tool_calls",
-            "unsupported_value",
-        )
     if fields.n is not None and fields.n != 1:
         raise invalid_request("Only n=1 is supported.", "n", "unsupported_value")
     check_metadata(fields.metadata)
+
+
+def request_tools(
+    fields: CommonFields, budget: SchemaBudget
+) -> tuple[ToolPolicy, tuple[Tool, ...], ToolChoice]:
+    """The tools of a request (both APIs): the policy the orchestrator follows, and ``tools``
+    and ``tool_choice`` as the response echoes them."""
+    tools = tools_field(fields.tools, budget)
+    policy, tool_choice = tool_policy(
+        tools,
+        fields.tool_choice,
+        fields.web_search_options,
+        parallel_tool_calls=fields.parallel_tool_calls,
+        max_tool_calls=fields.max_tool_calls,
+    )
+    return policy, tools.echo, tool_choice
 
 
 def check_metadata(metadata: dict[str, str] | None) -> None:

@@ -12,13 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import msgspec
+
 from exloop.orchestrator.items import InputText, Item, Message
-from exloop.orchestrator.resource import ReasoningConfig, TextConfig
+from exloop.orchestrator.resource import (
+    FormatText,
+    ReasoningConfig,
+    TextConfig,
+    TextFormat,
+    Verbosity,
+)
 from exloop.orchestrator.spec import Echo, RunSpec
 
 from .decode import convert, decode_json
 from .errors import invalid_request
-from .fields import CommonFields, check_unsupported, sampling_params
+from .fields import CommonFields, check_unsupported, request_tools, sampling_params
 from .format_fields import (
     format_constraint,
     grammar_constraint,
@@ -27,7 +35,6 @@ from .format_fields import (
 )
 from .limits import Limits
 from .schema_bounds import SchemaBudget
-from .tool_fields import tool_policy, tools_field
 
 #: ``include`` values OpenAI defines; the server produces what applies to a text model.
 INCLUDABLE = frozenset(
@@ -60,15 +67,21 @@ _ITEM_TYPES = frozenset(
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 
 
+class TextField(msgspec.Struct, frozen=True):
+    """``text``: the output format, and ``verbosity`` (null or absent: OpenAI's ``medium``)."""
+
+    format: TextFormat = FormatText()
+    verbosity: Verbosity | None = None
+
+
 class ResponsesRequest(CommonFields, kw_only=True, frozen=True):
     """The body of ``POST /v1/responses``; fields shared with Chat are in :class:`CommonFields`."""
 
     input: str | list[Any] | None = None
     instructions: str | None = None
-    text: TextConfig | None = None
+    text: TextField | None = None
     reasoning: ReasoningConfig | None = None
     max_output_tokens: int | None = None
-    max_tool_calls: int | None = None
     background: bool | None = None
     store: bool | None = None
     include: list[str] | None = None
@@ -90,13 +103,6 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
     """Decode and validate a create request; raises :class:`~.errors.ApiError` (400)."""
     request = decode_json(body, ResponsesRequest, max_depth=limits.max_json_depth)
     check_unsupported(request)
-    if request.max_tool_calls is not None:
-        raise invalid_request(
-            "max_tool_calls is not supported; the server caps tool rounds with its "
-            "--max-tool-rounds setting.",
-            "max_tool_calls",
-            "unsupported_parameter",
-        )
     store = request.store is not False
     if request.background and not store:
         raise invalid_request(
@@ -115,7 +121,8 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
             raise invalid_request(f"Unknown include value {value!r}.", f"include[{i}]")
 
     budget = SchemaBudget(limits)
-    text = request.text or TextConfig()
+    given = request.text or TextField()
+    text = TextConfig(given.format, given.verbosity or "medium")
     constraints = [format_constraint(text.format, "text.format", budget)]
     if request.response_format is not None:
         text = TextConfig(response_format(request.response_format), text.verbosity)
@@ -124,8 +131,7 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
         constraints.append(grammar_constraint(request.grammar, budget))
     constraint = single_constraint(*constraints)
 
-    tools = tools_field(request.tools, budget)
-    policy, tool_choice = tool_policy(tools, request.tool_choice, request.web_search_options)
+    policy, echoed_tools, tool_choice = request_tools(request, budget)
     logprobs = bool(request.logprobs) or "message.output_text.logprobs" in include
     sampling = sampling_params(
         request,
@@ -147,13 +153,12 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
         truncation=request.truncation or "disabled",
         metadata=dict(request.metadata or {}),
         echo=Echo(
-            tools=tools.echo,
+            tools=echoed_tools,
             tool_choice=tool_choice,
             text=text,
             reasoning=request.reasoning,
             max_output_tokens=request.max_output_tokens,
             top_logprobs=sampling.top_logprobs,
-            parallel_tool_calls=True,
             include=include,
             safety_identifier=request.safety_identifier,
             prompt_cache_key=request.prompt_cache_key,

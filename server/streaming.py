@@ -23,6 +23,7 @@ from typing import TypeVar
 import anyio
 from anyio.abc import ObjectSendStream
 from blacksheep import Request, Response, StreamedContent
+from blacksheep.contents import ASGIContent
 
 log = logging.getLogger("exloop.server")
 
@@ -33,13 +34,29 @@ OnDisconnect = Callable[[], Awaitable[None]]
 _BUFFER = 64
 
 
+def check_disconnect_support() -> None:
+    """Make sure this BlackSheep keeps the ASGI receive channel on a request's content (not
+    public API), which :func:`wait_for_disconnect` reads; raise :class:`RuntimeError` at
+    start-up if not, rather than serve streams whose dropped clients are never noticed."""
+
+    async def probe() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    if getattr(ASGIContent(probe), "receive", None) is not probe:
+        raise RuntimeError(
+            "This BlackSheep version does not keep the ASGI receive channel on "
+            "request.content.receive, so client disconnects could not be noticed; install a "
+            "BlackSheep that does (2.x does)."
+        )
+
+
 async def wait_for_disconnect(request: Request) -> None:
     """Return once the client has gone (ASGI ``http.disconnect``)."""
+    content = request.content
+    if not isinstance(content, ASGIContent):
+        raise RuntimeError("The request is not an ASGI request: its disconnect cannot be seen.")
     # The ASGI receive channel BlackSheep keeps on the request's content.
-    receive = getattr(request.content, "receive", None)
-    if receive is None:
-        await anyio.sleep_forever()
-        return
+    receive = content.receive
     while True:
         message = await receive()
         if message.get("type") == "http.disconnect":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeAlias
 
 import msgspec
@@ -409,8 +409,35 @@ def tool_policy(
     tools: ToolsField,
     choice: ToolChoiceField | None,
     options: WebSearchOptionsField | None,
+    *,
+    parallel_tool_calls: bool | None = None,
+    max_tool_calls: int | None = None,
 ) -> tuple[ToolPolicy, ToolChoice]:
-    """Which tools the model sees and must use, and ``tool_choice`` as the response echoes it."""
+    """Which tools the model sees and must use, how many calls it may make, and
+    ``tool_choice`` as the response echoes it."""
+    if max_tool_calls is not None and max_tool_calls < 0:
+        raise invalid_request(
+            f"max_tool_calls must be at least 0, got {max_tool_calls}.", "max_tool_calls"
+        )
+    policy, echoed = _choice_policy(tools, choice, options)
+    forced_search = policy.web_search is not None and policy.web_search.forced
+    if max_tool_calls == 0 and (forced_search or policy.forced_mcp is not None):
+        raise invalid_request(
+            "max_tool_calls is 0, but the request forces a built-in tool call (web_search_options, "
+            "or a web_search or mcp tool_choice); allow at least one.",
+            "max_tool_calls",
+        )
+    limits = replace(
+        policy, parallel_tool_calls=parallel_tool_calls is not False, max_tool_calls=max_tool_calls
+    )
+    return limits, echoed
+
+
+def _choice_policy(
+    tools: ToolsField,
+    choice: ToolChoiceField | None,
+    options: WebSearchOptionsField | None,
+) -> tuple[ToolPolicy, ToolChoice]:
     web_search = tools.web_search
     if options is not None:
         location = options.user_location.to_location() if options.user_location else None

@@ -10,7 +10,8 @@ same for one page.
 Failures: a provider failure raises ``SearchError``; a page that cannot be fetched or has no text
 is skipped and noted in ``failures`` (its search snippet stands in for it); ``open`` raises the
 ``FetchError`` of its page. Both are meant to be shown to the model as the tool's result.
-Cancelling the caller's scope stops every fetch at once; extraction threads are abandoned.
+Extraction and ranking (splitting, BM25, packing) run in worker threads, off the event loop.
+Cancelling the caller's scope stops every fetch at once; worker threads are abandoned.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ class WebResearch:
     """Search and page reading with budgets, over a provider and a ``SafeFetcher``.
 
     ``count_tokens`` measures text against the budgets (default: about four characters per
-    token; pass the model's tokenizer for exact figures); ``budgets`` maps each
-    ``search_context_size`` to its token budget.
+    token; pass the model's tokenizer for exact figures; it is called from worker threads);
+    ``budgets`` maps each ``search_context_size`` to its token budget.
     """
 
     def __init__(
@@ -165,7 +166,40 @@ class WebResearch:
         budget = self._budgets[context_size]
         sources = self._shown_sources(results, budget)
         pages, failures = await self._read_all([s.url for s in sources[:max_pages]])
+        # Splitting, ranking and packing is pure CPU work (tens of ms per large page).
+        passages, text = await anyio.to_thread.run_sync(
+            self._select_passages, query, sources, pages, budget, abandon_on_cancel=True
+        )
+        return SearchOutcome(
+            query=query,
+            results=tuple(results),
+            sources=sources,
+            passages=passages,
+            failures=tuple(failures),
+            text=text,
+        )
 
+    async def open(
+        self, url: str, query: str | None = None, *, context_size: ContextSize = "medium"
+    ) -> PageOutcome:
+        """Fetch and read one page; with a ``query``, the passages that match it come first.
+
+        Raises the page's ``FetchError``.
+        """
+        page = await extract(await self._fetcher.fetch(url))
+        return await anyio.to_thread.run_sync(
+            self._read_page, page, query, context_size, abandon_on_cancel=True
+        )
+
+    def _select_passages(
+        self,
+        query: str,
+        sources: tuple[Source, ...],
+        pages: Sequence[ExtractedPage | None],
+        budget: int,
+    ) -> tuple[tuple[Passage, ...], str]:
+        """The passages of the pages that best answer ``query`` within ``budget``, and the
+        model's text of the search. Blocking: runs in a worker thread."""
         chunks = [
             chunk
             for source, page in zip(sources, pages, strict=False)
@@ -190,23 +224,13 @@ class WebResearch:
         grouped: dict[int, list[Passage]] = {}
         for passage in passages:
             grouped.setdefault(passage.source, []).append(passage)
-        return SearchOutcome(
-            query=query,
-            results=tuple(results),
-            sources=sources,
-            passages=passages,
-            failures=tuple(failures),
-            text=_render_search(query, sources, grouped),
-        )
+        return passages, _render_search(query, sources, grouped)
 
-    async def open(
-        self, url: str, query: str | None = None, *, context_size: ContextSize = "medium"
+    def _read_page(
+        self, page: ExtractedPage, query: str | None, context_size: ContextSize
     ) -> PageOutcome:
-        """Fetch and read one page; with a ``query``, the passages that match it come first.
-
-        Raises the page's ``FetchError``.
-        """
-        page = await extract(await self._fetcher.fetch(url))
+        """One page's passages (those matching ``query`` first) within the budget, and the
+        model's text. Blocking: runs in a worker thread."""
         title = page.title or page.url
         header = f"{title}\nURL: {page.url}\n"
         chunks = split_chunks(page.text)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,23 +31,23 @@ SHUTDOWN_TIMEOUT = 20.0
 REQUEST_TIMEOUT = 300.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: The line ``exloop serve`` logs once its socket is bound.
+_LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
 class ServerProcess:
-    """``exloop serve`` on a free loopback port, with its log in a temporary file and its
-    default response store in a temporary data directory (``--store`` overrides it); with
-    ``memory_limit``, its address space is capped at that many bytes (``RLIMIT_AS``)."""
+    """``exloop serve`` on a free loopback port (``--port 0``: the server binds any free port
+    and logs which), with its log in a temporary file and its default response store in a
+    temporary data directory (``--store`` overrides it); with ``memory_limit``, its address
+    space is capped at that many bytes (``RLIMIT_AS``)."""
+
+    port: int
+    base_url: str
 
     def __init__(
         self, *flags: str, env: dict[str, str] | None = None, memory_limit: int | None = None
     ) -> None:
-        self.port = free_port()
         self.data_dir = Path(tempfile.mkdtemp(prefix="exloop-e2e-data-"))
-        self.base_url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
             prefix="exloop-e2e-", suffix=".log", delete=False
         )
@@ -60,7 +60,7 @@ class ServerProcess:
             "--host",
             "127.0.0.1",
             "--port",
-            str(self.port),
+            "0",
             # One llama.cpp thread unless a test says otherwise: servers, in-process engines
             # and the test client share few cores, and oversubscribed threads slow sharply.
             *(() if "--threads" in flags else ("--threads", "1")),
@@ -81,11 +81,13 @@ class ServerProcess:
             if self._process.poll() is not None:
                 self.stop()
                 pytest.fail(f"exloop serve exited with {self._process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
+            listening = _LISTENING.search(self.log())
+            if listening is not None:
+                self.port = int(listening[1])
+                self.base_url = f"http://127.0.0.1:{self.port}"
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{self.base_url}/health", timeout=10.0).status_code == 200:
+                        return
             time.sleep(0.2)
         self.stop()
         pytest.fail(f"exloop serve did not answer /health in {STARTUP_TIMEOUT}s:\n{self.log()}")

@@ -79,8 +79,9 @@ def test_unknown_previous_response(client: openai.OpenAI) -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
-        ({"max_tool_calls": 3}, "max_tool_calls"),
+        ({"parallel_tool_calls": "no"}, "parallel_tool_calls"),
+        ({"max_tool_calls": -1}, "max_tool_calls"),
+        ({"text": {"verbosity": "loud"}}, "text.verbosity"),
         ({"background": True, "store": False}, "background"),
         ({"temperature": 5}, "temperature"),
         ({"temperature": "warm"}, "temperature"),
@@ -118,6 +119,7 @@ def test_broken_tool_schema_names_the_tool(http: httpx.Client) -> None:
         http.post(
             "/v1/chat/completions",
             json={
+                "model": "m",
                 "messages": [{"role": "user", "content": "hi"}],
                 "tools": [nested],
             },
@@ -158,6 +160,7 @@ def test_invalid_grammar_names_where_it_came_from(http: httpx.Client) -> None:
         http.post(
             "/v1/chat/completions",
             json={
+                "model": "m",
                 "messages": [{"role": "user", "content": "hi"}],
                 "response_format": {
                     "type": "json_schema",
@@ -183,7 +186,12 @@ def test_a_stream_that_cannot_start_is_a_json_error(http: httpx.Client) -> None:
     assert error_of(response, 400)["param"] == "top_k"
 
 
-def test_chat_errors(client: openai.OpenAI) -> None:
+def test_chat_errors(client: openai.OpenAI, http: httpx.Client) -> None:
+    missing = http.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+    )
+    error = error_of(missing, 400)
+    assert (error["param"], error["code"]) == ("model", "missing_required_parameter")
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], n=2)
     assert info.value.param == "n"

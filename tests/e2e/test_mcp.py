@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pydantic
 import pytest
@@ -29,7 +29,7 @@ from openai.types.responses.response_output_item import McpApprovalRequest, McpC
 
 from tests.fixtures.mcp_server import LOG_ENV
 
-from .conftest import REQUEST_TIMEOUT, ServerProcess, free_port
+from .conftest import REQUEST_TIMEOUT, ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK_EVENT: pydantic.TypeAdapter[ResponseStreamEvent] = pydantic.TypeAdapter(ResponseStreamEvent)
@@ -71,24 +71,25 @@ def _env(log_path: Path) -> dict[str, str]:
 def mcp_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpFixture]:
     """The fixture server over streamable HTTP on a loopback port."""
     log_path = tmp_path_factory.mktemp("mcp") / "http.log"
-    port = free_port()
+    # Port 0: the server binds a free port and prints it once it listens.
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fixtures.mcp_server", "streamable-http", str(port)],
+        [sys.executable, "-m", "tests.fixtures.mcp_server", "streamable-http", "0"],
         env=_env(log_path),
         cwd=ROOT,
+        stdout=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1.0)
-            break
-        except httpx.TransportError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the MCP fixture server did not start")
-            time.sleep(0.2)
-    yield McpFixture(f"http://127.0.0.1:{port}/mcp", log_path, process)
-    process.terminate()
-    process.wait(10)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.strip().isdigit():
+        process.kill()
+        process.wait()
+        process.stdout.close()
+        pytest.fail(f"the MCP fixture server did not start: {line!r}")
+    port = int(line)
+    with process.stdout:
+        yield McpFixture(f"http://127.0.0.1:{port}/mcp", log_path, process)
+        process.terminate()
+        process.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -263,8 +264,11 @@ def test_approval_requested_then_approved_or_refused(
 
 
 def test_server_down_is_a_listing_error(mcp_client: openai.OpenAI) -> None:
-    down = f"http://127.0.0.1:{free_port()}/mcp"
-    response = create(mcp_client, tools=[mcp_tool(down)], max_output_tokens=30)
+    # A port bound here but not listening refuses connections, and stays ours meanwhile.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{closed.getsockname()[1]}/mcp"
+        response = create(mcp_client, tools=[mcp_tool(down)], max_output_tokens=30)
     assert response.status == "completed"
     [listing] = items(response, McpListTools)
     assert listing.error and "connect" in listing.error.lower()

@@ -10,6 +10,7 @@ short.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +25,7 @@ from schemathesis.checks import not_a_server_error
 from exloop.server.chat_request import ChatRequest
 from exloop.server.responses_request import ResponsesRequest
 
-from .conftest import ServerProcess, free_port
+from .conftest import ServerProcess
 
 #: Examples per route and mode (valid, invalid), drawn deterministically.
 EXAMPLES = 15
@@ -122,11 +123,14 @@ def api_document(base_url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fuzzed_server() -> Iterator[ServerProcess]:
-    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: searches fail at once
-    with ServerProcess(
-        "--n-ctx", "256", "--search-provider", "searxng", "--searxng-url", closed
-    ) as server:
-        yield server
+    # A port held bound but not listening: searches fail at once (connection refused).
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        searxng = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        with ServerProcess(
+            "--n-ctx", "256", "--search-provider", "searxng", "--searxng-url", searxng
+        ) as server:
+            yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,21 @@
 """A scripted engine: plays back prepared outputs, so orchestrator tests run in milliseconds.
 
 Each submitted job takes the next script entry: a callable that sees the request and returns
-the text to stream (in small chunks, one per "token"). Stop sequences, ``max_tokens`` and
-cancellation behave as the protocol says, so the orchestrator's handling of each is tested.
+the text to stream (in small chunks, one per "token"). Stop sequences, ``max_tokens``,
+cancellation, a prompt longer than the context and the engine closing behave as the protocol
+says, so the orchestrator's handling of each is tested. Jobs set events (first token out,
+cancelled) that tests wait on instead of sleeping.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import anyio
 
+from exloop.engine.errors import ContextLengthExceeded
 from exloop.engine.protocol import (
     Chat,
     Delta,
@@ -34,11 +38,18 @@ class ScriptedJob:
     request: GenerationRequest
     text: str
     token_delay: float
+    #: When given, the job waits for it after its first token.
+    hold: anyio.Event | None = None
     cancelled: bool = False
     emitted_tokens: int = 0
+    #: Set once the first token is out, once the job is cancelled, and once it has ended.
+    first_token: anyio.Event = field(default_factory=anyio.Event)
+    cancelled_event: anyio.Event = field(default_factory=anyio.Event)
+    ended: anyio.Event = field(default_factory=anyio.Event)
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.cancelled_event.set()
 
     async def events(self) -> AsyncIterator[JobEvent]:
         sampling = self.request.sampling
@@ -56,9 +67,12 @@ class ScriptedJob:
                 if sampling.max_tokens is not None and self.emitted_tokens >= sampling.max_tokens:
                     reason = "length"
                     break
+                if self.hold is not None and self.emitted_tokens == 1:
+                    await self.hold.wait()
                 await anyio.sleep(self.token_delay)
                 out += chunk
                 self.emitted_tokens += 1
+                self.first_token.set()
                 hits = [(out.find(s), s) for s in sampling.stop if s in out]
                 if hits:
                     at, stop_hit = min(hits)
@@ -73,8 +87,10 @@ class ScriptedJob:
                 if sent < len(out):
                     yield Delta(text=out[sent:])
         except BaseException:
-            self.cancelled = True
+            self.cancel()
+            self.ended.set()
             raise
+        self.ended.set()
         yield Finish(
             reason=reason,  # type: ignore[arg-type]
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=self.emitted_tokens),
@@ -102,8 +118,18 @@ class ScriptedEngine:
     token_delay: float = 0.0
     context_length: int = 4096
     tool_call_format: str = "exloop"
+    #: When given, every job stops after its first token until it is set.
+    hold: anyio.Event | None = None
     jobs: list[ScriptedJob] = field(default_factory=list)
     submitted: int = 0
+    _new_job: anyio.Event | None = None
+
+    async def job(self, index: int = 0) -> ScriptedJob:
+        """The ``index``-th job, once it has been submitted."""
+        while len(self.jobs) <= index:
+            self._new_job = anyio.Event()
+            await self._new_job.wait()
+        return self.jobs[index]
 
     @property
     def info(self) -> ModelInfo:
@@ -116,7 +142,12 @@ class ScriptedEngine:
         )
 
     def render(self, chat: Chat) -> str:
-        return "\n".join(f"{m.role}: {m.content}" for m in chat.messages) + chat.assistant_prefix
+        """The chat as text: the tools' definitions (as templates render them), then the turns."""
+        tools = [
+            f"tool: {json.dumps([t.name, t.description, dict(t.parameters)])}" for t in chat.tools
+        ]
+        turns = [f"{m.role}: {m.content}" for m in chat.messages]
+        return "\n".join([*tools, *turns]) + chat.assistant_prefix
 
     async def count_tokens(self, chat: Chat) -> int:
         return len(self.render(chat)) // 4 + 1
@@ -126,11 +157,18 @@ class ScriptedEngine:
 
     async def submit(self, request: GenerationRequest) -> ScriptedJob:
         await self.check(request)
+        prompt = request.prompt
+        if isinstance(prompt, Chat) and len(self.render(prompt)) // 4 + 1 >= self.context_length:
+            raise ContextLengthExceeded("The prompt does not fit in the context window.")
         script = self.scripts[min(self.submitted, len(self.scripts) - 1)]
         self.submitted += 1
-        job = ScriptedJob(request, script(request), self.token_delay)
+        job = ScriptedJob(request, script(request), self.token_delay, self.hold)
         self.jobs.append(job)
+        if self._new_job is not None:
+            self._new_job.set()
         return job
 
     async def aclose(self) -> None:
-        return None
+        """Close as a real engine does: every running job ends ``cancelled``."""
+        for job in self.jobs:
+            job.cancel()

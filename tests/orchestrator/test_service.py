@@ -89,16 +89,19 @@ async def test_max_output_tokens_gives_incomplete() -> None:
 
 
 async def test_background_cancel_stops_the_job_and_stays_cancelled() -> None:
-    engine = ScriptedEngine([say("x" * 3000)], token_delay=0.01)
+    # The job stops after its first token until ``hold`` is set: it is running when cancelled.
+    hold = anyio.Event()
+    engine = ScriptedEngine([say("x" * 3000)], hold=hold)
     async with Orchestrator(engine, model_name="m") as orch:
         handle = await orch.create(spec(background=True))
         assert handle.response.status == "queued"
-        await anyio.sleep(0.1)
+        job = await engine.job(0)
+        await job.first_token.wait()
         cancelled = await orch.cancel(handle.id)
         assert cancelled.status == "cancelled"
-        emitted = engine.jobs[0].emitted_tokens
-        await anyio.sleep(0.1)
-        assert engine.jobs[0].emitted_tokens == emitted < 1000
+        assert job.cancelled and job.ended.is_set()
+        hold.set()  # nothing is left to go on
+        assert job.emitted_tokens == 1
         assert (await orch.retrieve(handle.id)).status == "cancelled"
         assert (await orch.cancel(handle.id)).status == "cancelled"
         # A cancelled response still reports the prompt it used.
@@ -125,26 +128,25 @@ async def test_cancel_rules() -> None:
 
 
 async def test_delete_in_flight_cancels_and_never_reappears() -> None:
-    engine = ScriptedEngine([say("y" * 3000)], token_delay=0.01)
+    engine = ScriptedEngine([say("y" * 3000)], hold=anyio.Event())
     async with Orchestrator(engine, model_name="m") as orch:
         handle = await orch.create(spec(background=True))
-        await anyio.sleep(0.05)
+        await (await engine.job(0)).first_token.wait()
         await orch.delete(handle.id)
         await handle.wait()
-        await anyio.sleep(0.05)
         with pytest.raises(ResponseNotFound):
             await orch.retrieve(handle.id)
     assert handle.response.status == "cancelled"
 
 
 async def test_get_mid_flight_shows_partial_output() -> None:
-    engine = ScriptedEngine([say("abcdefghij" * 100)], token_delay=0.005)
+    engine = ScriptedEngine([say("abcdefghij" * 100)], hold=anyio.Event())
     async with Orchestrator(engine, model_name="m") as orch:
         handle = await orch.create(spec(background=True))
-        await anyio.sleep(0.2)
+        await (await engine.job(0)).first_token.wait()
         partial = await orch.retrieve(handle.id)
         assert partial.status == "in_progress"
-        assert 0 < len(partial.output[0].text) < 1000  # type: ignore[union-attr]
+        assert partial.output[0].text == "abc"  # type: ignore[union-attr]
         await orch.cancel(handle.id)
 
 

@@ -12,6 +12,9 @@ import openai
 import pytest
 from blacksheep import Application
 
+from exloop.engine.errors import GenerationFailed
+from exloop.engine.protocol import GenerationRequest
+from exloop.orchestrator.builtin import BuiltinFactory
 from exloop.orchestrator.service import Orchestrator
 from exloop.server.app import AppSettings, build_app
 from exloop.server.limits import Limits
@@ -24,9 +27,12 @@ ANSWER = "Hello there, friend."
 
 @asynccontextmanager
 async def running_app(
-    engine: ScriptedEngine, api_key: str | None = None, limits: Limits | None = None
+    engine: ScriptedEngine,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+    builtins: BuiltinFactory | None = None,
 ) -> AsyncIterator[Application]:
-    async with Orchestrator(engine, model_name="served") as orchestrator:
+    async with Orchestrator(engine, model_name="served", builtins=builtins) as orchestrator:
         app = build_app(orchestrator, AppSettings("served", api_key, limits or Limits()))
         await app.start()
         try:
@@ -199,6 +205,8 @@ async def test_sdk_reads_chat_completions() -> None:
         )
         assert completion.choices[0].message.content == ANSWER
         assert completion.choices[0].finish_reason == "stop"
+        fingerprint = completion.system_fingerprint
+        assert fingerprint is not None and fingerprint.startswith("fp_")
         chunks = [
             c
             async for c in await client.chat.completions.create(
@@ -209,6 +217,7 @@ async def test_sdk_reads_chat_completions() -> None:
             )
         ]
     assert chunks[0].choices[0].delta.role == "assistant"
+    assert {c.system_fingerprint for c in chunks} == {fingerprint}
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == ANSWER
     assert chunks[-2].choices[0].finish_reason == "stop"
@@ -267,3 +276,32 @@ async def test_json_media_types_and_no_content_type_are_read() -> None:
                 "/v1/responses", content=b'{"input": "hi"}', headers=headers
             )
             assert response.status_code == 200, response.text
+
+
+async def test_a_failed_chat_stream_sends_one_error_then_done() -> None:
+    def broken(request: GenerationRequest) -> str:
+        raise GenerationFailed("the backend fell over")
+
+    async with running_app(ScriptedEngine([broken])) as app:
+        transport = httpx.ASGITransport(app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://exloop") as client:
+            response = await client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "m",
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "stream": True,
+                },
+            )
+    data = [data for _, data in sse_events(response.text)]
+    assert data[-1] == "[DONE]"
+    errors = [json.loads(d)["error"] for d in data[:-1] if "error" in json.loads(d)]
+    assert errors == [
+        {
+            "message": "the backend fell over",
+            "type": "server_error",
+            "param": None,
+            "code": "server_error",
+        }
+    ]
+    assert data[-2] == json.dumps({"error": errors[0]}, separators=(",", ":"))

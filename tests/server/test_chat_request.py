@@ -31,7 +31,8 @@ TOOL = {
 
 
 def parse(body: dict[str, Any]) -> ChatCall:
-    return parse_chat_request(json.dumps(body).encode(), served_model="served", limits=Limits())
+    """Parse ``body``, naming a model unless it has ``model`` (Chat requires one)."""
+    return parse_chat_request(json.dumps({"model": "m", **body}).encode(), limits=Limits())
 
 
 def refused(body: dict[str, Any]) -> ApiError:
@@ -113,7 +114,7 @@ def test_options() -> None:
         }
     )
     assert call.stream and call.include_usage and call.logprobs
-    assert call.spec.model == "served"
+    assert call.spec.model == "m"
     sampling = call.spec.sampling
     assert sampling.max_tokens == 5 and sampling.top_logprobs == 2 and sampling.logprobs
     assert sampling.stop == ("a", "b") and sampling.top_k == 3
@@ -149,7 +150,8 @@ def test_options() -> None:
         ({"n": 3}, "n"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"temperature": -1}, "temperature"),
-        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+        ({"max_tool_calls": -1}, "max_tool_calls"),
+        ({"web_search_options": {}, "max_tool_calls": 0}, "max_tool_calls"),
         (
             {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "x"}}},
             "tool_choice",
@@ -186,3 +188,30 @@ def test_each_bad_field_is_named(body: dict[str, Any], param: str) -> None:
 def test_messages_are_required() -> None:
     error = refused({"model": "m"})
     assert error.param == "messages" and error.code == "missing_required_parameter"
+
+
+@pytest.mark.parametrize("model", [None, ""])
+def test_model_is_required(model: str | None) -> None:
+    """Chat needs ``model``, as OpenAI answers (Responses keeps it optional)."""
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": "x"}]}
+    if model is not None:
+        body["model"] = model
+    with pytest.raises(ApiError) as info:
+        parse_chat_request(json.dumps(body).encode(), limits=Limits())
+    error = info.value
+    assert (error.status, error.param, error.code) == (400, "model", "missing_required_parameter")
+    assert error.type == "invalid_request_error"
+
+
+def test_tool_call_limits() -> None:
+    default = parse({"messages": [{"role": "user", "content": "x"}]}).spec.tools
+    assert default.parallel_tool_calls is True and default.max_tool_calls is None
+    limited = parse(
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [TOOL],
+            "parallel_tool_calls": False,
+            "max_tool_calls": 2,
+        }
+    ).spec.tools
+    assert limited.parallel_tool_calls is False and limited.max_tool_calls == 2

@@ -12,6 +12,7 @@ from exloop.orchestrator.items import (
     FunctionCall,
     Logprob,
     Message,
+    OutputItem,
     OutputText,
     TopLogprob,
     UrlCitation,
@@ -26,6 +27,9 @@ from exloop.orchestrator.resource import (
     TextConfig,
 )
 from exloop.server.chat_response import ChunkErrorEnvelope, ChunkStream, chat_completion
+from tests.openai_spec import errors
+
+FINGERPRINT = "fp_0123456789"
 
 USAGE = ResponseUsage(
     input_tokens=10,
@@ -71,6 +75,21 @@ def roundtrip(obj: object, model: type[Any]) -> Any:
     return model.model_validate_json(msgspec.json.encode(obj))
 
 
+def as_json(obj: object) -> Any:
+    return msgspec.json.decode(msgspec.json.encode(obj))
+
+
+def stream(*, logprobs: bool = False, include_usage: bool = False) -> ChunkStream:
+    return ChunkStream(
+        "resp_abc",
+        1700000000,
+        "asked",
+        logprobs=logprobs,
+        include_usage=include_usage,
+        fingerprint=FINGERPRINT,
+    )
+
+
 def test_completion_joins_text_and_moves_citations() -> None:
     cite = UrlCitation("https://a.example", "A", 0, 5)
     final = response(
@@ -79,7 +98,9 @@ def test_completion_joins_text_and_moves_citations() -> None:
             message(OutputText(" and second", [UrlCitation("https://b.example", "B", 5, 11)])),
         ]
     )
-    completion = roundtrip(chat_completion(final, logprobs=True), ChatCompletion)
+    completion = roundtrip(
+        chat_completion(final, logprobs=True, fingerprint=FINGERPRINT), ChatCompletion
+    )
     choice = completion.choices[0]
     assert completion.id == "chatcmpl-abc" and completion.model == "asked"
     assert completion.object == "chat.completion" and completion.created == 1700000000
@@ -97,7 +118,9 @@ def test_completion_joins_text_and_moves_citations() -> None:
 
 def test_completion_with_tool_calls() -> None:
     final = response(output=[FunctionCall("call_1", "weather", '{"city":"Oslo"}', id="fc_1")])
-    completion = roundtrip(chat_completion(final, logprobs=False), ChatCompletion)
+    completion = roundtrip(
+        chat_completion(final, logprobs=False, fingerprint=FINGERPRINT), ChatCompletion
+    )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None and choice.logprobs is None
@@ -116,11 +139,14 @@ def test_finish_reason_length() -> None:
         output=[message(OutputText("cut"))],
         incomplete_details=IncompleteDetails("max_output_tokens"),
     )
-    assert chat_completion(final, logprobs=False).choices[0].finish_reason == "length"
+    assert (
+        chat_completion(final, logprobs=False, fingerprint=FINGERPRINT).choices[0].finish_reason
+        == "length"
+    )
 
 
 def test_chunks_for_text_tool_calls_and_usage() -> None:
-    stream = ChunkStream("resp_abc", 1700000000, "asked", logprobs=True, include_usage=True)
+    chunker = stream(logprobs=True, include_usage=True)
     call = FunctionCall("call_9", "weather", "", id="fc_9", status="in_progress")
     final = response(
         output=[message(OutputText("Hi")), FunctionCall("call_9", "weather", "{}", id="fc_9")]
@@ -142,7 +168,11 @@ def test_chunks_for_text_tool_calls_and_usage() -> None:
         ),
         ev.ResponseCompleted(sequence_number=5, response=final),
     ]
-    chunks = [roundtrip(c, ChatCompletionChunk) for e in events for c in stream.chunks(e)]
+    raw = [as_json(c) for e in events for c in chunker.chunks(e)]
+    for chunk in raw:
+        assert errors("CreateChatCompletionStreamResponse", chunk) == []
+        assert chunk["system_fingerprint"] == FINGERPRINT
+    chunks: list[Any] = [ChatCompletionChunk.model_validate(c) for c in raw]
     assert all(c.id == "chatcmpl-abc" and c.object == "chat.completion.chunk" for c in chunks)
     first, text, added, args, finish, usage = chunks
     assert first.choices[0].delta.role == "assistant"
@@ -161,9 +191,54 @@ def test_chunks_for_text_tool_calls_and_usage() -> None:
     assert usage.choices == [] and usage.usage.total_tokens == 15
 
 
-def test_failed_run_is_a_stream_error() -> None:
-    stream = ChunkStream("resp_abc", 1, "asked", logprobs=False, include_usage=False)
+def test_a_failed_run_is_one_stream_error() -> None:
+    """A failed run logs OpenAI's ``error`` event and then ``response.failed``; Chat has one
+    error for both (then the stream's ``[DONE]``)."""
+    chunker = stream()
     failed = response(status="failed", error=ResponseError("server_error", "boom"))
-    (chunk,) = stream.chunks(ev.ResponseFailed(sequence_number=3, response=failed))
+    events: list[ev.StreamEvent] = [
+        ev.ErrorEvent(sequence_number=2, code="server_error", message="boom", param=None),
+        ev.ResponseFailed(sequence_number=3, response=failed),
+    ]
+    (chunk,) = [c for e in events for c in chunker.chunks(e)]
     assert isinstance(chunk, ChunkErrorEnvelope)
-    assert msgspec.json.decode(msgspec.json.encode(chunk))["error"]["message"] == "boom"
+    assert as_json(chunk)["error"] == {
+        "message": "boom",
+        "type": "server_error",
+        "param": None,
+        "code": "server_error",
+    }
+
+
+def test_completions_match_openais_schema() -> None:
+    """Every completion shape, as OpenAI's published schema and its SDK read it:
+    ``annotations`` always a list, ``refusal`` present, ``tool_calls`` only when there are
+    calls, ``system_fingerprint`` a string."""
+    cite = UrlCitation("https://a.example", "A", 0, 5)
+    shapes: dict[str, list[OutputItem]] = {
+        "text": [message(OutputText("Hello"))],
+        "cited": [message(OutputText("Cited", [cite], [LOGPROB]))],
+        "calls": [FunctionCall("call_1", "weather", "{}", id="fc_1")],
+        "text and calls": [
+            message(OutputText("Let me look.")),
+            FunctionCall("call_1", "weather", "{}", id="fc_1"),
+        ],
+        "empty": [],
+    }
+    for name, output in shapes.items():
+        for logprobs in (False, True):
+            body = as_json(
+                chat_completion(response(output=output), logprobs=logprobs, fingerprint=FINGERPRINT)
+            )
+            assert errors("CreateChatCompletionResponse", body) == [], name
+            ChatCompletion.model_validate(body)
+            assert body["system_fingerprint"] == FINGERPRINT
+            msg = body["choices"][0]["message"]
+            assert isinstance(msg["annotations"], list), name
+            assert "refusal" in msg and msg["refusal"] is None, name
+            has_calls = any(isinstance(item, FunctionCall) for item in output)
+            assert ("tool_calls" in msg) == has_calls, name
+    cited = as_json(
+        chat_completion(response(output=shapes["cited"]), logprobs=False, fingerprint=FINGERPRINT)
+    )
+    assert len(cited["choices"][0]["message"]["annotations"]) == 1

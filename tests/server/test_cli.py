@@ -191,3 +191,22 @@ def test_a_backend_that_cannot_load_the_model_stops_start_up(
 ) -> None:
     assert main(["serve", "--model", str(tmp_path), "--backend", "llama.cpp"]) == 1
     assert "directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_an_unknown_tool_call_format_is_a_usage_error(
+    where: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", "--log-level", "error"]
+    if where == "flag":
+        argv += ["--tool-call-format", "bogus"]
+    else:
+        monkeypatch.setenv("EXLOOP_TOOL_CALL_FORMAT", "bogus")
+    # Refused while reading the flags: before any model is loaded, and without a traceback.
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--tool-call-format" in error and "'bogus'" in error
+    assert "hermes" in error and "llama3" in error  # the known names
+    assert "Traceback" not in error

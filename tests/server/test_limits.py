@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,11 @@ README = Path(__file__).parents[2] / "README.md"
 
 def refused(body: dict[str, Any], *, chat: bool = False, limits: Limits = LIMITS) -> ApiError:
     """The 400 either API answers ``body`` with (a chat body gets ``messages``)."""
-    raw = json.dumps(body).encode()
     with pytest.raises(ApiError) as info:
         if chat:
-            parse_chat_request(raw, served_model="m", limits=limits)
+            parse_chat_request(json.dumps({"model": "m", **body}).encode(), limits=limits)
         else:
-            parse_responses_request(raw, served_model="m", limits=limits)
+            parse_responses_request(json.dumps(body).encode(), served_model="m", limits=limits)
     assert info.value.status == 400
     return info.value
 
@@ -63,9 +63,9 @@ def test_json_depth_ignores_brackets_in_strings() -> None:
 
 def test_a_body_nested_past_the_limit_is_refused_before_decoding() -> None:
     deep = b'{"input": "hi", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    for parse in (parse_responses_request, parse_chat_request):
+    for parse in (partial(parse_responses_request, served_model="m"), parse_chat_request):
         with pytest.raises(ApiError) as info:
-            parse(deep, served_model="m", limits=LIMITS)
+            parse(deep, limits=LIMITS)
         assert info.value.status == 400 and info.value.code == "invalid_json"
         assert "256" in info.value.message
 

@@ -173,8 +173,25 @@ def test_bad_input_names_the_item(body: dict[str, Any], param: str) -> None:
         ({"dry_base": 0.5}, "dry_base"),
         ({"dry_allowed_length": 0}, "dry_allowed_length"),
         ({"truncation": "sometimes"}, "truncation"),
-        ({"parallel_tool_calls": False}, "parallel_tool_calls"),
-        ({"max_tool_calls": 2}, "max_tool_calls"),
+        ({"max_tool_calls": -1}, "max_tool_calls"),
+        ({"max_tool_calls": 1.5}, "max_tool_calls"),
+        (
+            {
+                "tools": [{"type": "web_search"}],
+                "tool_choice": {"type": "web_search"},
+                "max_tool_calls": 0,
+            },
+            "max_tool_calls",
+        ),
+        ({"text": {"verbosity": "loud"}}, "text.verbosity"),
+        (
+            {
+                "tools": [{"type": "mcp", "server_label": "s", "server_url": "https://s.test/mcp"}],
+                "tool_choice": {"type": "mcp", "server_label": "s"},
+                "max_tool_calls": 0,
+            },
+            "max_tool_calls",
+        ),
         ({"n": 2}, "n"),
         ({"background": True, "store": False}, "background"),
         ({"include": ["everything"]}, "include[0]"),
@@ -446,3 +463,37 @@ def test_echo_and_options() -> None:
         "s",
         "p",
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "echoed"),
+    [
+        (None, "medium"),
+        ({"format": {"type": "text"}}, "medium"),
+        ({"verbosity": None}, "medium"),
+        ({"verbosity": "low"}, "low"),
+        ({"verbosity": "medium"}, "medium"),
+        ({"verbosity": "high"}, "high"),
+    ],
+)
+def test_text_verbosity_is_echoed_medium_by_default(
+    text: dict[str, Any] | None, echoed: str
+) -> None:
+    body: dict[str, Any] = {"input": "x"}
+    if text is not None:
+        body["text"] = text
+    assert parse(body).spec.echo.text.verbosity == echoed
+    # The seed's response_format keeps the verbosity asked for.
+    with_format = {**body, "response_format": {"type": "json_object"}}
+    assert parse(with_format).spec.echo.text.verbosity == echoed
+
+
+def test_tool_call_limits() -> None:
+    default = parse({"input": "x"}).spec.tools
+    assert default.parallel_tool_calls is True and default.max_tool_calls is None
+    limited = parse({"input": "x", "parallel_tool_calls": False, "max_tool_calls": 3}).spec.tools
+    assert limited.parallel_tool_calls is False and limited.max_tool_calls == 3
+    searching = parse(
+        {"input": "x", "tools": [{"type": "web_search"}], "max_tool_calls": 0}
+    ).spec.tools
+    assert searching.max_tool_calls == 0  # the model may not search; nothing forces it to
