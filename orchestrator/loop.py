@@ -25,15 +25,16 @@ from typing import TypeAlias, assert_never
 
 import anyio
 
-from exloop.engine.protocol import Chat, ChatMessage, Engine, ToolCall
+from exloop.engine.protocol import Chat, ChatMessage, Engine, Grammar, ToolCall
 from exloop.engine.tool_calls.base import ToolCallFormat
 from exloop.engine.tool_calls.grammar import MAX_CALLS
 
 from .builtin import BuiltinCall, BuiltinRegistry
-from .conversation import drop_oldest_turn, to_messages
+from .conversation import ModelView, drop_oldest_turn, to_messages
 from .items import Item, new_id
 from .mcp import McpToolset, approved
 from .output import OutputWriter
+from .reasoning import thinking_plan
 from .record import ResponseRecord
 from .resource import IncompleteDetails
 from .spec import RunSpec
@@ -89,26 +90,31 @@ class ToolLoop:
         mcp: McpToolset,
         *,
         max_tool_rounds: int,
+        thinking_constraint: Grammar | None = None,
     ) -> None:
         self._engine = engine
         self._format = tool_format
         self._builtins = builtins
         self._mcp = mcp
         self._max_rounds = max_tool_rounds
+        self._thinking_constraint = thinking_constraint
 
-    async def run(self, record: ResponseRecord, writer: OutputWriter, history: list[Item]) -> None:
+    async def run(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
+        """Run ``record`` to its end over the conversation as the model reads it."""
         async with self._mcp as mcp:
             spec = record.spec
             taken = {tool.name for tool in (*spec.tools.functions, *self._builtins.specs)}
-            self._builtins.extend(await mcp.open(writer, history, taken))
-            await self._loop(record, writer, history)
+            self._builtins.extend(await mcp.open(writer, list(view.items), taken))
+            await self._loop(record, writer, view)
 
-    async def _loop(
-        self, record: ResponseRecord, writer: OutputWriter, history: list[Item]
-    ) -> None:
+    async def _loop(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
         spec = record.spec
-        messages = to_messages(history, spec.instructions)
+        history = list(view.items)
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
         step = ModelStep(self._engine, record, writer, self._format, self._builtins)
+        thinking = thinking_plan(
+            self._engine.info.thinking, spec.reasoning, self._thinking_constraint
+        )
         rounds = 0
         first = True
         resumed = self._approved_calls(history, record.input_items, writer)
@@ -127,7 +133,7 @@ class ToolLoop:
                 spec.sampling,
                 max_tokens=_budget(spec.sampling.max_tokens, record.usage.output_tokens),
             )
-            result = await step.run(messages, mode, sampling)
+            result = await step.run(messages, mode, sampling, thinking)
             first = False
             outcome = decide(result, rounds_left=not capped)
             match outcome:
@@ -148,7 +154,9 @@ class ToolLoop:
                     return
                 case RunBuiltinTools(calls=calls, client_calls=client_calls):
                     writer.close_message()
-                    await self._round(record, calls, result.text, writer, messages)
+                    await self._round(
+                        record, calls, result.text, writer, messages, result.reasoning
+                    )
                     if client_calls:
                         record.complete()
                         return
@@ -163,8 +171,10 @@ class ToolLoop:
         text: str,
         writer: OutputWriter,
         messages: list[ChatMessage],
+        reasoning: str = "",
     ) -> None:
-        """Run a round of built-in calls and add the turn and its results to ``messages``."""
+        """Run a round of built-in calls and add the turn (with the ``reasoning`` that led to
+        it) and its results to ``messages``."""
         record.move(Transition.RUN_TOOLS)
         results = await self._run_builtins(calls, writer)
         messages.append(
@@ -172,6 +182,7 @@ class ToolLoop:
                 role="assistant",
                 content=text,
                 tool_calls=tuple(ToolCall(c.call_id, c.name, c.arguments) for c in calls),
+                reasoning=reasoning,
             )
         )
         messages.extend(

@@ -8,11 +8,16 @@ A message: ``output_item.added`` → ``content_part.added`` → ``output_text.de
 ``mcp_call.in_progress`` → ``mcp_call_arguments.delta`` × N → ``.done`` (as the model writes
 the call) → ``mcp_call.completed`` or ``.failed`` (when it has run) → ``output_item.done``. An
 MCP tool listing: ``output_item.added`` → ``mcp_list_tools.in_progress`` → ``.completed`` or
-``.failed`` → ``output_item.done``.
+``.failed`` → ``output_item.done``. Reasoning:
+``output_item.added`` → ``content_part.added`` (reasoning_text) → ``reasoning_text.delta`` × N
+→ ``.done`` → ``content_part.done`` → ``output_item.done`` (with ``encrypted_content`` when
+asked for). A compaction: ``output_item.added`` → ``compaction.compacting`` →
+``output_item.done``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,6 +25,7 @@ import msgspec
 
 from . import events as ev
 from .items import (
+    Compaction,
     FunctionCall,
     ItemStatus,
     Logprob,
@@ -31,6 +37,8 @@ from .items import (
     McpProtocolError,
     Message,
     OutputText,
+    Reasoning,
+    ReasoningText,
     UrlCitation,
     WebSearchAction,
     WebSearchCall,
@@ -38,6 +46,9 @@ from .items import (
     new_id,
 )
 from .record import ResponseRecord
+
+#: Seals a finished item's text for the client to hand back (see :mod:`.sealing`).
+Seal = Callable[[str], str]
 
 
 @dataclass
@@ -60,15 +71,135 @@ class _OpenCall:
     approval_request_id: str | None = None
 
 
-class OutputWriter:
-    """The one place output items are added to a record."""
+@dataclass
+class _OpenReasoning:
+    index: int
+    id: str
+    text: str = ""
 
-    def __init__(self, record: ResponseRecord) -> None:
+
+class OutputWriter:
+    """The one place output items are added to a record.
+
+    ``seal_reasoning`` seals a finished reasoning item's text into its ``encrypted_content``
+    (set when the request includes ``reasoning.encrypted_content``).
+    """
+
+    def __init__(self, record: ResponseRecord, *, seal_reasoning: Seal | None = None) -> None:
         self._record = record
+        self._seal_reasoning = seal_reasoning
         self._message: _OpenMessage | None = None
         self._call: _OpenCall | None = None
         #: MCP calls whose arguments are complete, waiting to run, by call id.
         self._mcp_calls: dict[str, _OpenCall] = {}
+        self._reasoning: _OpenReasoning | None = None
+        self._compaction: int | None = None
+
+    # -- reasoning ------------------------------------------------------------------------
+
+    def reasoning(self, delta: str) -> None:
+        """Append thinking text to the open reasoning item, opening one first if needed."""
+        if not delta:
+            return
+        item = self._reasoning or self._open_reasoning()
+        item.text += delta
+        self._record.output[item.index] = self._reasoning_item(item, "in_progress")
+        self._record.emit(
+            lambda n: ev.ReasoningTextDelta(
+                sequence_number=n,
+                item_id=item.id,
+                output_index=item.index,
+                content_index=0,
+                delta=delta,
+            )
+        )
+
+    def close_reasoning(self, status: ItemStatus = "completed") -> Reasoning | None:
+        """Finish the open reasoning item (if any), sealing its text when asked to."""
+        item, self._reasoning = self._reasoning, None
+        if item is None:
+            return None
+        record = self._record
+        part = ReasoningText(item.text)
+        where = item.id, item.index
+        record.emit(
+            lambda n: ev.ReasoningTextDone(
+                sequence_number=n,
+                item_id=where[0],
+                output_index=where[1],
+                content_index=0,
+                text=item.text,
+            )
+        )
+        record.emit(
+            lambda n: ev.ContentPartDone(
+                sequence_number=n,
+                item_id=where[0],
+                output_index=where[1],
+                content_index=0,
+                part=part,
+            )
+        )
+        sealed = self._seal_reasoning(item.text) if self._seal_reasoning else None
+        done = Reasoning(
+            id=item.id, content=[part], encrypted_content=sealed, status=status, summary=[]
+        )
+        record.output[item.index] = done
+        record.emit(
+            lambda n: ev.OutputItemDone(sequence_number=n, output_index=item.index, item=done)
+        )
+        return done
+
+    def _open_reasoning(self) -> _OpenReasoning:
+        record = self._record
+        item = _OpenReasoning(index=len(record.output), id=new_id("rs"))
+        self._reasoning = item
+        empty = Reasoning(id=item.id, content=[], status="in_progress", summary=[])
+        record.output.append(empty)
+        record.emit(
+            lambda n: ev.OutputItemAdded(sequence_number=n, output_index=item.index, item=empty)
+        )
+        record.emit(
+            lambda n: ev.ContentPartAdded(
+                sequence_number=n,
+                item_id=item.id,
+                output_index=item.index,
+                content_index=0,
+                part=ReasoningText(""),
+            )
+        )
+        return item
+
+    @staticmethod
+    def _reasoning_item(item: _OpenReasoning, status: ItemStatus) -> Reasoning:
+        return Reasoning(id=item.id, content=[ReasoningText(item.text)], status=status, summary=[])
+
+    # -- compaction -----------------------------------------------------------------------
+
+    def open_compaction(self) -> int:
+        """Add a compaction item whose summary is being written; returns its output index."""
+        self.close_message()
+        record = self._record
+        index = len(record.output)
+        item = Compaction(id=new_id("cmp"), encrypted_content="")
+        self._compaction = index
+        record.output.append(item)
+        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
+        record.emit(
+            lambda n: ev.CompactionCompacting(
+                sequence_number=n, item_id=item.id or "", output_index=index
+            )
+        )
+        return index
+
+    def close_compaction(self, index: int, encrypted_content: str) -> Compaction:
+        """Finish the compaction item at ``index`` with its sealed summary."""
+        record = self._record
+        self._compaction = None
+        item = Compaction(id=record.output[index].id, encrypted_content=encrypted_content)
+        record.output[index] = item
+        record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
+        return item
 
     # -- assistant text -------------------------------------------------------------------
 
@@ -380,6 +511,10 @@ class OutputWriter:
 
     def close_all(self, status: ItemStatus) -> None:
         """Close whatever is open, e.g. when the output stops short."""
+        self.close_reasoning(status)
+        if self._compaction is not None:
+            # Cut off while summarizing: the item stays, holding nothing a client can replay.
+            self.close_compaction(self._compaction, "")
         self.close_message(status)
         if self._call is not None:
             self.close_call(self._call.arguments, status)

@@ -8,7 +8,9 @@ inside it is cancelled before its next token and the response ends ``cancelled``
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
+from functools import partial
 from types import TracebackType
 
 import anyio
@@ -23,12 +25,12 @@ from exloop.engine.errors import (
     InvalidGrammar,
 )
 from exloop.engine.grammar_sandbox import CompileBudget
-from exloop.engine.protocol import Chat, Engine, GenerationRequest, ToolSpec
+from exloop.engine.protocol import Chat, Engine, GenerationRequest, Grammar, ToolSpec
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
 from .builtin import BuiltinFactory, BuiltinRegistry
-from .conversation import resolve_references, to_messages
+from .conversation import ModelView, model_view, resolve_references, to_messages
 from .errors import InvalidRequest, InvalidState, ResponseNotFound
 from .events import StreamEvent
 from .items import (
@@ -45,6 +47,7 @@ from .mcp import McpSettings, McpToolset, approval_requests
 from .output import OutputWriter
 from .record import ResponseRecord
 from .resource import FunctionTool, Response
+from .sealing import KEY_BYTES, Sealer
 from .spec import RunSpec
 from .state import Phase, Transition
 from .store import MemoryStore, ResponseStore
@@ -96,7 +99,12 @@ class Orchestrator:
         tool_format: ToolCallFormat | None = None,
         mcp: McpSettings | None = None,
         grammar_timeout: float | None = None,
+        sealer: Sealer | None = None,
+        thinking_constraint: Grammar | None = None,
     ) -> None:
+        """``sealer`` seals reasoning and compaction for clients (a key of this process's own
+        when not given); ``thinking_constraint`` is a test hook: a grammar thinking models
+        think under."""
         self._engine = engine
         #: Seconds all of one request's grammars may take to compile (each one's own budget
         #: is the engine's).
@@ -107,6 +115,8 @@ class Orchestrator:
         self._builtins = builtins
         self._format = tool_format or get_format(engine.info.tool_call_format)
         self._mcp = mcp
+        self.sealer = sealer or Sealer(os.urandom(KEY_BYTES))
+        self._thinking_constraint = thinking_constraint
         #: Runs in flight, stored or not (so a disconnect can abort an unstored run).
         self._live: dict[str, ResponseRecord] = {}
         self._tg: TaskGroup | None = None
@@ -162,7 +172,8 @@ class Orchestrator:
                 )
         self._check_mcp(spec, builtins, (*context, *inputs))
         await self._check_grammars(spec)
-        await self._check_context(spec, (*context, *inputs))
+        view = model_view(context, inputs, self.sealer)
+        await self._check_context(spec, view)
 
         record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
         if not spec.background:
@@ -173,9 +184,14 @@ class Orchestrator:
         self._live[record.id] = record
         mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
         loop = ToolLoop(
-            self._engine, self._format, builtins, mcp, max_tool_rounds=self._max_tool_rounds
+            self._engine,
+            self._format,
+            builtins,
+            mcp,
+            max_tool_rounds=self._max_tool_rounds,
+            thinking_constraint=self._thinking_constraint,
         )
-        self._tg.start_soon(self._run, record, loop)
+        self._tg.start_soon(self._run, record, loop, view)
         return RunHandle(record)
 
     def _check_mcp(
@@ -271,13 +287,12 @@ class Orchestrator:
         grammar = self._format.call_grammar(tools, include_trigger=True)
         await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
 
-    async def _check_context(self, spec: RunSpec, items: tuple[Item, ...]) -> None:
-        if spec.truncation == "auto":
-            return  # the loop drops the oldest turns as needed
+    async def _check_context(self, spec: RunSpec, view: ModelView) -> None:
+        if spec.truncation == "auto" or spec.compact_threshold is not None:
+            return  # the loop drops the oldest turns, or compacts them, as needed
         tools = (*spec.tools.functions,)
-        tokens = await self._engine.count_tokens(
-            Chat(tuple(to_messages(items, spec.instructions)), tools)
-        )
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        tokens = await self._engine.count_tokens(Chat(tuple(messages), tools))
         limit = self._engine.info.context_length
         if tokens + (spec.sampling.max_tokens or 1) > limit:
             raise ContextLengthExceeded(
@@ -287,15 +302,18 @@ class Orchestrator:
                 param="input",
             )
 
-    async def _run(self, record: ResponseRecord, loop: ToolLoop) -> None:
-        writer = OutputWriter(record)
+    async def _run(self, record: ResponseRecord, loop: ToolLoop, view: ModelView) -> None:
+        seal = None
+        if record.spec.reasoning.encrypted:
+            seal = partial(self.sealer.seal, "reasoning")
+        writer = OutputWriter(record, seal_reasoning=seal)
         try:
             with record.cancel_scope:
                 try:
                     if record.phase is Phase.QUEUED:
                         record.move(Transition.START)
                     record.emit_in_progress()
-                    await loop.run(record, writer, [*record.context, *record.input_items])
+                    await loop.run(record, writer, view)
                 except (ConstraintFailed, InvalidGrammar) as exc:
                     # The client's grammar gave out while generating: its fault, not ours.
                     log.info("response %s failed: %s", record.id, exc)

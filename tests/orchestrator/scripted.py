@@ -21,6 +21,7 @@ from exloop.engine.protocol import (
     ModelInfo,
     Usage,
 )
+from exloop.engine.reasoning import ThinkingSyntax
 
 Script = Callable[[GenerationRequest], str]
 
@@ -36,6 +37,8 @@ class ScriptedJob:
     token_delay: float
     cancelled: bool = False
     emitted_tokens: int = 0
+    #: The prompt tokens its Finish reports.
+    prompt_tokens: int = 0
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -43,7 +46,7 @@ class ScriptedJob:
     async def events(self) -> AsyncIterator[JobEvent]:
         sampling = self.request.sampling
         chunks = [self.text[i : i + 3] for i in range(0, len(self.text), 3)]
-        prompt_tokens = len(_prompt_text(self.request)) // 4 + 1
+        prompt_tokens = self.prompt_tokens = len(_prompt_text(self.request)) // 4 + 1
         out = ""
         sent = 0
         reason = "eos"
@@ -102,6 +105,8 @@ class ScriptedEngine:
     token_delay: float = 0.0
     context_length: int = 4096
     tool_call_format: str = "exloop"
+    #: Set to play a model that thinks (its scripts then write the think block too).
+    thinking: ThinkingSyntax | None = None
     jobs: list[ScriptedJob] = field(default_factory=list)
     submitted: int = 0
 
@@ -113,6 +118,7 @@ class ScriptedEngine:
             context_length=self.context_length,
             chat_template="",
             tool_call_format=self.tool_call_format,
+            thinking=self.thinking,
         )
 
     def render(self, chat: Chat) -> str:
