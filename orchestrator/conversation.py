@@ -126,12 +126,8 @@ def to_messages(
     tool-listing items carry nothing the model can re-read and are left out, as are approval
     requests still waiting.
     """
-    messages: list[ChatMessage] = []
-    system = "\n\n".join(
-        part for part in (instructions, summary and f"{SUMMARY_HEADING}\n{summary}") if part
-    )
-    if system:
-        messages.append(ChatMessage(role="system", content=system))
+    head = system_prompt(instructions, summary)
+    messages: list[ChatMessage] = [head] if head is not None else []
     last_user = max(
         (i for i, item in enumerate(items) if isinstance(item, Message) and item.role == "user"),
         default=-1,
@@ -201,6 +197,14 @@ def to_messages(
             ):
                 continue
     return messages
+
+
+def system_prompt(instructions: str | None, summary: str | None) -> ChatMessage | None:
+    """The system message of ``instructions`` and a compaction ``summary`` (None: neither)."""
+    text = "\n\n".join(
+        part for part in (instructions, summary and f"{SUMMARY_HEADING}\n{summary}") if part
+    )
+    return ChatMessage(role="system", content=text) if text else None
 
 
 def _add_call(messages: list[ChatMessage], call: ToolCall, thought: str | None) -> None:

@@ -30,7 +30,14 @@ from exloop.engine.tool_calls.base import ToolCallFormat
 from exloop.engine.tool_calls.grammar import MAX_CALLS
 
 from .builtin import BuiltinCall, BuiltinRegistry
-from .conversation import ModelView, drop_oldest_turn, to_messages
+from .compaction import (
+    DEFAULT_THRESHOLD_SHARE,
+    SUMMARY_MAX_TOKENS,
+    compactable,
+    compacted,
+    summary_prompt,
+)
+from .conversation import ModelView, drop_oldest_turn, system_prompt, to_messages
 from .items import Item, new_id
 from .mcp import McpToolset, approved
 from .output import OutputWriter
@@ -111,6 +118,7 @@ class ToolLoop:
         spec = record.spec
         history = list(view.items)
         messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        has_head = system_prompt(spec.instructions, view.summary) is not None
         step = ModelStep(self._engine, record, writer, self._format, self._builtins)
         thinking = thinking_plan(
             self._engine.info.thinking, spec.reasoning, self._thinking_constraint
@@ -128,6 +136,8 @@ class ToolLoop:
             mode = self._mode(spec, first=first, capped=capped)
             if capped:
                 record.tool_rounds_capped = True
+            if await self._should_compact(messages, spec, has_head=has_head):
+                messages, has_head = await self._compact(messages, has_head, spec, step, writer)
             await self._fit_context(messages, spec)
             sampling = replace(
                 spec.sampling,
@@ -163,6 +173,54 @@ class ToolLoop:
                     rounds += 1
                 case _:
                     assert_never(outcome)
+
+    async def compact(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
+        """Compact the conversation into one compaction item (``/v1/responses/compact``)."""
+        spec = record.spec
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        step = ModelStep(self._engine, record, writer, self._format, self._builtins)
+        has_head = system_prompt(spec.instructions, view.summary) is not None
+        await self._compact(messages, has_head, spec, step, writer)
+        record.complete()
+
+    async def _should_compact(
+        self, messages: list[ChatMessage], spec: RunSpec, *, has_head: bool
+    ) -> bool:
+        """Whether ``context_management`` asks to compact now: the prompt is over the
+        threshold and compacting would drop something."""
+        if spec.compaction is None or not compactable(messages, has_head=has_head):
+            return False
+        threshold = spec.compaction.threshold or int(
+            self._engine.info.context_length * DEFAULT_THRESHOLD_SHARE
+        )
+        tools = (*spec.tools.functions, *self._builtins.specs)
+        return await self._engine.count_tokens(Chat(tuple(messages), tools)) > threshold
+
+    async def _compact(
+        self,
+        messages: list[ChatMessage],
+        has_head: bool,
+        spec: RunSpec,
+        step: ModelStep,
+        writer: OutputWriter,
+    ) -> tuple[list[ChatMessage], bool]:
+        """Have the model summarize ``messages`` into a compaction item; the messages that
+        remain after it, and whether they start with a system prompt."""
+        index = writer.open_compaction()
+        prompt = summary_prompt(messages)
+        limit = min(SUMMARY_MAX_TOKENS, self._engine.info.context_length // 4)
+        # The summary sees as much of the conversation as fits beside it.
+        context = self._engine.info.context_length - limit
+        while await self._engine.count_tokens(Chat(tuple(prompt))) > context:
+            if not drop_oldest_turn(prompt):
+                break
+        sampling = replace(spec.sampling, max_tokens=limit, logprobs=False)
+        summary = await step.summarize(prompt, sampling)
+        writer.close_compaction(index, summary)
+        remaining = compacted(
+            messages, has_head=has_head, instructions=spec.instructions, summary=summary
+        )
+        return remaining, system_prompt(spec.instructions, summary) is not None
 
     async def _round(
         self,

@@ -17,7 +17,6 @@ asked for). A compaction: ``output_item.added`` â†’ ``compaction.compacting`` â†
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,9 +45,7 @@ from .items import (
     new_id,
 )
 from .record import ResponseRecord
-
-#: Seals a finished item's text for the client to hand back (see :mod:`.sealing`).
-Seal = Callable[[str], str]
+from .sealing import Sealer
 
 
 @dataclass
@@ -81,12 +78,16 @@ class _OpenReasoning:
 class OutputWriter:
     """The one place output items are added to a record.
 
-    ``seal_reasoning`` seals a finished reasoning item's text into its ``encrypted_content``
-    (set when the request includes ``reasoning.encrypted_content``).
+    ``sealer`` seals compaction summaries, and the text of finished reasoning items into their
+    ``encrypted_content`` when ``seal_reasoning`` (the request includes
+    ``reasoning.encrypted_content``).
     """
 
-    def __init__(self, record: ResponseRecord, *, seal_reasoning: Seal | None = None) -> None:
+    def __init__(
+        self, record: ResponseRecord, sealer: Sealer, *, seal_reasoning: bool = False
+    ) -> None:
         self._record = record
+        self._sealer = sealer
         self._seal_reasoning = seal_reasoning
         self._message: _OpenMessage | None = None
         self._call: _OpenCall | None = None
@@ -140,7 +141,7 @@ class OutputWriter:
                 part=part,
             )
         )
-        sealed = self._seal_reasoning(item.text) if self._seal_reasoning else None
+        sealed = self._sealer.seal("reasoning", item.text) if self._seal_reasoning else None
         done = Reasoning(
             id=item.id, content=[part], encrypted_content=sealed, status=status, summary=[]
         )
@@ -192,11 +193,12 @@ class OutputWriter:
         )
         return index
 
-    def close_compaction(self, index: int, encrypted_content: str) -> Compaction:
-        """Finish the compaction item at ``index`` with its sealed summary."""
+    def close_compaction(self, index: int, summary: str) -> Compaction:
+        """Finish the compaction item at ``index``, sealing its ``summary``."""
         record = self._record
         self._compaction = None
-        item = Compaction(id=record.output[index].id, encrypted_content=encrypted_content)
+        sealed = self._sealer.seal("compaction", summary)
+        item = Compaction(id=record.output[index].id, encrypted_content=sealed)
         record.output[index] = item
         record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
         return item
@@ -513,7 +515,7 @@ class OutputWriter:
         """Close whatever is open, e.g. when the output stops short."""
         self.close_reasoning(status)
         if self._compaction is not None:
-            # Cut off while summarizing: the item stays, holding nothing a client can replay.
+            # Cut off while summarizing: the item stays, with an empty summary.
             self.close_compaction(self._compaction, "")
         self.close_message(status)
         if self._call is not None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
-from functools import partial
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import TypeAlias
 
 import anyio
 import msgspec
@@ -48,7 +49,7 @@ from .output import OutputWriter
 from .record import ResponseRecord
 from .resource import FunctionTool, Response
 from .sealing import KEY_BYTES, Sealer
-from .spec import RunSpec
+from .spec import CompactionPolicy, RunSpec
 from .state import Phase, Transition
 from .store import MemoryStore, ResponseStore
 
@@ -83,6 +84,18 @@ class RunHandle:
 
     def events(self, *, starting_after: int | None = None) -> AsyncIterator[StreamEvent]:
         return self._record.log.follow(starting_after)
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionRun:
+    """A compaction being run: its handle, and the user messages its item follows."""
+
+    handle: RunHandle
+    kept: tuple[Message, ...]
+
+
+#: What a run does with its record, writer and conversation: ToolLoop.run or .compact.
+_Work: TypeAlias = Callable[[ResponseRecord, OutputWriter, ModelView], Awaitable[None]]
 
 
 class Orchestrator:
@@ -143,6 +156,21 @@ class Orchestrator:
 
         Everything that can be refused is refused here, before any event exists.
         """
+        record, loop, view = await self._prepare(spec)
+        self._start(record, loop.run, view)
+        return RunHandle(record)
+
+    async def compact(self, spec: RunSpec) -> CompactionRun:
+        """Validate ``spec`` and start compacting its conversation (``/v1/responses/compact``):
+        the run's output is the compaction item; the user messages it follows come along."""
+        record, loop, view = await self._prepare(replace(spec, compaction=CompactionPolicy()))
+        self._start(record, loop.compact, view)
+        kept = tuple(
+            item for item in view.items if isinstance(item, Message) and item.role == "user"
+        )
+        return CompactionRun(RunHandle(record), kept)
+
+    async def _prepare(self, spec: RunSpec) -> tuple[ResponseRecord, ToolLoop, ModelView]:
         if self._tg is None:
             raise RuntimeError("the orchestrator is not running (use `async with`)")
         context: tuple[Item, ...] = ()
@@ -176,12 +204,6 @@ class Orchestrator:
         await self._check_context(spec, view)
 
         record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
-        if not spec.background:
-            record.move(Transition.START)
-        record.announce()
-        if spec.store:
-            self._store.put(record)
-        self._live[record.id] = record
         mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
         loop = ToolLoop(
             self._engine,
@@ -191,8 +213,17 @@ class Orchestrator:
             max_tool_rounds=self._max_tool_rounds,
             thinking_constraint=self._thinking_constraint,
         )
-        self._tg.start_soon(self._run, record, loop, view)
-        return RunHandle(record)
+        return record, loop, view
+
+    def _start(self, record: ResponseRecord, work: _Work, view: ModelView) -> None:
+        assert self._tg is not None
+        if not record.spec.background:
+            record.move(Transition.START)
+        record.announce()
+        if record.spec.store:
+            self._store.put(record)
+        self._live[record.id] = record
+        self._tg.start_soon(self._run, record, work, view)
 
     def _check_mcp(
         self, spec: RunSpec, builtins: BuiltinRegistry, conversation: tuple[Item, ...]
@@ -288,7 +319,7 @@ class Orchestrator:
         await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
 
     async def _check_context(self, spec: RunSpec, view: ModelView) -> None:
-        if spec.truncation == "auto" or spec.compact_threshold is not None:
+        if spec.truncation == "auto" or spec.compaction is not None:
             return  # the loop drops the oldest turns, or compacts them, as needed
         tools = (*spec.tools.functions,)
         messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
@@ -302,18 +333,15 @@ class Orchestrator:
                 param="input",
             )
 
-    async def _run(self, record: ResponseRecord, loop: ToolLoop, view: ModelView) -> None:
-        seal = None
-        if record.spec.reasoning.encrypted:
-            seal = partial(self.sealer.seal, "reasoning")
-        writer = OutputWriter(record, seal_reasoning=seal)
+    async def _run(self, record: ResponseRecord, work: _Work, view: ModelView) -> None:
+        writer = OutputWriter(record, self.sealer, seal_reasoning=record.spec.reasoning.encrypted)
         try:
             with record.cancel_scope:
                 try:
                     if record.phase is Phase.QUEUED:
                         record.move(Transition.START)
                     record.emit_in_progress()
-                    await loop.run(record, writer, view)
+                    await work(record, writer, view)
                 except (ConstraintFailed, InvalidGrammar) as exc:
                     # The client's grammar gave out while generating: its fault, not ours.
                     log.info("response %s failed: %s", record.id, exc)

@@ -131,6 +131,14 @@ class ReasoningOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class CompactionPolicy:
+    """``context_management: [{"type": "compaction", "compact_threshold": N}]``."""
+
+    #: Prompt tokens past which the conversation is compacted; None: the server's default.
+    threshold: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Echo:
     """Request fields the response object reports back unchanged."""
 
@@ -166,8 +174,8 @@ class RunSpec:
     truncation: Literal["auto", "disabled"] = "disabled"
     metadata: dict[str, str] = field(default_factory=dict)
     reasoning: ReasoningOptions = field(default_factory=ReasoningOptions)
-    #: ``context_management``'s ``compact_threshold``: when the prompt takes more tokens, the
-    #: earlier turns are compacted into a compaction item before the model runs.
-    compact_threshold: int | None = None
+    #: ``context_management``: compact the conversation when the prompt grows past a
+    #: threshold (:mod:`exloop.orchestrator.compaction`).
+    compaction: CompactionPolicy | None = None
     #: Fields echoed on the response object as the client sent them.
     echo: Echo = field(default_factory=Echo)

@@ -184,6 +184,20 @@ class ModelStep:
             reasoning=thought.text,
         )
 
+    async def summarize(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> str:
+        """The model's answer to ``messages``, without thinking and written to no item (the
+        summary of a compaction)."""
+        self._turn_tokens = 0
+        chat = Chat(messages=tuple(messages))
+        syntax = self._engine.info.thinking
+        if syntax is not None:
+            chat = replace(chat, thinking=False)
+            off = await self._think(chat, ThinkingPlan(syntax, enabled=False, budget=0), sampling)
+            chat = replace(chat, assistant_prefix=off.prefix)
+        parts: list[str] = []
+        await self._generate(chat, sampling, None, lambda text, _: parts.append(text))
+        return "".join(parts).strip()
+
     async def _think(self, chat: Chat, plan: ThinkingPlan, sampling: SamplingParams) -> _Thought:
         """Write the turn's think block into a reasoning item (or skip it, thinking off)."""
         syntax = plan.syntax
