@@ -23,13 +23,14 @@ from blacksheep.server.routing import Router
 
 from exloop.engine.errors import InvalidGrammar
 from exloop.orchestrator.events import StreamEvent
-from exloop.orchestrator.items import Item
+from exloop.orchestrator.items import Compaction, Item
 from exloop.orchestrator.service import Orchestrator, RunHandle
 from exloop.orchestrator.spec import RunSpec
 
 from .body import read_json_body
 from .chat_request import parse_chat_request
 from .chat_response import ChunkStream, chat_completion
+from .compact_request import CompactedResponse, parse_compact_request
 from .errors import ApiError, invalid_request, to_api_error
 from .limits import Limits
 from .pagination import Page, PageQuery, item_id, paginate
@@ -100,6 +101,7 @@ def build_app(orchestrator: Orchestrator, settings: AppSettings) -> Application:
     api = _Api(orchestrator, settings)
     routes: list[tuple[str, str, Handler]] = [
         ("POST", "/v1/responses", api.create_response),
+        ("POST", "/v1/responses/compact", api.compact),
         ("GET", "/v1/responses/{response_id}", api.get_response),
         ("DELETE", "/v1/responses/{response_id}", api.delete_response),
         ("POST", "/v1/responses/{response_id}/cancel", api.cancel_response),
@@ -242,6 +244,24 @@ class _Api:
             return json_response(handle.response)
         final = await unless_disconnected(request, handle.wait, self._abort(handle.id))
         return json_response(final)
+
+    async def compact(self, request: Request) -> Response:
+        spec = await self._parse(request, parse_compact_request)
+        run = await self._orchestrator.compact(spec)
+        handle = run.handle
+        final = await unless_disconnected(request, handle.wait, self._abort(handle.id))
+        if final.status != "completed":
+            message = final.error.message if final.error else f"The compaction {final.status}."
+            raise ApiError(500, message, "server_error")
+        compacted = [item for item in final.output if isinstance(item, Compaction)]
+        return json_response(
+            CompactedResponse(
+                id=final.id,
+                created_at=final.created_at,
+                output=[*run.kept, *compacted],
+                usage=final.usage,
+            )
+        )
 
     async def get_response(self, request: Request) -> Response:
         response_id = _response_id(request)

@@ -8,7 +8,7 @@ from typing import Literal, TypeAlias
 import msgspec
 
 from exloop.orchestrator import events as ev
-from exloop.orchestrator.items import FunctionCall, Logprob, Message, OutputText
+from exloop.orchestrator.items import FunctionCall, Logprob, Message, OutputText, Reasoning
 from exloop.orchestrator.resource import Response
 
 FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -48,6 +48,8 @@ class AssistantMessage(msgspec.Struct, frozen=True, omit_defaults=False):
     annotations: list[Annotation] | None = None
     refusal: str | None = None
     role: Literal["assistant"] = "assistant"
+    #: A thinking model's reasoning, as vLLM and llama-server name it (absent otherwise).
+    reasoning_content: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class Choice(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -99,6 +101,7 @@ class ChunkToolCall(msgspec.Struct, frozen=True, omit_defaults=True):
 class ChoiceDelta(msgspec.Struct, frozen=True, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ChunkToolCall] | None = None
 
 
@@ -173,8 +176,11 @@ def chat_completion(response: Response, *, logprobs: bool) -> ChatCompletion:
     annotations: list[Annotation] = []
     token_logprobs: list[Logprob] = []
     calls: list[ToolCall] = []
+    thoughts: list[str] = []
     for item in response.output:
-        if isinstance(item, Message):
+        if isinstance(item, Reasoning):
+            thoughts.append(item.text)
+        elif isinstance(item, Message):
             for part in item.content:
                 if not isinstance(part, OutputText):
                     continue
@@ -195,6 +201,7 @@ def chat_completion(response: Response, *, logprobs: bool) -> ChatCompletion:
         content=content if content or not calls else None,
         tool_calls=calls or None,
         annotations=annotations or None,
+        reasoning_content="\n\n".join(thoughts) if thoughts else msgspec.UNSET,
     )
     return ChatCompletion(
         id=completion_id(response.id),
@@ -238,6 +245,8 @@ class ChunkStream:
                         ChoiceLogprobs(logprobs) if self._logprobs else None,
                     )
                 ]
+            case ev.ReasoningTextDelta(delta=delta):
+                return [self._delta(ChoiceDelta(reasoning_content=delta))]
             case ev.OutputItemAdded(item=FunctionCall() as call):
                 index = self._calls.setdefault(call.id or call.call_id, len(self._calls))
                 return [

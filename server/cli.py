@@ -27,13 +27,17 @@ from exloop.engine.backends import (
     open_engine,
     select_backend,
 )
+from exloop.engine.chat_template import ChatTemplate
 from exloop.engine.errors import EngineError, ModelNotFound
+from exloop.engine.protocol import Grammar
+from exloop.engine.tool_calls import get_format
 from exloop.tools.fetch import SafeFetcher
 from exloop.tools.mcp_client import McpLimits
 from exloop.tools.mcp_servers import ConfigError, ConfiguredServers, load_config
 from exloop.tools.research import WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchProvider, SearxngProvider
 
+from .keys import SealingKeyError, default_data_dir, load_sealer
 from .limits import Limits, add_limit_flags, limits_from_args, positive_float, positive_int
 
 log = logging.getLogger("exloop")
@@ -66,8 +70,15 @@ class ServeSettings:
     mcp_config: Path | None = None
     mcp_call_timeout: float = 60.0
     limits: Limits = Limits()
+    #: A Jinja chat template replacing the model's own.
+    chat_template: Path | None = None
+    #: Where the server keeps state across restarts (the sealing key).
+    data_dir: Path | None = None
+    encryption_key: str | None = None
     #: Hidden test option: ddgs searches a stand-in of DuckDuckGo's HTML endpoint at this URL.
     ddgs_url: str | None = None
+    #: Hidden test option: thinking models think under this regex (deterministic reasoning).
+    thinking_regex: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
@@ -94,6 +105,10 @@ class ServeSettings:
             mcp_config=Path(args.mcp_config).expanduser() if args.mcp_config else None,
             mcp_call_timeout=args.mcp_call_timeout,
             limits=limits_from_args(args),
+            chat_template=Path(args.chat_template).expanduser() if args.chat_template else None,
+            data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
+            encryption_key=args.encryption_key or None,
+            thinking_regex=args.thinking_regex or None,
         )
 
 
@@ -113,7 +128,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help = action.help or ""
-        secret = action.dest == "api_key"
+        secret = action.dest in ("api_key", "encryption_key")
         unset = action.default in (None, False, argparse.SUPPRESS)
         if action.option_strings and not secret and not unset:
             help += " (now: %(default)s)"
@@ -177,6 +192,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the model writes tool calls (EXLOOP_TOOL_CALL_FORMAT); default: detected "
         "from the model's chat template",
     )
+    serve.add_argument(
+        "--chat-template",
+        default=_env("CHAT_TEMPLATE"),
+        metavar="FILE",
+        help="Jinja chat template to use instead of the model's own (EXLOOP_CHAT_TEMPLATE); the "
+        "tool-call format and thinking are detected from it",
+    )
+    serve.add_argument(
+        "--data-dir",
+        default=_env("DATA_DIR"),
+        metavar="DIR",
+        help="directory for state kept across restarts: the key that seals reasoning and "
+        "compaction items (EXLOOP_DATA_DIR); default: $XDG_DATA_HOME/exloop or "
+        "~/.local/share/exloop",
+    )
+    serve.add_argument(
+        "--encryption-key",
+        default=_env("ENCRYPTION_KEY"),
+        metavar="SECRET",
+        help="secret (32+ characters) the key sealing reasoning and compaction items is "
+        "derived from, shared by servers behind one load balancer (EXLOOP_ENCRYPTION_KEY); "
+        "default: a random key kept in the data directory",
+    )
+    # Tests make a thinking model's reasoning deterministic by generating it under a regex.
+    serve.add_argument("--thinking-regex", default=_env("THINKING_REGEX"), help=argparse.SUPPRESS)
     serve.add_argument(
         "--api-key",
         default=_env("API_KEY"),
@@ -300,6 +340,21 @@ def web_research(settings: ServeSettings) -> WebResearch:
     return WebResearch(provider, SafeFetcher(allow_private=settings.fetch_allow_private))
 
 
+def read_chat_template(path: Path | None) -> str | None:
+    """The text of ``--chat-template``, checked to compile (None: the model's own)."""
+    if path is None:
+        return None
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"exloop: cannot read --chat-template {path}: {exc}") from None
+    try:
+        ChatTemplate(source, bos_token="", eos_token="", tool_format=get_format("exloop"))
+    except ValueError as exc:
+        raise SystemExit(f"exloop: --chat-template {path}: {exc}") from None
+    return source
+
+
 async def serve(settings: ServeSettings) -> None:
     """Load the model, then serve until interrupted; runs stop when the server does."""
     # Imported here so `exloop --help` and `fetch-model` do not load llama.cpp.
@@ -315,6 +370,14 @@ async def serve(settings: ServeSettings) -> None:
     configured = ConfiguredServers(
         load_config(settings.mcp_config) if settings.mcp_config else {}, limits
     )
+    chat_template = read_chat_template(settings.chat_template)
+    try:
+        sealer = await anyio.to_thread.run_sync(
+            load_sealer, settings.encryption_key, settings.data_dir or default_data_dir()
+        )
+    except SealingKeyError as exc:
+        raise SystemExit(f"exloop: {exc}") from None
+    thinking = Grammar("regex", settings.thinking_regex) if settings.thinking_regex else None
     backend = select_backend(str(settings.model) if settings.model else None, settings.backend)
     path = settings.model
     if path is None:
@@ -332,6 +395,7 @@ async def serve(settings: ServeSettings) -> None:
             cache_mode=settings.cache_mode,  # type: ignore[arg-type]
             max_batch_size=settings.max_batch_size,
             grammar_budget=settings.limits.compile_budget,
+            chat_template=chat_template,
         ),
     )
     try:
@@ -345,6 +409,8 @@ async def serve(settings: ServeSettings) -> None:
                 builtins=web_search_builtins(research),
                 mcp=McpSettings(limits, settings.fetch_allow_private, configured),
                 grammar_timeout=settings.limits.grammar_timeout,
+                sealer=sealer,
+                thinking_constraint=thinking,
             ) as orchestrator,
         ):
             app = build_app(orchestrator, AppSettings(served, settings.api_key, settings.limits))
@@ -362,12 +428,13 @@ async def serve(settings: ServeSettings) -> None:
                 )
             )
             log.info(
-                "serving %s (%s, %s, context %d, tool calls %s) on http://%s:%d",
+                "serving %s (%s, %s, context %d, tool calls %s, %s) on http://%s:%d",
                 served,
                 engine.info.backend,
                 path,
                 engine.info.context_length,
                 engine.info.tool_call_format,
+                "thinks" if engine.info.thinking else "no thinking",
                 settings.host,
                 settings.port,
             )
