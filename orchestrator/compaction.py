@@ -5,8 +5,9 @@
 tokens than the threshold (80% of the context window when no threshold is given).
 
 The summary is the model's own: the conversation is shown to it with one more user turn,
-:data:`SUMMARY_REQUEST`, and what it writes (thinking off, at most :data:`SUMMARY_MAX_TOKENS`)
-is sealed into a ``compaction`` item. From then on the model sees the user, system and
+:data:`SUMMARY_REQUEST`, and what it writes (thinking off; at most half as many tokens as the
+conversation takes, within :data:`SUMMARY_MIN_TOKENS` and :data:`SUMMARY_MAX_TOKENS`) is
+sealed into a ``compaction`` item. From then on the model sees the user, system and
 developer messages, and the summary in its system prompt; assistant turns, tool calls and
 their results are gone (:func:`compacted`).
 """
@@ -26,13 +27,21 @@ SUMMARY_REQUEST = (
     "and their results), the decisions taken, and what remains to be done. Be factual and "
     "concise, and write only the summary."
 )
-#: The most tokens a summary may take.
+#: The most tokens a summary may take, and the least it is allowed however short the
+#: conversation (a summary longer than half of what it replaces saves little).
 SUMMARY_MAX_TOKENS = 1024
+SUMMARY_MIN_TOKENS = 64
 #: The share of the context window a prompt may fill before compaction, when
 #: ``context_management`` gives no ``compact_threshold``.
 DEFAULT_THRESHOLD_SHARE = 0.8
 #: The least ``compact_threshold`` the server accepts: below it a summary barely fits.
 MIN_THRESHOLD = 256
+
+
+def summary_limit(conversation_tokens: int, context_length: int) -> int:
+    """The most tokens the summary of a conversation of ``conversation_tokens`` may take."""
+    share = max(SUMMARY_MIN_TOKENS, conversation_tokens // 2)
+    return min(SUMMARY_MAX_TOKENS, context_length // 4, share)
 
 
 def summary_prompt(messages: Sequence[ChatMessage]) -> list[ChatMessage]:

@@ -32,9 +32,9 @@ from exloop.engine.tool_calls.grammar import MAX_CALLS
 from .builtin import BuiltinCall, BuiltinRegistry
 from .compaction import (
     DEFAULT_THRESHOLD_SHARE,
-    SUMMARY_MAX_TOKENS,
     compactable,
     compacted,
+    summary_limit,
     summary_prompt,
 )
 from .conversation import ModelView, drop_oldest_turn, system_prompt, to_messages
@@ -208,9 +208,10 @@ class ToolLoop:
         remain after it, and whether they start with a system prompt."""
         index = writer.open_compaction()
         prompt = summary_prompt(messages)
-        limit = min(SUMMARY_MAX_TOKENS, self._engine.info.context_length // 4)
+        length = self._engine.info.context_length
+        limit = summary_limit(await self._engine.count_tokens(Chat(tuple(messages))), length)
         # The summary sees as much of the conversation as fits beside it.
-        context = self._engine.info.context_length - limit
+        context = length - limit
         while await self._engine.count_tokens(Chat(tuple(prompt))) > context:
             if not drop_oldest_turn(prompt):
                 break

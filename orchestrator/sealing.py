@@ -71,7 +71,7 @@ class Sealer:
             raise Unsealable("it was not produced by this server")
         body = token[len(_PREFIX) :]
         try:
-            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
         except (binascii.Error, ValueError):
             raise Unsealable("it is not valid base64") from None
         if len(raw) < _NONCE_BYTES + _TAG_BYTES:

@@ -371,12 +371,6 @@ async def serve(settings: ServeSettings) -> None:
         load_config(settings.mcp_config) if settings.mcp_config else {}, limits
     )
     chat_template = read_chat_template(settings.chat_template)
-    try:
-        sealer = await anyio.to_thread.run_sync(
-            load_sealer, settings.encryption_key, settings.data_dir or default_data_dir()
-        )
-    except SealingKeyError as exc:
-        raise SystemExit(f"exloop: {exc}") from None
     thinking = Grammar("regex", settings.thinking_regex) if settings.thinking_regex else None
     backend = select_backend(str(settings.model) if settings.model else None, settings.backend)
     path = settings.model
@@ -399,6 +393,12 @@ async def serve(settings: ServeSettings) -> None:
         ),
     )
     try:
+        try:
+            sealer = await anyio.to_thread.run_sync(
+                load_sealer, settings.encryption_key, settings.data_dir or default_data_dir()
+            )
+        except SealingKeyError as exc:
+            raise SystemExit(f"exloop: {exc}") from None
         served = settings.served_model_name or engine.info.name
         async with (
             configured,

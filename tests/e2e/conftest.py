@@ -36,13 +36,15 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``exloop serve`` on a free loopback port, with its log in a temporary file; with
-    ``memory_limit``, its address space is capped at that many bytes (``RLIMIT_AS``)."""
+    """``exloop serve`` on a free loopback port, with its log in a temporary file and its
+    data directory (the sealing key) in a temporary directory; with ``memory_limit``, its
+    address space is capped at that many bytes (``RLIMIT_AS``)."""
 
     def __init__(
         self, *flags: str, env: dict[str, str] | None = None, memory_limit: int | None = None
     ) -> None:
         self.port = free_port()
+        self._data = tempfile.TemporaryDirectory(prefix="exloop-e2e-data-")
         self.base_url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
             prefix="exloop-e2e-", suffix=".log", delete=False
@@ -66,7 +68,7 @@ class ServerProcess:
             command,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "EXLOOP_DATA_DIR": self._data.name, **(env or {})},
             preexec_fn=None if memory_limit is None else partial(_limit_memory, memory_limit),
         )
         self._wait_ready()
@@ -102,12 +104,13 @@ class ServerProcess:
                 self._process.kill()
                 self._process.wait()
         self._log.close()
+        self._data.cleanup()
 
     def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        """Stop the server and delete its log."""
+        """Stop the server and delete its log and data."""
         self.stop()
         self.log_path.unlink(missing_ok=True)
 

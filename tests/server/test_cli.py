@@ -27,6 +27,9 @@ FLAGS = [
     "--threads",
     "--threads-batch",
     "--log-level",
+    "--chat-template",
+    "--data-dir",
+    "--encryption-key",
 ]
 
 
@@ -79,6 +82,9 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         "MAX_SEQ_LEN": "4096",
         "CACHE_MODE": "q4",
         "MAX_BATCH_SIZE": "2",
+        "CHAT_TEMPLATE": "/t.jinja",
+        "DATA_DIR": "/var/lib/exloop",
+        "ENCRYPTION_KEY": "s" * 32,
     }
     assert {f"--{name.lower().replace('_', '-')}" for name in env} == set(FLAGS)
     for name, value in env.items():
@@ -102,6 +108,9 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         cache_mode="q4",
         max_batch_size=2,
         log_level="debug",
+        chat_template=Path("/t.jinja"),
+        data_dir=Path("/var/lib/exloop"),
+        encryption_key="s" * 32,
     )
     # A flag on the command line wins over its variable.
     assert settings("--port", "9000", "--max-tool-rounds", "1").port == 9000
@@ -149,3 +158,18 @@ def test_a_backend_that_cannot_load_the_model_stops_start_up(
 ) -> None:
     assert main(["serve", "--model", str(tmp_path), "--backend", "llama.cpp"]) == 1
     assert "directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "cannot read --chat-template"), ("{% for m in messages %}", "does not compile")],
+)
+def test_a_bad_chat_template_stops_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    template = tmp_path / "template.jinja"
+    if content is not None:
+        template.write_text(content)
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--chat-template", str(template), "--log-level", "error"])
+    assert message in str(info.value.code)
