@@ -3,7 +3,7 @@ items as the next input, and ``context_management`` compacting inside a response
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -32,11 +32,11 @@ def test_compact_returns_the_user_messages_and_a_compaction_item(client: openai.
     assert compacted.usage.output_tokens > 0 and compacted.usage.input_tokens > 0
     # The compacted window is the next turn's input, passed on as the SDK hands it back (its
     # output type knows only assistant messages, so it warns when dumping the user's).
-    window = [o.to_dict(warnings=False) for o in compacted.output]
+    window: list[Any] = [o.to_dict(warnings=False) for o in compacted.output]
     assert window[0]["content"][0]["type"] == "input_text"
     following = client.responses.create(
         model="m",
-        input=[*window, {"role": "user", "content": "Hi."}],  # type: ignore[list-item]
+        input=[*window, {"role": "user", "content": "Hi."}],
         extra_body=SHORT,
     )
     assert following.status == "completed"
@@ -84,7 +84,8 @@ def test_context_management_compacts_inside_the_stream(http: httpx.Client) -> No
     }
     with http.stream("POST", "/v1/responses", json=body) as response:
         assert response.status_code == 200
-        events, _ = sse_events(response)
+        raw, _ = sse_events(response)
+    events = cast(list[dict[str, Any]], raw)
     spec = open_responses_event_types()
     for event in events:
         validate_event(event, spec)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -111,7 +111,8 @@ def test_stream_events_and_the_sdk_helper(client: openai.OpenAI, http: httpx.Cli
         "/v1/responses",
         json={"input": "Greet me.", "stream": True, "reasoning": {"effort": "low"}, **HELLO},
     ) as response:
-        events, _ = sse_events(response)
+        raw, _ = sse_events(response)
+    events = cast(list[dict[str, Any]], raw)
     spec = open_responses_event_types()
     for event in events:
         validate_event(event, spec)
@@ -208,7 +209,7 @@ def test_chat_completions_return_reasoning_content(client: openai.OpenAI) -> Non
     assert message.content in {"Hello.", "Hi.", "Hello there.", "Hi there."}
     assert getattr(message, "reasoning_content", None) == THOUGHT
     assert completion.usage is not None and completion.usage.completion_tokens_details is not None
-    assert completion.usage.completion_tokens_details.reasoning_tokens > 128
+    assert (completion.usage.completion_tokens_details.reasoning_tokens or 0) > 128
     stream = client.chat.completions.create(
         model="m",
         messages=[{"role": "user", "content": "Greet me."}],
@@ -224,11 +225,12 @@ def test_chat_completions_return_reasoning_content(client: openai.OpenAI) -> Non
             content += delta.content or ""
     assert thought == THOUGHT and content == message.content
     # The reasoning of an earlier turn may come back in reasoning_content.
+    earlier: Any = {"role": "assistant", "content": "Hello.", "reasoning_content": THOUGHT}
     again = client.chat.completions.create(
         model="m",
         messages=[
             {"role": "user", "content": "Greet me."},
-            {"role": "assistant", "content": "Hello.", "reasoning_content": THOUGHT},  # type: ignore[typeddict-unknown-key]
+            earlier,
             {"role": "user", "content": "Again."},
         ],
         reasoning_effort="none",

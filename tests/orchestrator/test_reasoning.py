@@ -133,8 +133,8 @@ async def test_max_output_tokens_inside_the_block_ends_incomplete() -> None:
         limited = spec(sampling=SamplingParams(max_tokens=10))
         response = await (await orch.create(limited)).wait()
     assert response.status == "incomplete"
-    assert [type(item) for item in response.output] == [Reasoning]
-    assert response.output[0].status == "incomplete"
+    [reasoning] = response.output
+    assert isinstance(reasoning, Reasoning) and reasoning.status == "incomplete"
     assert len(engine.jobs) == 1
     assert response.usage is not None
     assert response.usage.output_tokens_details.reasoning_tokens == 10
