@@ -1,0 +1,150 @@
+"""The OpenAI Agents SDK's Runner against exloop, unchanged: function and web search tools,
+streamed and not (custom tools: see ``test_agents_sdk_custom``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import openai
+import pytest
+from agents import (
+    Agent,
+    ModelSettings,
+    OpenAIResponsesModel,
+    Runner,
+    WebSearchTool,
+    function_tool,
+    set_tracing_disabled,
+)
+from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
+
+from tests.fixtures.web import WebFixture
+
+from ..conftest import REQUEST_TIMEOUT, ServerProcess
+
+pytestmark = pytest.mark.anyio
+
+#: Greedy, with the answer under exloop's ``grammar`` field so it is short and sure (the
+#: forced tool call before it is generated under its own grammar).
+SETTINGS = {"temperature": 0.0, "max_tokens": 200}
+
+
+def answer(pattern: str) -> dict[str, object]:
+    return {"grammar": {"type": "regex", "value": pattern}}
+
+
+weather_calls: list[str] = []
+
+
+@function_tool
+def get_weather(city: str) -> str:
+    """Current weather of a city."""
+    weather_calls.append(city)
+    return f"It is 18 C and sunny in {city}."
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[WebFixture]:
+    with WebFixture() as fixture:
+        yield fixture
+
+
+@pytest.fixture(scope="module")
+def agents_server(web: WebFixture) -> Iterator[ServerProcess]:
+    """A server whose web search reads the loopback web; one search round per response."""
+    with ServerProcess(
+        "--search-provider", "searxng", "--searxng-url", web.searxng_url,
+        "--fetch-allow-private", "--max-tool-rounds", "1",
+    ) as server:  # fmt: skip
+        yield server
+
+
+@pytest.fixture
+async def model(agents_server: ServerProcess) -> AsyncIterator[OpenAIResponsesModel]:
+    set_tracing_disabled(True)  # traces would go to OpenAI's backend
+    async with openai.AsyncOpenAI(
+        base_url=f"{agents_server.base_url}/v1",
+        api_key="unused",
+        max_retries=0,
+        timeout=REQUEST_TIMEOUT,
+    ) as client:
+        yield OpenAIResponsesModel(model="exloop", openai_client=client)
+
+
+def weather_agent(model: OpenAIResponsesModel) -> Agent:
+    # The named tool_choice makes the tiny model call the tool; the Runner resets it after
+    # the call, so the second turn answers.
+    return Agent(
+        name="weather",
+        instructions="Answer with the weather the tool reports.",
+        tools=[get_weather],
+        model=model,
+        model_settings=ModelSettings(
+            tool_choice="get_weather",
+            extra_body=answer("It is (warm|sunny) in [A-Z][a-z]+[.]"),
+            **SETTINGS,  # type: ignore[arg-type]
+        ),
+    )
+
+
+async def test_runner_calls_a_function_tool_and_answers(model: OpenAIResponsesModel) -> None:
+    weather_calls.clear()
+    result = await Runner.run(weather_agent(model), "What is the weather in Paris?")
+    kinds = [type(item) for item in result.new_items]
+    assert kinds[:2] == [ToolCallItem, ToolCallOutputItem]
+    assert kinds[-1] is MessageOutputItem
+    assert len(weather_calls) == 1 and weather_calls[0]
+    assert str(result.final_output).startswith("It is ")
+
+
+async def test_runner_streams_a_function_tool_round(model: OpenAIResponsesModel) -> None:
+    weather_calls.clear()
+    run = Runner.run_streamed(weather_agent(model), "What is the weather in Oslo?")
+    raw_types: list[str] = []
+    async for event in run.stream_events():
+        if event.type == "raw_response_event":
+            raw_types.append(event.data.type)
+    assert "response.function_call_arguments.delta" in raw_types
+    assert "response.output_text.delta" in raw_types
+    assert raw_types.count("response.completed") == 2
+    assert len(weather_calls) == 1
+    assert isinstance(run.final_output, str) and run.final_output
+
+
+def search_agent(model: OpenAIResponsesModel) -> Agent:
+    return Agent(
+        name="researcher",
+        instructions="Search the web, then answer.",
+        tools=[WebSearchTool(search_context_size="low")],
+        model=model,
+        model_settings=ModelSettings(
+            tool_choice="web_search",
+            extra_body=answer("The (Moon|Sun) causes the tides[.]"),
+            **SETTINGS,  # type: ignore[arg-type]
+        ),
+    )
+
+
+async def test_runner_with_web_search(model: OpenAIResponsesModel, web: WebFixture) -> None:
+    result = await Runner.run(search_agent(model), "What causes the ocean tides?")
+    searches = [
+        item.raw_item
+        for item in result.new_items
+        if getattr(item.raw_item, "type", "") == "web_search_call"
+    ]
+    assert searches, [type(item) for item in result.new_items]
+    assert result.final_output in {"The Moon causes the tides.", "The Sun causes the tides."}
+    assert "/searxng/search" in web.paths()
+
+
+async def test_runner_streams_web_search(model: OpenAIResponsesModel) -> None:
+    run = Runner.run_streamed(search_agent(model), "What causes the ocean tides?")
+    raw_types: list[str] = []
+    async for event in run.stream_events():
+        if event.type == "raw_response_event":
+            raw_types.append(event.data.type)
+    assert raw_types.index("response.web_search_call.searching") < raw_types.index(
+        "response.web_search_call.completed"
+    )
+    assert raw_types[-1] == "response.completed"
+    assert isinstance(run.final_output, str) and run.final_output
