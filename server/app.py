@@ -36,6 +36,7 @@ from .limits import Limits
 from .pagination import Page, PageQuery, item_id, paginate
 from .responses_request import parse_responses_request
 from .sse import DONE, encode_data, encode_event
+from .steering import steered
 from .streaming import event_stream, unless_disconnected
 
 _encoder = msgspec.json.Encoder()
@@ -81,6 +82,8 @@ class AppSettings:
     api_key: str | None = None
     #: What one request may make the server do.
     limits: Limits = field(default_factory=Limits)
+    #: Test-only: steer agent turns to call this function (see :mod:`.steering`).
+    steer_tool: str | None = None
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -233,7 +236,8 @@ class _Api:
 
     async def create_response(self, request: Request) -> Response:
         call = await self._parse(request, parse_responses_request)
-        handle = await self._start(call.spec, call.constraint_param)
+        spec = steered(call.spec, self._settings.steer_tool)
+        handle = await self._start(spec, call.constraint_param)
         if call.stream:
             # A background response outlives its stream; any other is aborted with it.
             on_disconnect = None if call.spec.background else self._abort(handle.id)

@@ -79,6 +79,8 @@ class ServeSettings:
     ddgs_url: str | None = None
     #: Hidden test option: thinking models think under this regex (deterministic reasoning).
     thinking_regex: str | None = None
+    #: Hidden test option: agent turns call this function, then answer (server/steering.py).
+    steer_tool: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
@@ -108,7 +110,8 @@ class ServeSettings:
             chat_template=Path(args.chat_template).expanduser() if args.chat_template else None,
             data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
             encryption_key=args.encryption_key or None,
-            thinking_regex=args.thinking_regex or None,
+            thinking_regex=args.test_thinking_regex or None,
+            steer_tool=args.test_steer_tool or None,
         )
 
 
@@ -216,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         "default: a random key kept in the data directory",
     )
     # Tests make a thinking model's reasoning deterministic by generating it under a regex.
-    serve.add_argument("--thinking-regex", default=_env("THINKING_REGEX"), help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--test-thinking-regex", default=_env("TEST_THINKING_REGEX"), help=argparse.SUPPRESS
+    )
+    # Tests steer a tiny model through a real agent's turn (exloop/server/steering.py).
+    serve.add_argument("--test-steer-tool", default=_env("TEST_STEER_TOOL"), help=argparse.SUPPRESS)
     serve.add_argument(
         "--api-key",
         default=_env("API_KEY"),
@@ -413,7 +420,12 @@ async def serve(settings: ServeSettings) -> None:
                 thinking_constraint=thinking,
             ) as orchestrator,
         ):
-            app = build_app(orchestrator, AppSettings(served, settings.api_key, settings.limits))
+            app = build_app(
+                orchestrator,
+                AppSettings(
+                    served, settings.api_key, settings.limits, steer_tool=settings.steer_tool
+                ),
+            )
             server = uvicorn.Server(
                 uvicorn.Config(
                     app,

@@ -35,7 +35,7 @@ def thinker() -> Iterator[ServerProcess]:
     with ServerProcess(
         "--chat-template",
         str(TEMPLATE),
-        "--thinking-regex",
+        "--test-thinking-regex",
         THINKING_REGEX,
         "--encryption-key",
         SECRET,
