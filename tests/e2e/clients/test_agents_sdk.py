@@ -3,34 +3,15 @@ streamed and not (custom tools: see ``test_agents_sdk_custom``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
-import openai
 import pytest
-from agents import (
-    Agent,
-    ModelSettings,
-    OpenAIResponsesModel,
-    Runner,
-    WebSearchTool,
-    function_tool,
-    set_tracing_disabled,
-)
+from agents import Agent, ModelSettings, OpenAIResponsesModel, Runner, WebSearchTool, function_tool
 from agents.items import MessageOutputItem, ToolCallItem, ToolCallOutputItem
 
 from tests.fixtures.web import WebFixture
 
-from ..conftest import REQUEST_TIMEOUT, ServerProcess
+from .conftest import SETTINGS, answer
 
 pytestmark = pytest.mark.anyio
-
-#: Greedy, with the answer under exloop's ``grammar`` field so it is short and sure (the
-#: forced tool call before it is generated under its own grammar).
-SETTINGS = {"temperature": 0.0, "max_tokens": 200}
-
-
-def answer(pattern: str) -> dict[str, object]:
-    return {"grammar": {"type": "regex", "value": pattern}}
 
 
 weather_calls: list[str] = []
@@ -41,34 +22,6 @@ def get_weather(city: str) -> str:
     """Current weather of a city."""
     weather_calls.append(city)
     return f"It is 18 C and sunny in {city}."
-
-
-@pytest.fixture(scope="module")
-def web() -> Iterator[WebFixture]:
-    with WebFixture() as fixture:
-        yield fixture
-
-
-@pytest.fixture(scope="module")
-def agents_server(web: WebFixture) -> Iterator[ServerProcess]:
-    """A server whose web search reads the loopback web; one search round per response."""
-    with ServerProcess(
-        "--search-provider", "searxng", "--searxng-url", web.searxng_url,
-        "--fetch-allow-private", "--max-tool-rounds", "1",
-    ) as server:  # fmt: skip
-        yield server
-
-
-@pytest.fixture
-async def model(agents_server: ServerProcess) -> AsyncIterator[OpenAIResponsesModel]:
-    set_tracing_disabled(True)  # traces would go to OpenAI's backend
-    async with openai.AsyncOpenAI(
-        base_url=f"{agents_server.base_url}/v1",
-        api_key="unused",
-        max_retries=0,
-        timeout=REQUEST_TIMEOUT,
-    ) as client:
-        yield OpenAIResponsesModel(model="exloop", openai_client=client)
 
 
 def weather_agent(model: OpenAIResponsesModel) -> Agent:
