@@ -122,25 +122,16 @@ class OutputWriter:
             return None
         record = self._record
         part = ReasoningText(item.text)
-        where = item.id, item.index
         record.emit(
             lambda n: ev.ReasoningTextDone(
                 sequence_number=n,
-                item_id=where[0],
-                output_index=where[1],
+                item_id=item.id,
+                output_index=item.index,
                 content_index=0,
                 text=item.text,
             )
         )
-        record.emit(
-            lambda n: ev.ContentPartDone(
-                sequence_number=n,
-                item_id=where[0],
-                output_index=where[1],
-                content_index=0,
-                part=part,
-            )
-        )
+        self._part_done(item.id, item.index, part)
         sealed = self._sealer.seal("reasoning", item.text) if self._seal_reasoning else None
         done = Reasoning(
             id=item.id, content=[part], encrypted_content=sealed, status=status, summary=[]
@@ -160,15 +151,7 @@ class OutputWriter:
         record.emit(
             lambda n: ev.OutputItemAdded(sequence_number=n, output_index=item.index, item=empty)
         )
-        record.emit(
-            lambda n: ev.ContentPartAdded(
-                sequence_number=n,
-                item_id=item.id,
-                output_index=item.index,
-                content_index=0,
-                part=ReasoningText(""),
-            )
-        )
+        self._part_added(item.id, item.index, ReasoningText(""))
         return item
 
     @staticmethod
@@ -263,15 +246,7 @@ class OutputWriter:
                 logprobs=msg.logprobs,
             )
         )
-        record.emit(
-            lambda n: ev.ContentPartDone(
-                sequence_number=n,
-                item_id=where[0],
-                output_index=where[1],
-                content_index=0,
-                part=part,
-            )
-        )
+        self._part_done(msg.id, msg.index, part)
         item = Message(role="assistant", content=[part], id=msg.id, status=status)
         record.output[msg.index] = item
         record.emit(
@@ -288,21 +263,29 @@ class OutputWriter:
         record.emit(
             lambda n: ev.OutputItemAdded(sequence_number=n, output_index=msg.index, item=empty)
         )
-        record.emit(
-            lambda n: ev.ContentPartAdded(
-                sequence_number=n,
-                item_id=msg.id,
-                output_index=msg.index,
-                content_index=0,
-                part=OutputText(text=""),
-            )
-        )
+        self._part_added(msg.id, msg.index, OutputText(text=""))
         return msg
 
     @staticmethod
     def _message_item(msg: _OpenMessage, status: ItemStatus) -> Message:
         part = OutputText(text=msg.text, logprobs=msg.logprobs)
         return Message(role="assistant", content=[part], id=msg.id, status=status)
+
+    # -- the content part of messages and reasoning ----------------------------------------
+
+    def _part_added(self, item_id: str, index: int, part: OutputText | ReasoningText) -> None:
+        self._record.emit(
+            lambda n: ev.ContentPartAdded(
+                sequence_number=n, item_id=item_id, output_index=index, content_index=0, part=part
+            )
+        )
+
+    def _part_done(self, item_id: str, index: int, part: OutputText | ReasoningText) -> None:
+        self._record.emit(
+            lambda n: ev.ContentPartDone(
+                sequence_number=n, item_id=item_id, output_index=index, content_index=0, part=part
+            )
+        )
 
     # -- function calls -------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def web() -> Iterator[WebFixture]:
 
 
 @pytest.fixture(scope="module")
-def agents_server(web: WebFixture) -> Iterator[ServerProcess]:
+def search_server(web: WebFixture) -> Iterator[ServerProcess]:
     """A server whose web search reads the loopback web; one search round per response."""
     with ServerProcess(
         "--search-provider", "searxng", "--searxng-url", web.searxng_url,
@@ -79,10 +79,10 @@ def agents_server(web: WebFixture) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-async def model(agents_server: ServerProcess) -> AsyncIterator[OpenAIResponsesModel]:
+async def model(search_server: ServerProcess) -> AsyncIterator[OpenAIResponsesModel]:
     set_tracing_disabled(True)  # traces would go to OpenAI's backend
     async with openai.AsyncOpenAI(
-        base_url=f"{agents_server.base_url}/v1",
+        base_url=f"{search_server.base_url}/v1",
         api_key="unused",
         max_retries=0,
         timeout=REQUEST_TIMEOUT,
