@@ -35,6 +35,7 @@ from .conversation import ModelView, model_view, resolve_references, to_messages
 from .errors import InvalidRequest, InvalidState, ResponseNotFound
 from .events import StreamEvent
 from .items import (
+    Compaction,
     FunctionCall,
     FunctionCallOutput,
     Item,
@@ -61,6 +62,7 @@ _ID_PREFIX: dict[type, str] = {
     FunctionCallOutput: "fco",
     Reasoning: "rs",
     McpApprovalResponse: "mcpa",
+    Compaction: "cmp",
 }
 
 
@@ -425,8 +427,8 @@ class Orchestrator:
 
 
 def _as_stored(item: Item) -> Item:
-    """Input items are stored with an id and a status, as OpenAI lists them under
-    ``input_items``; what the client gave is kept."""
+    """Input items are stored with an id (and a status, where the item has one), as OpenAI
+    lists them under ``input_items``; what the client gave is kept."""
     prefix = _ID_PREFIX.get(type(item))
     if prefix is None:
         return item

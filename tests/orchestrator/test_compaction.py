@@ -136,3 +136,15 @@ async def test_under_the_threshold_nothing_is_compacted() -> None:
         response = await (await orch.create(spec(*HISTORY, compaction=policy))).wait()
     assert [type(item) for item in response.output] == [Message]
     assert len(engine.jobs) == 1
+
+
+async def test_a_compaction_input_is_stored_with_an_id() -> None:
+    engine = ScriptedEngine([say(SUMMARY), say("ok")])
+    async with Orchestrator(engine, model_name="m") as orch:
+        [item] = (await (await orch.compact(spec(*HISTORY))).handle.wait()).output
+        assert isinstance(item, Compaction)
+        bare = Compaction(encrypted_content=item.encrypted_content)
+        handle = await orch.create(RunSpec(input=(bare, user("Sure?")), model="m", store=True))
+        await handle.wait()
+        stored = await orch.input_items(handle.id)
+    assert isinstance(stored[0], Compaction) and stored[0].id and stored[0].id.startswith("cmp_")
