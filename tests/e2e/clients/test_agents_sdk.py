@@ -35,7 +35,7 @@ def weather_agent(model: OpenAIResponsesModel) -> Agent:
         model_settings=ModelSettings(
             tool_choice="get_weather",
             extra_body=answer("It is (warm|sunny) in [A-Z][a-z]+[.]"),
-            **SETTINGS,  # type: ignore[arg-type]
+            **SETTINGS,
         ),
     )
 
@@ -73,7 +73,7 @@ def search_agent(model: OpenAIResponsesModel) -> Agent:
         model_settings=ModelSettings(
             tool_choice="web_search",
             extra_body=answer("The (Moon|Sun) causes the tides[.]"),
-            **SETTINGS,  # type: ignore[arg-type]
+            **SETTINGS,
         ),
     )
 
