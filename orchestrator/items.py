@@ -120,7 +120,8 @@ class Compaction(msgspec.Struct, tag="compaction", tag_field="type", frozen=True
 
     encrypted_content: str
     id: str | None = None
-    created_by: str | None = None
+    #: Kept when a client sends it back; omitted otherwise (OpenAI's schema types it a string).
+    created_by: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class SearchSource(msgspec.Struct, tag="url", tag_field="type", frozen=True):

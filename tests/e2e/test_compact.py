@@ -9,7 +9,9 @@ import httpx
 import openai
 from openai.types.responses import CompactedResponse, ResponseCompactionItem
 
-from .test_responses import SHORT, open_responses_event_types, sse_events, validate, validate_event
+from tests.wire import check_event, check_response
+
+from .test_responses import SHORT, sse_events
 
 HISTORY: list[Any] = [
     {"role": "user", "content": "My name is Ada and I like tea."},
@@ -86,9 +88,8 @@ def test_context_management_compacts_inside_the_stream(http: httpx.Client) -> No
         assert response.status_code == 200
         raw, _ = sse_events(response)
     events = cast(list[dict[str, Any]], raw)
-    spec = open_responses_event_types()
     for event in events:
-        validate_event(event, spec)
+        check_event(event)
     types = [event["type"] for event in events]
     at = types.index("response.compaction.compacting")
     assert types[at - 1 : at + 2] == [
@@ -97,6 +98,6 @@ def test_context_management_compacts_inside_the_stream(http: httpx.Client) -> No
         "response.output_item.done",
     ]
     final = events[-1]["response"]
-    validate(final)
+    check_response(final)
     assert [item["type"] for item in final["output"]] == ["compaction", "message"]
     assert final["output"][1]["content"][0]["text"].startswith(("Hello", "Hi"))

@@ -16,8 +16,10 @@ from openai.types.responses import Response as SdkResponse
 from openai.types.responses import ResponseReasoningItem
 from openresponses_types import types as open_responses
 
+from tests.wire import OPEN_RESPONSES_EVENTS, check_event, check_response
+
 from .conftest import REQUEST_TIMEOUT, ServerProcess
-from .test_responses import open_responses_event_types, sse_events, validate, validate_event
+from .test_responses import sse_events
 
 TEMPLATE = Path(__file__).parents[1] / "fixtures" / "thinking.jinja"
 #: What the model thinks, forced: 40 sentences (about 160 tokens: over the ``minimal``
@@ -65,7 +67,7 @@ def ask(http: httpx.Client, **body: Any) -> dict[str, Any]:
         # OpenAI's effort; Open Responses lists none, low, medium, high and xhigh.
         SdkResponse.model_validate(result)
     else:
-        validate(result)
+        check_response(result)
     return result
 
 
@@ -113,13 +115,12 @@ def test_stream_events_and_the_sdk_helper(client: openai.OpenAI, http: httpx.Cli
     ) as response:
         raw, _ = sse_events(response)
     events = cast(list[dict[str, Any]], raw)
-    spec = open_responses_event_types()
     for event in events:
-        validate_event(event, spec)
+        check_event(event)
         if event["type"].startswith("response.reasoning_text."):
             # Open Responses names these response.reasoning.delta / .done; the fields agree.
             renamed = {**event, "type": event["type"].replace("reasoning_text", "reasoning")}
-            spec[renamed["type"]].model_validate(renamed)
+            OPEN_RESPONSES_EVENTS[renamed["type"]].model_validate(renamed)
     types = [event["type"] for event in events]
     assert types[2:5] == [
         "response.output_item.added",
