@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .errors import EngineError
-from .protocol import Delta, Finish, GenerationRequest, JobEvent
+from .protocol import Delta, Finish, GenerationRequest, JobEvent, Started
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +30,9 @@ class _Failure:
 class ThreadedJob:
     """A :class:`~exloop.engine.protocol.GenerationJob` fed by a worker thread.
 
-    Worker side: :meth:`emit`, then exactly one of :meth:`finish` or :meth:`fail`; poll
-    :attr:`cancel_requested` before every token. Consumer side: :meth:`events` and
-    :meth:`cancel`.
+    Worker side: :meth:`start` when the job gets its place, :meth:`emit`, then exactly one
+    of :meth:`finish` or :meth:`fail`; poll :attr:`cancel_requested` before every token.
+    Consumer side: :meth:`events` and :meth:`cancel`.
     """
 
     def __init__(self, request: GenerationRequest, compiled_constraint: str | None) -> None:
@@ -45,6 +45,7 @@ class ThreadedJob:
         self._closed = False
         self._iterated = False
         self._cancel_requested = False
+        self._started = False
 
     # -- consumer side -------------------------------------------------------------------
 
@@ -53,8 +54,9 @@ class ThreadedJob:
         self._cancel_requested = True
 
     async def events(self) -> AsyncIterator[JobEvent]:
-        """Deltas, then one :class:`Finish`; raises the job's :class:`EngineError` if it
-        failed. Leaving early (break, cancellation) cancels the job."""
+        """:class:`Started`, deltas, then one :class:`Finish`; raises the job's
+        :class:`EngineError` if it failed. Leaving early (break, cancellation) cancels the
+        job."""
         if self._iterated:
             raise RuntimeError("A generation job's events can be iterated only once.")
         self._iterated = True
@@ -89,6 +91,12 @@ class ThreadedJob:
     @property
     def cancel_requested(self) -> bool:
         return self._cancel_requested
+
+    def start(self) -> None:
+        """The job left the queue: its consumer gets :class:`Started` (once)."""
+        if not self._started:
+            self._started = True
+            self._put(Started())
 
     def emit(self, delta: Delta) -> None:
         self._put(delta)

@@ -40,6 +40,7 @@ from .llama_sampler import NativeSampler
 from .protocol import (
     Chat,
     Delta,
+    EngineStats,
     Finish,
     FinishReason,
     GenerationRequest,
@@ -168,6 +169,10 @@ class LlamaCppEngine(QueuedEngine):
         if isinstance(prompt, TokenPrompt):
             self._check_fits(len(prompt.token_ids))
 
+    def stats(self) -> EngineStats:
+        running = int(self._current is not None)
+        return EngineStats(running, self._jobs.qsize(), 1, self._llm.n_tokens, self._n_ctx)
+
     async def aclose(self) -> None:
         if self._closing:
             return
@@ -228,6 +233,7 @@ class LlamaCppEngine(QueuedEngine):
                 if self._closing or job.cancel_requested:
                     job.finish(Finish(reason="cancelled", usage=Usage(0, 0)))
                 else:
+                    job.start()
                     self._generate(job)
             except EngineError as exc:
                 job.fail(exc)

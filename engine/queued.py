@@ -18,7 +18,7 @@ from .chat_template import ChatTemplate
 from .constraints import GrammarCompiler
 from .errors import GenerationFailed, InvalidParameter
 from .handoff import ThreadedJob
-from .protocol import Chat, GenerationRequest, ModelInfo, TokenPrompt
+from .protocol import Chat, EngineStats, GenerationRequest, ModelInfo, TokenPrompt
 
 
 class QueuedEngine(ABC):
@@ -58,6 +58,9 @@ class QueuedEngine(ABC):
         job = ThreadedJob(request, self._compile(request))
         self._enqueue(job)
         return job
+
+    @abstractmethod
+    def stats(self) -> EngineStats: ...
 
     @abstractmethod
     async def aclose(self) -> None: ...

@@ -250,9 +250,10 @@ class Orchestrator:
         try:
             with record.cancel_scope:
                 try:
-                    if record.phase is Phase.QUEUED:
-                        record.move(Transition.START)
-                    record.emit_in_progress()
+                    if record.phase is Phase.GENERATING:
+                        record.emit_in_progress()
+                    # A background response stays queued until the engine begins its first
+                    # job (ModelStep calls record.begin()).
                     await loop.run(record, writer, [*record.context, *record.input_items])
                 except EngineError as exc:
                     log.warning("response %s failed: %s", record.id, exc)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, assert_never
 
 import anyio
 
@@ -27,6 +27,7 @@ from exloop.engine.protocol import (
     FinishReason,
     GenerationRequest,
     Grammar,
+    Started,
     ToolSpec,
 )
 from exloop.engine.sampling import SamplingParams
@@ -167,14 +168,19 @@ class ModelStep:
         counted = 0
         try:
             async for event in job.events():
-                if isinstance(event, Delta):
-                    counted += len(event.token_ids)
-                    usage.output_tokens += len(event.token_ids)
-                    on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
-                else:
-                    usage.output_tokens -= counted
-                    usage.add(event.usage)
-                    return event, event.usage.completion_tokens
+                match event:
+                    case Started():
+                        self._record.begin()
+                    case Delta():
+                        counted += len(event.token_ids)
+                        usage.output_tokens += len(event.token_ids)
+                        on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
+                    case Finish():
+                        usage.output_tokens -= counted
+                        usage.add(event.usage)
+                        return event, event.usage.completion_tokens
+                    case _:
+                        assert_never(event)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 usage.input_tokens += await self._engine.count_tokens(chat)

@@ -32,7 +32,7 @@ async def run_job(engine: Engine, request: GenerationRequest) -> tuple[str, Fini
     async for event in engine.submit(request).events():
         if isinstance(event, Delta):
             deltas.append(event)
-        else:
+        elif isinstance(event, Finish):
             return "".join(d.text for d in deltas), event, deltas
     raise AssertionError("the job ended without a Finish event")
 

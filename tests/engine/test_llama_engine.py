@@ -25,6 +25,7 @@ from exloop.engine.protocol import (
     Finish,
     GenerationRequest,
     Grammar,
+    Started,
     TokenPrompt,
 )
 from exloop.engine.sampling import SamplingParams
@@ -142,7 +143,7 @@ async def test_cancel_takes_effect_within_one_token(engine: LlamaCppEngine) -> N
             received += len(event.token_ids)
             if received >= 3:
                 job.cancel()
-        else:
+        elif isinstance(event, Finish):
             finish = event
     assert finish is not None and finish.reason == "cancelled"
     # Only tokens already under way when cancel() ran (in parallel on the worker) follow it.
@@ -251,8 +252,8 @@ async def test_aclose_cancels_running_work(model_path: Path) -> None:
         GenerationRequest(user("Write a long essay."), SamplingParams(max_tokens=200))
     )
     events = job.events()
-    first = await events.__anext__()
-    assert isinstance(first, Delta)
+    assert isinstance(await events.__anext__(), Started)
+    assert isinstance(await events.__anext__(), Delta)
     with anyio.fail_after(10):
         await engine.aclose()
     rest = [event async for event in events]

@@ -15,10 +15,12 @@ import anyio
 from exloop.engine.protocol import (
     Chat,
     Delta,
+    EngineStats,
     Finish,
     GenerationRequest,
     JobEvent,
     ModelInfo,
+    Started,
     Usage,
 )
 
@@ -36,6 +38,10 @@ class ScriptedJob:
     token_delay: float
     cancelled: bool = False
     emitted_tokens: int = 0
+    #: When set, the job waits for it before it starts (as behind a full batch).
+    hold: anyio.Event | None = None
+    waiting: bool = True
+    running: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -49,6 +55,14 @@ class ScriptedJob:
         reason = "eos"
         stop_hit = None
         try:
+            if self.hold is not None:
+                await self.hold.wait()  # queued until the test lets the job start
+            self.waiting = False
+            if self.cancelled:
+                yield Finish(reason="cancelled", usage=Usage(0, 0))
+                return
+            self.running = True
+            yield Started()
             for chunk in chunks:
                 if self.cancelled:
                     reason = "cancelled"
@@ -75,6 +89,8 @@ class ScriptedJob:
         except BaseException:
             self.cancelled = True
             raise
+        finally:
+            self.waiting = self.running = False
         yield Finish(
             reason=reason,  # type: ignore[arg-type]
             usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=self.emitted_tokens),
@@ -104,6 +120,8 @@ class ScriptedEngine:
     tool_call_format: str = "exloop"
     jobs: list[ScriptedJob] = field(default_factory=list)
     submitted: int = 0
+    #: Jobs wait for this event before they start, when it is set.
+    hold: anyio.Event | None = None
 
     @property
     def info(self) -> ModelInfo:
@@ -128,9 +146,14 @@ class ScriptedEngine:
         self.check(request)
         script = self.scripts[min(self.submitted, len(self.scripts) - 1)]
         self.submitted += 1
-        job = ScriptedJob(request, script(request), self.token_delay)
+        job = ScriptedJob(request, script(request), self.token_delay, hold=self.hold)
         self.jobs.append(job)
         return job
+
+    def stats(self) -> EngineStats:
+        running = sum(1 for job in self.jobs if job.running)
+        queued = sum(1 for job in self.jobs if job.waiting)
+        return EngineStats(running, queued, parallel=len(self.jobs), cache_used=0, cache_size=0)
 
     async def aclose(self) -> None:
         return None

@@ -108,6 +108,41 @@ async def test_background_cancel_stops_the_job_and_stays_cancelled() -> None:
     assert types[-1] is ev.ResponseCancelled
 
 
+async def test_background_response_is_queued_until_the_engine_starts_it() -> None:
+    engine = ScriptedEngine([say("Hello.")], hold=anyio.Event())
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec(background=True))
+        # The job is submitted and waits behind a full batch: still queued.
+        with anyio.fail_after(5):
+            while not engine.jobs:
+                await anyio.sleep(0.01)
+        assert (await orch.retrieve(handle.id)).status == "queued"
+        assert engine.hold is not None
+        engine.hold.set()
+        final = await handle.wait()
+    assert final.status == "completed"
+    events = [e async for e in handle.events()]
+    assert [type(e) for e in events[:3]] == [
+        ev.ResponseCreated,
+        ev.ResponseQueued,
+        ev.ResponseInProgress,
+    ]
+    assert events[2].response.status == "in_progress"  # type: ignore[union-attr]
+
+
+async def test_background_response_cancelled_while_queued() -> None:
+    engine = ScriptedEngine([say("Hello.")], hold=anyio.Event())
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await orch.create(spec(background=True))
+        with anyio.fail_after(5):
+            while not engine.jobs:
+                await anyio.sleep(0.01)
+        cancelled = await orch.cancel(handle.id)
+    assert cancelled.status == "cancelled"
+    types = [type(e) for e in [e async for e in handle.events()]]
+    assert types == [ev.ResponseCreated, ev.ResponseQueued, ev.ResponseCancelled]
+
+
 async def test_cancel_rules() -> None:
     engine = ScriptedEngine([say("done")])
     async with Orchestrator(engine, model_name="m") as orch:
