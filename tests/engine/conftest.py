@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,10 +10,10 @@ import anyio
 import llama_cpp
 import pytest
 from llguidance import LLTokenizer
+from llguidance.llamacpp import lltokenizer_from_vocab
 
 from exloop.engine.default_model import default_model_path
 from exloop.engine.llama_cpp import LlamaCppEngine
-from exloop.engine.llama_cpp import lltokenizer as build_lltokenizer
 
 #: Small, so that context-window tests need only short prompts.
 TEST_CONTEXT = 512
@@ -41,4 +42,7 @@ def vocab_model(model_path: Path) -> Iterator[llama_cpp.Llama]:
 
 @pytest.fixture(scope="session")
 def lltokenizer(vocab_model: llama_cpp.Llama) -> LLTokenizer:
-    return build_lltokenizer(vocab_model)
+    with warnings.catch_warnings():
+        # llguidance still calls llama_token_get_attr, which llama-cpp-python deprecated.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return lltokenizer_from_vocab(llama_cpp.llama_model_get_vocab(vocab_model.model))
