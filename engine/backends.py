@@ -91,6 +91,10 @@ class EngineSettings:
     n_threads: int | None = None
     #: llama.cpp's threads for prompt evaluation (``--threads-batch``; None: ``n_threads``).
     n_threads_batch: int | None = None
+    #: llama.cpp's jobs decoded together (``--parallel``).
+    parallel: int = 8
+    #: llama.cpp's KV cache tokens shared by all jobs (``--cache-tokens``; None: the default).
+    cache_tokens: int | None = None
     #: ExLlamaV2's context length per job (``--max-seq-len``).
     max_seq_len: int | None = None
     #: ExLlamaV2's KV cache type (``--cache-mode``).
@@ -119,6 +123,8 @@ def open_engine(settings: EngineSettings) -> Engine:
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         n_threads_batch=settings.n_threads_batch,
+        parallel=settings.parallel,
+        cache_tokens=settings.cache_tokens,
         name=settings.name,
         tool_call_format=settings.tool_call_format,
     )

@@ -16,7 +16,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from exloop.engine.errors import ContextLengthExceeded, EngineError, InvalidGrammar
-from exloop.engine.protocol import Chat, Engine, GenerationRequest, ToolSpec
+from exloop.engine.protocol import Chat, Engine, EngineStats, GenerationRequest, ToolSpec
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
@@ -114,6 +114,10 @@ class Orchestrator:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         return await self._tg.__aexit__(exc_type, exc, tb)
+
+    def engine_stats(self) -> EngineStats:
+        """How busy the engine is (jobs running and queued, cache use)."""
+        return self._engine.stats()
 
     # -- create ---------------------------------------------------------------------------
 

@@ -57,6 +57,8 @@ class ServeSettings:
     n_ctx: int | None
     threads: int | None
     threads_batch: int | None
+    parallel: int
+    cache_tokens: int | None
     max_seq_len: int | None
     cache_mode: str
     max_batch_size: int
@@ -84,6 +86,8 @@ class ServeSettings:
             n_ctx=args.n_ctx,
             threads=args.threads,
             threads_batch=args.threads_batch,
+            parallel=args.parallel,
+            cache_tokens=args.cache_tokens,
             max_seq_len=args.max_seq_len,
             cache_mode=args.cache_mode,
             max_batch_size=args.max_batch_size,
@@ -236,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=_env("N_CTX"),
         metavar="N",
-        help="context window in tokens (EXLOOP_N_CTX); default: the model's training context, "
-        "at most 8192",
+        help="llama.cpp: context window of one request in tokens (EXLOOP_N_CTX); default: the "
+        "model's training context, at most 8192",
     )
     serve.add_argument(
         "--threads",
@@ -255,6 +259,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="llama.cpp: CPU threads for prompt evaluation (EXLOOP_THREADS_BATCH); default: "
         "as --threads",
+    )
+    serve.add_argument(
+        "--parallel",
+        type=_positive,
+        default=_env("PARALLEL", "8"),
+        metavar="N",
+        help="llama.cpp: requests decoded together, continuously batched; more wait in "
+        "arrival order (EXLOOP_PARALLEL; llama-server's -np)",
+    )
+    serve.add_argument(
+        "--cache-tokens",
+        type=_positive,
+        default=_env("CACHE_TOKENS"),
+        metavar="N",
+        help="llama.cpp: KV cache tokens shared by all requests and reusable prompt prefixes "
+        "(EXLOOP_CACHE_TOKENS; llama-server's -c); default: --n-ctx x --parallel, at most "
+        "1 GiB of cache, at least --n-ctx",
     )
     serve.add_argument(
         "--max-seq-len",
@@ -337,6 +358,8 @@ async def serve(settings: ServeSettings) -> None:
             n_ctx=settings.n_ctx,
             n_threads=settings.threads,
             n_threads_batch=settings.threads_batch,
+            parallel=settings.parallel,
+            cache_tokens=settings.cache_tokens,
             max_seq_len=settings.max_seq_len,
             cache_mode=settings.cache_mode,  # type: ignore[arg-type]
             max_batch_size=settings.max_batch_size,
