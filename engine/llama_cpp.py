@@ -248,7 +248,7 @@ def _new_context(
     params.kv_unified = True
     # Keep every position of sliding-window layers, so that a cached prefix stays whole.
     params.swa_full = True
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
     params.no_perf = True
     ctx: llama_cpp.llama_context_p | None = llama_cpp.llama_init_from_model(model.handle, params)
     if not ctx:
