@@ -89,7 +89,7 @@ class EngineSettings:
     n_ctx: int | None = None
     #: llama.cpp's CPU threads (``--threads``; None: the physical cores this process may use).
     n_threads: int | None = None
-    #: llama.cpp's threads for prompt evaluation (``--threads-batch``; None: ``n_threads``).
+    #: llama.cpp's threads for multi-token steps (``--threads-batch``; None: ``n_threads``).
     n_threads_batch: int | None = None
     #: llama.cpp's jobs decoded together (``--parallel``).
     parallel: int = 8

@@ -257,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=_env("THREADS_BATCH"),
         metavar="N",
-        help="llama.cpp: CPU threads for prompt evaluation (EXLOOP_THREADS_BATCH); default: "
-        "as --threads",
+        help="llama.cpp: CPU threads for steps of more than one token: prompts, and every "
+        "step that decodes several requests together (EXLOOP_THREADS_BATCH); default: as "
+        "--threads",
     )
     serve.add_argument(
         "--parallel",
