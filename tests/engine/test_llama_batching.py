@@ -22,6 +22,8 @@ once, by whole nats.
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +33,11 @@ import anyio
 import llama_cpp
 import pytest
 
-from exloop.engine.llama_cpp import LlamaCppEngine
+import exloop.engine.llama_cpp as llama_backend
+from exloop.engine.handoff import ThreadedJob
+from exloop.engine.llama_cpp import CHUNK_TOKENS, LlamaCppEngine
+from exloop.engine.llama_sampler import NativeSampler
+from exloop.engine.llama_sequence import ReadyJob
 from exloop.engine.protocol import (
     Chat,
     ChatMessage,
@@ -234,3 +240,94 @@ async def test_a_job_larger_than_the_free_cells_waits_then_runs(
     assert order.index(("third", Started)) > order.index(("second", Started))
     assert queued_while_first_ran == [2]
     assert all((name, Finish) in order for name in jobs)
+
+
+@pytest.fixture(scope="module")
+def wide_engine(model_path: Path) -> Iterator[LlamaCppEngine]:
+    """Room for a prompt of several 512-token chunks beside a generating job."""
+    loaded = LlamaCppEngine(model_path, n_ctx=1536, parallel=2, cache_tokens=3072)
+    yield loaded
+    anyio.run(loaded.aclose)
+
+
+async def test_a_long_prompt_is_read_in_chunks_between_the_others_tokens(
+    wide_engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = wide_engine
+    batch = engine._batcher._batch
+    steps: list[Counter[int]] = []
+    decode = batch.decode
+
+    def recording(ctx: object) -> int:
+        steps.append(Counter(batch._seq_ids[: batch.size].tolist()))
+        return decode(ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch, "decode", recording)
+    ban = dict.fromkeys(engine._model.eog, -100.0)
+    talker = engine.submit(
+        GenerationRequest(
+            user("Count to fifty."), SamplingParams(temperature=0.0, max_tokens=400, logit_bias=ban)
+        )
+    )
+    talking = talker.events()
+    while not isinstance(await anext(talking), Delta):
+        pass
+    talker_seq = _seq_id_of(engine, talker)
+    document = " ".join(f"Line {i} of the report." for i in range(150))
+    reader = await collect(
+        engine, GenerationRequest(user(document), SamplingParams(temperature=0.0, max_tokens=2))
+    )
+    talker.cancel()
+    rest = [event async for event in talking]
+    assert isinstance(rest[-1], Finish) and rest[-1].reason == "cancelled"
+    assert reader.finish.usage.prompt_tokens > 2 * CHUNK_TOKENS
+    assert max(sum(step.values()) for step in steps) <= CHUNK_TOKENS
+    # The prompt took several steps, and the talking job got its token in each of them.
+    reading = [step for step in steps if any(n > 1 for seq, n in step.items() if seq != talker_seq)]
+    assert len(reading) >= 3
+    assert all(step[talker_seq] == 1 for step in reading)
+
+
+async def test_preparing_a_job_never_stalls_the_batch_and_a_cancelled_one_builds_nothing(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    samplers: list[object] = []
+    prepare = engine._batcher._prepare
+    sampler_class = NativeSampler
+
+    def slow_prepare(job: ThreadedJob) -> ReadyJob | None:
+        if job.request.prompt == user("Wait for me."):
+            release.wait()  # a costly tokenizer or sampler build, on the preparing thread
+        return prepare(job)
+
+    def counting_sampler(*args: object) -> object:
+        samplers.append(args)
+        return sampler_class(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine._batcher, "_prepare", slow_prepare)
+    monkeypatch.setattr(llama_backend, "NativeSampler", counting_sampler)
+    ban = dict.fromkeys(engine._model.eog, -100.0)
+    talker = engine.submit(
+        GenerationRequest(
+            user("Count."), SamplingParams(temperature=0.0, max_tokens=300, logit_bias=ban)
+        )
+    )
+    talking = talker.events()
+    while not isinstance(await anext(talking), Delta):
+        pass
+    waiter = engine.submit(GenerationRequest(user("Wait for me."), SamplingParams(max_tokens=4)))
+    # While the waiter is being prepared, the batch keeps decoding.
+    tokens = 0
+    while tokens < 5:
+        event = await anext(talking)
+        if isinstance(event, Delta):
+            tokens += len(event.token_ids)
+    assert engine.stats().queued == 1
+    waiter.cancel()
+    release.set()
+    ended = [event async for event in waiter.events()]
+    assert len(ended) == 1 and isinstance(ended[0], Finish) and ended[0].reason == "cancelled"
+    assert len(samplers) == 1  # the talker's; the cancelled waiter built none
+    talker.cancel()
+    assert [type(event) async for event in talking][-1] is Finish
