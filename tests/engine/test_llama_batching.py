@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
@@ -242,6 +242,17 @@ async def test_a_job_larger_than_the_free_cells_waits_then_runs(
     assert all((name, Finish) in order for name in jobs)
 
 
+async def start_talking(engine: LlamaCppEngine) -> tuple[ThreadedJob, AsyncIterator[JobEvent]]:
+    """A job that keeps generating (its end of turn banned), once it has produced a token."""
+    ban = dict.fromkeys(engine._model.eog, -100.0)
+    params = SamplingParams(temperature=0.0, max_tokens=400, logit_bias=ban)
+    talker = engine.submit(GenerationRequest(user("Count to fifty."), params))
+    talking = talker.events()
+    while not isinstance(await anext(talking), Delta):
+        pass
+    return talker, talking
+
+
 @pytest.fixture(scope="module")
 def wide_engine(model_path: Path) -> Iterator[LlamaCppEngine]:
     """Room for a prompt of several 512-token chunks beside a generating job."""
@@ -263,15 +274,7 @@ async def test_a_long_prompt_is_read_in_chunks_between_the_others_tokens(
         return decode(ctx)  # type: ignore[arg-type]
 
     monkeypatch.setattr(batch, "decode", recording)
-    ban = dict.fromkeys(engine._model.eog, -100.0)
-    talker = engine.submit(
-        GenerationRequest(
-            user("Count to fifty."), SamplingParams(temperature=0.0, max_tokens=400, logit_bias=ban)
-        )
-    )
-    talking = talker.events()
-    while not isinstance(await anext(talking), Delta):
-        pass
+    talker, talking = await start_talking(engine)
     talker_seq = _seq_id_of(engine, talker)
     document = " ".join(f"Line {i} of the report." for i in range(150))
     reader = await collect(
@@ -307,15 +310,7 @@ async def test_preparing_a_job_never_stalls_the_batch_and_a_cancelled_one_builds
 
     monkeypatch.setattr(engine._batcher, "_prepare", slow_prepare)
     monkeypatch.setattr(llama_backend, "NativeSampler", counting_sampler)
-    ban = dict.fromkeys(engine._model.eog, -100.0)
-    talker = engine.submit(
-        GenerationRequest(
-            user("Count."), SamplingParams(temperature=0.0, max_tokens=300, logit_bias=ban)
-        )
-    )
-    talking = talker.events()
-    while not isinstance(await anext(talking), Delta):
-        pass
+    talker, talking = await start_talking(engine)
     waiter = engine.submit(GenerationRequest(user("Wait for me."), SamplingParams(max_tokens=4)))
     # While the waiter is being prepared, the batch keeps decoding.
     tokens = 0

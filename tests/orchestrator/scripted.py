@@ -122,6 +122,8 @@ class ScriptedEngine:
     submitted: int = 0
     #: Jobs wait for this event before they start, when it is set.
     hold: anyio.Event | None = None
+    #: Set once a job has been submitted.
+    first_submitted: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def info(self) -> ModelInfo:
@@ -148,6 +150,7 @@ class ScriptedEngine:
         self.submitted += 1
         job = ScriptedJob(request, script(request), self.token_delay, hold=self.hold)
         self.jobs.append(job)
+        self.first_submitted.set()
         return job
 
     def stats(self) -> EngineStats:

@@ -15,7 +15,7 @@ from exloop.orchestrator.builtin import BuiltinCall, BuiltinTool
 from exloop.orchestrator.errors import InvalidRequest, InvalidState, ResponseNotFound
 from exloop.orchestrator.items import FunctionCall, InputText, Message, SearchAction, WebSearchCall
 from exloop.orchestrator.output import OutputWriter
-from exloop.orchestrator.service import Orchestrator
+from exloop.orchestrator.service import Orchestrator, RunHandle
 from exloop.orchestrator.spec import RunSpec, ToolPolicy
 
 from .scripted import ScriptedEngine, say
@@ -108,14 +108,18 @@ async def test_background_cancel_stops_the_job_and_stays_cancelled() -> None:
     assert types[-1] is ev.ResponseCancelled
 
 
+async def queued_response(orch: Orchestrator, engine: ScriptedEngine) -> RunHandle:
+    """A background response whose job the engine holds in its queue."""
+    handle = await orch.create(spec(background=True))
+    await engine.first_submitted.wait()
+    return handle
+
+
 async def test_background_response_is_queued_until_the_engine_starts_it() -> None:
     engine = ScriptedEngine([say("Hello.")], hold=anyio.Event())
     async with Orchestrator(engine, model_name="m") as orch:
-        handle = await orch.create(spec(background=True))
+        handle = await queued_response(orch, engine)
         # The job is submitted and waits behind a full batch: still queued.
-        with anyio.fail_after(5):
-            while not engine.jobs:
-                await anyio.sleep(0.01)
         assert (await orch.retrieve(handle.id)).status == "queued"
         assert engine.hold is not None
         engine.hold.set()
@@ -133,10 +137,7 @@ async def test_background_response_is_queued_until_the_engine_starts_it() -> Non
 async def test_background_response_cancelled_while_queued() -> None:
     engine = ScriptedEngine([say("Hello.")], hold=anyio.Event())
     async with Orchestrator(engine, model_name="m") as orch:
-        handle = await orch.create(spec(background=True))
-        with anyio.fail_after(5):
-            while not engine.jobs:
-                await anyio.sleep(0.01)
+        handle = await queued_response(orch, engine)
         cancelled = await orch.cancel(handle.id)
     assert cancelled.status == "cancelled"
     types = [type(e) for e in [e async for e in handle.events()]]
