@@ -162,14 +162,14 @@ class Batcher:
             if stop:
                 self._cancel_all()
                 return
-            self._end_cancelled()
-            self._admit()
-            if self._running:
-                try:
+            try:
+                self._end_cancelled()
+                self._admit()
+                if self._running:
                     self._step()
-                except Exception as exc:  # noqa: BLE001  (one bad step must not end the server)
-                    logger.exception("a decoding step failed")
-                    self._fail_all(GenerationFailed(f"Generation failed: {exc}"))
+            except Exception as exc:  # noqa: BLE001  (one bad step must not end the server)
+                logger.exception("a decoding step failed")
+                self._fail_all(GenerationFailed(f"Generation failed: {exc}"))
 
     def _end_cancelled(self) -> None:
         for ready in [r for r in self._waiting if r.job.cancel_requested]:
@@ -184,7 +184,13 @@ class Batcher:
             ready = self._waiting[0]
             if self._soon_shared(ready):
                 return
-            cells = self._cache.open(ready.prompt, ready.reserve)
+            try:
+                cells = self._cache.open(ready.prompt, ready.reserve)
+            except Exception as exc:
+                self._waiting.popleft()
+                ready.discard()
+                ready.job.fail(GenerationFailed(f"Cannot start the job: {exc}"))
+                raise  # the cells may be half assigned: start over (see _fail_all)
             if cells is None:
                 if not self._running:  # cannot happen: every cell is free or evictable then
                     self._waiting.popleft()
@@ -270,7 +276,8 @@ class Batcher:
         running, self._running = self._running, []
         for seq in running:
             seq.close()
-            seq.job.fail(error)
+            if not seq.job.closed:
+                seq.job.fail(error)
         self._memory.clear()
         self._cache.clear()
 

@@ -263,3 +263,19 @@ async def test_a_failed_decode_fails_its_jobs_and_the_engine_recovers(
     assert out.finish.usage.completion_tokens > 0
     # The cache was emptied with the half-decoded batch: nothing is reused from before.
     assert out.finish.usage.cached_tokens == 0
+
+
+async def test_a_failure_while_joining_the_batch_fails_that_job_only(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_open(prompt: object, reserve: int) -> None:
+        raise RuntimeError("no sequence id is free")
+
+    monkeypatch.setattr(engine._cache, "open", broken_open)
+    job = engine.submit(GenerationRequest(user("Hi"), SamplingParams(max_tokens=4)))
+    with pytest.raises(GenerationFailed, match="no sequence id is free"):
+        async for _event in job.events():
+            pass
+    monkeypatch.undo()
+    out = await generate(engine, "Hi", temperature=0.0, max_tokens=4)
+    assert out.finish.usage.completion_tokens > 0
