@@ -1,11 +1,11 @@
 """One job inside the CPU backend's batch: what it still has to evaluate, and what it samples.
 
-A :class:`BatchSequence` is made on the preparing thread (:func:`prepare`: the prompt's
-tokens, the sampler chain and the constraint, built only once the job's cancel check passed)
-and then lives in the batch: each step it hands over tokens to evaluate (a chunk of its prompt,
-later the token it sampled last) and, when the step computed its logits, samples the next
-token with its own native sampler chain (:mod:`.llama_sampler`), under its own llguidance
-mask, and turns the token into text (:mod:`.stop`) for its job.
+A :class:`ReadyJob` is what the preparing thread makes of a job (its prompt's tokens, sampler
+chain and constraint, built only once the job's cancel check passed); once admitted, the job
+is a :class:`BatchSequence`: each step it hands over tokens to evaluate (a chunk of its
+prompt, later the token it sampled last) and, when the step computed its logits, samples the
+next token with its own native sampler chain (:mod:`.llama_sampler`), under its own
+llguidance mask, and turns the token into text (:mod:`.stop`) for its job.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .constraints import ConstraintState
 from .handoff import ThreadedJob
 from .llama_model import LlamaModel
 from .llama_sampler import NativeSampler
-from .prefix_cache import CachedSequence
+from .prefix_cache import CachedSequence, shared_prefix
 from .protocol import Delta, Finish, FinishReason, TokenLogprob, TopLogprob, Usage
 from .stop import TextStream
 
@@ -72,10 +72,7 @@ class BatchSequence:
         has evaluated so far (0 once it generates)."""
         if self.produced or len(self.pending) <= 1:
             return 0
-        mine = self._prompt
-        n = min(mine.shape[0], prompt.shape[0] - 1)
-        mismatches = np.flatnonzero(mine[:n] != prompt[:n])
-        shared = int(mismatches[0]) if mismatches.size else n
+        shared = shared_prefix(self._prompt, prompt, prompt.shape[0] - 1)
         return max(0, shared - self.cells.length)
 
     def evaluated(self, count: int) -> None:

@@ -83,9 +83,14 @@ class CachedSequence:
 
     def common_prefix(self, tokens: npt.NDArray[np.int32], limit: int) -> int:
         """How many leading tokens (at most ``limit``) this sequence shares with ``tokens``."""
-        n = min(self.length, limit)
-        mismatches = np.flatnonzero(self._tokens[:n] != tokens[:n])
-        return int(mismatches[0]) if mismatches.size else n
+        return shared_prefix(self.tokens, tokens, limit)
+
+
+def shared_prefix(a: npt.NDArray[np.int32], b: npt.NDArray[np.int32], limit: int) -> int:
+    """How many leading tokens ``a`` and ``b`` share, at most ``limit``."""
+    n = min(a.shape[0], b.shape[0], limit)
+    mismatches = np.flatnonzero(a[:n] != b[:n])
+    return int(mismatches[0]) if mismatches.size else n
 
 
 class PrefixCache:
