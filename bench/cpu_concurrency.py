@@ -311,7 +311,7 @@ async def compare_follow_up(ours: Served, args: argparse.Namespace, ban: dict[st
         async with anyio.create_task_group() as group:
             for i in range(4):
                 group.start_soon(background, i)
-            for r in range(args.rounds + 1):
+            for _ in range(args.rounds + 1):
                 nonce = uuid.uuid4().hex
                 first = (
                     await client.post(
@@ -334,7 +334,12 @@ async def compare_follow_up(ours: Served, args: argparse.Namespace, ban: dict[st
                         },
                     )
                 )
-                answer = first["output"][0]["content"][0]["text"]
+                answer = "".join(
+                    part.get("text", "")
+                    for item in first["output"]
+                    if item["type"] == "message"
+                    for part in item["content"]
+                )
                 conversation = [
                     {"role": "user", "content": f"[{uuid.uuid4().hex}] {document}\n\n{question}"},
                     {"role": "assistant", "content": answer},
@@ -345,7 +350,6 @@ async def compare_follow_up(ours: Served, args: argparse.Namespace, ban: dict[st
                         client, {"input": conversation, "temperature": 0, "max_output_tokens": 8}
                     )
                 )
-                _ = r
             stop_background.set()
             group.cancel_scope.cancel()
     a, b = statistics.median(follow[1:]), statistics.median(cold[1:])
