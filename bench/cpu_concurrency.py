@@ -368,6 +368,9 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument(
+        "--parts", type=int, nargs="+", default=[1, 2, 3, 4], help="which comparisons to run"
+    )
     args = parser.parse_args()
     model = args.model or await anyio.to_thread.run_sync(default_model_path)
     ban = end_of_turn_ban(model)
@@ -383,18 +386,20 @@ async def main() -> None:
     ]
     ours = await anyio.to_thread.run_sync(start[0])
     try:
-        theirs = await anyio.to_thread.run_sync(start[1])
-        try:
-            await compare_servers(ours, theirs, args, ban)
-        finally:
-            theirs.stop()
-        steps: list[Awaitable[None]] = [
-            compare_direct(ours, model, args, ban),
-            compare_json(ours, args, ban),
-            compare_follow_up(ours, args, ban),
-        ]
-        for step in steps:
-            await step
+        if 1 in args.parts:
+            theirs = await anyio.to_thread.run_sync(start[1])
+            try:
+                await compare_servers(ours, theirs, args, ban)
+            finally:
+                theirs.stop()
+        steps: dict[int, Callable[[], Awaitable[None]]] = {
+            2: lambda: compare_direct(ours, model, args, ban),
+            3: lambda: compare_json(ours, args, ban),
+            4: lambda: compare_follow_up(ours, args, ban),
+        }
+        for part, step in steps.items():
+            if part in args.parts:
+                await step()
     finally:
         ours.stop()
 

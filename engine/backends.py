@@ -95,6 +95,8 @@ class EngineSettings:
     parallel: int = 8
     #: llama.cpp's KV cache tokens shared by all jobs (``--cache-tokens``; None: the default).
     cache_tokens: int | None = None
+    #: llama.cpp's flash attention (``--flash-attn``): ``auto``, ``on`` or ``off``.
+    flash_attn: Literal["auto", "on", "off"] = "auto"
     #: ExLlamaV2's context length per job (``--max-seq-len``).
     max_seq_len: int | None = None
     #: ExLlamaV2's KV cache type (``--cache-mode``).
@@ -125,6 +127,7 @@ def open_engine(settings: EngineSettings) -> Engine:
         n_threads_batch=settings.n_threads_batch,
         parallel=settings.parallel,
         cache_tokens=settings.cache_tokens,
+        flash_attn=settings.flash_attn,
         name=settings.name,
         tool_call_format=settings.tool_call_format,
     )

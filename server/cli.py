@@ -59,6 +59,7 @@ class ServeSettings:
     threads_batch: int | None
     parallel: int
     cache_tokens: int | None
+    flash_attn: str
     max_seq_len: int | None
     cache_mode: str
     max_batch_size: int
@@ -88,6 +89,7 @@ class ServeSettings:
             threads_batch=args.threads_batch,
             parallel=args.parallel,
             cache_tokens=args.cache_tokens,
+            flash_attn=args.flash_attn,
             max_seq_len=args.max_seq_len,
             cache_mode=args.cache_mode,
             max_batch_size=args.max_batch_size,
@@ -279,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         "1 GiB of cache, at least --n-ctx",
     )
     serve.add_argument(
+        "--flash-attn",
+        choices=("auto", "on", "off"),
+        default=_env("FLASH_ATTN", "auto"),
+        help="llama.cpp: flash attention (EXLOOP_FLASH_ATTN; llama-server's -fa); auto turns "
+        "it on for the CPU: faster, with attention summed in 16-bit floats",
+    )
+    serve.add_argument(
         "--max-seq-len",
         type=_positive,
         default=_env("MAX_SEQ_LEN"),
@@ -361,6 +370,7 @@ async def serve(settings: ServeSettings) -> None:
             n_threads_batch=settings.threads_batch,
             parallel=settings.parallel,
             cache_tokens=settings.cache_tokens,
+            flash_attn=settings.flash_attn,  # type: ignore[arg-type]
             max_seq_len=settings.max_seq_len,
             cache_mode=settings.cache_mode,  # type: ignore[arg-type]
             max_batch_size=settings.max_batch_size,

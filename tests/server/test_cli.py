@@ -28,6 +28,7 @@ FLAGS = [
     "--threads-batch",
     "--parallel",
     "--cache-tokens",
+    "--flash-attn",
     "--log-level",
 ]
 
@@ -56,6 +57,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         threads_batch=None,
         parallel=8,
         cache_tokens=None,
+        flash_attn="auto",
         max_seq_len=None,
         cache_mode="fp16",
         max_batch_size=8,
@@ -80,6 +82,7 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         "THREADS_BATCH": "3",
         "PARALLEL": "4",
         "CACHE_TOKENS": "16384",
+        "FLASH_ATTN": "off",
         "LOG_LEVEL": "debug",
         "BACKEND": "llama.cpp",
         "MAX_SEQ_LEN": "4096",
@@ -106,6 +109,7 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         threads_batch=3,
         parallel=4,
         cache_tokens=16384,
+        flash_attn="off",
         max_seq_len=4096,
         cache_mode="q4",
         max_batch_size=2,
