@@ -93,7 +93,7 @@ class EngineSettings:
     n_threads_batch: int | None = None
     #: llama.cpp's jobs decoded together (``--parallel``).
     parallel: int = 8
-    #: llama.cpp's KV cache tokens shared by all jobs (``--cache-tokens``; None: the default).
+    #: llama.cpp's KV cache tokens of all slots (``--cache-tokens``; None: the default).
     cache_tokens: int | None = None
     #: llama.cpp's flash attention (``--flash-attn``): ``auto``, ``on`` or ``off``.
     flash_attn: Literal["auto", "on", "off"] = "auto"

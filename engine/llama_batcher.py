@@ -6,16 +6,15 @@ Two threads serve the CPU backend:
   prepares it (tokenizes the prompt, builds its sampler chain and constraint: work that would
   otherwise stall everyone's decoding), then queues it for the batch;
 * the **decoding** thread owns the context. Every step it ends the jobs that were cancelled
-  (freeing their cells at once), admits waiting jobs in arrival order while there is a free
-  place (``parallel``) and room in the KV cache for the job's prompt and output, and runs one
-  ``llama_decode`` over a batch that holds the last sampled token of every generating job plus
-  up to ``chunk`` tokens of prompts still being read, so that a long prompt delays the others
-  by one chunk at most. Then each job whose logits were computed samples its next token with
-  its own sampler chain, under its own grammar mask (the batch's masks are computed together).
+  (freeing their cells at once), admits waiting jobs in arrival order while one of the
+  ``parallel`` slots is free, and runs one ``llama_decode`` over a batch that holds the last
+  sampled token of every generating job plus up to ``chunk`` tokens of prompts still being
+  read, so that a long prompt delays the others by one chunk at most. Then each job whose
+  logits were computed samples its next token with its own sampler chain, under its own
+  grammar mask (the batch's masks are computed together).
 
-Admission is strictly first come, first served: a job that does not fit yet holds back the
-ones behind it, so a large request cannot starve. Cells and shared prefixes are tracked by
-:class:`~.prefix_cache.PrefixCache`.
+Admission is strictly first come, first served. Slots and the prefixes they hold are tracked
+by :class:`~.prefix_cache.PrefixCache`.
 """
 
 from __future__ import annotations
@@ -50,13 +49,15 @@ MIN_SHARED_PREFIX = 32
 
 
 class LlamaMemory:
-    """A context's KV cache, as :class:`~.prefix_cache.PrefixCache` changes it."""
+    """A context's KV cache, as :class:`~.prefix_cache.PrefixCache` changes it (one stream
+    per sequence)."""
 
     def __init__(self, ctx: llama_cpp.llama_context_p) -> None:
         self._memory = llama_cpp.llama_get_memory(ctx)
 
-    def copy(self, source: int, target: int, length: int) -> None:
-        llama_cpp.llama_memory_seq_cp(self._memory, source, target, 0, length)
+    def copy(self, source: int, target: int) -> None:
+        # Across streams llama.cpp copies whole streams only (positions -1 to -1).
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
 
     def truncate(self, seq_id: int, length: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, length, -1)
@@ -185,19 +186,14 @@ class Batcher:
             if self._soon_shared(ready):
                 return
             try:
-                cells = self._cache.open(ready.prompt, ready.reserve)
+                cells = self._cache.open(ready.prompt)
             except Exception as exc:
                 self._waiting.popleft()
                 ready.discard()
                 ready.job.fail(GenerationFailed(f"Cannot start the job: {exc}"))
-                raise  # the cells may be half assigned: start over (see _fail_all)
+                raise  # the slot may be half assigned: start over (see _fail_all)
             if cells is None:
-                if not self._running:  # cannot happen: every cell is free or evictable then
-                    self._waiting.popleft()
-                    ready.discard()
-                    ready.job.fail(GenerationFailed("The job does not fit the KV cache."))
-                    continue
-                return  # wait for running jobs to end; those behind wait too (first come first)
+                return  # every slot is busy (cannot happen below ``parallel`` running jobs)
             self._waiting.popleft()
             self._running.append(BatchSequence(ready, cells, self._model))
             ready.job.start()

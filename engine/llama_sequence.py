@@ -37,11 +37,6 @@ class ReadyJob:
     #: Output tokens it may generate (max_tokens, and the context window).
     limit: int
 
-    @property
-    def reserve(self) -> int:
-        """Cells it may need: its prompt and its whole output."""
-        return len(self.prompt) + self.limit
-
     def discard(self) -> None:
         """Free the sampler of a job that never joins the batch."""
         self.sampler.close()

@@ -268,17 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=_env("PARALLEL", "8"),
         metavar="N",
-        help="llama.cpp: requests decoded together, continuously batched; more wait in "
-        "arrival order (EXLOOP_PARALLEL; llama-server's -np)",
+        help="llama.cpp: requests decoded together, continuously batched, each in a slot of "
+        "the KV cache; more wait in arrival order (EXLOOP_PARALLEL; llama-server's -np)",
     )
     serve.add_argument(
         "--cache-tokens",
         type=_positive,
         default=_env("CACHE_TOKENS"),
         metavar="N",
-        help="llama.cpp: KV cache tokens shared by all requests and reusable prompt prefixes "
-        "(EXLOOP_CACHE_TOKENS; llama-server's -c); default: --n-ctx x --parallel, at most "
-        "1 GiB of cache, at least --n-ctx",
+        help="llama.cpp: KV cache tokens of all slots, each request having one of "
+        "--cache-tokens / --parallel tokens (EXLOOP_CACHE_TOKENS; llama-server's -c); "
+        "default: --n-ctx x --parallel, at most 2 GiB of cache",
     )
     serve.add_argument(
         "--flash-attn",

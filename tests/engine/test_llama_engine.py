@@ -268,7 +268,7 @@ async def test_a_failed_decode_fails_its_jobs_and_the_engine_recovers(
 async def test_a_failure_while_joining_the_batch_fails_that_job_only(
     engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_open(prompt: object, reserve: int) -> None:
+    def broken_open(prompt: object) -> None:
         raise RuntimeError("no sequence id is free")
 
     monkeypatch.setattr(engine._cache, "open", broken_open)
