@@ -31,7 +31,7 @@ from exloop.engine.constraints import GrammarCompiler
 from exloop.engine.default_model import default_model_path
 from exloop.engine.errors import InvalidGrammar
 from exloop.engine.grammar_worker import JSON_COMPILE_DEFAULTS, parser_limits
-from exloop.engine.llama_cpp import lltokenizer
+from exloop.engine.llama_model import lltokenizer
 from exloop.engine.protocol import Grammar
 
 if __package__:  # python -m bench.grammar_budget
@@ -101,7 +101,8 @@ async def compare(tokenizer: LLTokenizer, rounds: int) -> None:
 
 def _bomb_in_process(model: str, fuel: int, limit: int, queue: Any) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    tokenizer = lltokenizer(llama_cpp.Llama(model, vocab_only=True, verbose=False))
+    llm = llama_cpp.Llama(model, vocab_only=True, verbose=False)
+    tokenizer = lltokenizer(llama_cpp.llama_model_get_vocab(llm.model))
     text = LLMatcher.grammar_from_json_schema(BOMB, defaults=JSON_COMPILE_DEFAULTS)
     limits = LLParserLimits(initial_lexer_fuel=fuel, verbose_errors=False)
     started = time.perf_counter()
@@ -135,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     model = str(args.model or default_model_path())
     llm = llama_cpp.Llama(model, vocab_only=True, verbose=False)
-    tokenizer = lltokenizer(llm)
+    tokenizer = lltokenizer(llama_cpp.llama_model_get_vocab(llm.model))
     anyio.run(compare, tokenizer, args.rounds)
     bomb_in_process(model)
     llm.close()

@@ -9,8 +9,8 @@ stream generates exactly ``--tokens`` tokens):
 
 It prints tokens/s of each and the ratio server / engine at each concurrency (default 1 and
 16; goal >= 0.95). Rounds alternate between the two so machine noise hits both alike; the best
-round of each counts. The engine runs one job at a time on a CPU, so concurrency measures
-queueing and fan-out cost, not batching.
+round of each counts. Both sides batch the same way (the engine is the server's), so the ratio
+measures what HTTP, the orchestrator and SSE cost at each concurrency.
 
 Usage: ``python bench/server_overhead.py [--model PATH] [--tokens N] [--concurrency 1 16]``.
 """
@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -36,52 +33,11 @@ from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest
 from exloop.engine.sampling import SamplingParams
 
 if __package__:  # python -m bench.server_overhead
+    from .servers import exloop
     from .workloads import FREE_PROMPT
 else:  # python bench/server_overhead.py
+    from servers import exloop
     from workloads import FREE_PROMPT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """``exloop serve`` in a subprocess (with extra ``flags``), stopped on exit."""
-
-    def __init__(self, model: Path, *flags: str) -> None:
-        self.port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "exloop.server.cli",
-            "serve",
-            "--model",
-            str(model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            *flags,
-        ]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        self.stop()
-        raise SystemExit("the server did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
 
 
 async def engine_round(engine: LlamaCppEngine, n: int, tokens: int, eos: int) -> tuple[int, float]:
@@ -163,7 +119,7 @@ async def main() -> None:
 
     eos = eos_token(model)
     engine = await anyio.to_thread.run_sync(lambda: LlamaCppEngine(model))
-    server = await anyio.to_thread.run_sync(lambda: Server(model, "--store", "memory"))
+    server = await anyio.to_thread.run_sync(lambda: exloop(model, "--store", "memory"))
     try:
         print(f"model {model.name}, {args.tokens} tokens per stream, best of {args.rounds}")
         print(f"{'streams':>8} {'engine tok/s':>13} {'server tok/s':>13} {'ratio':>7}")

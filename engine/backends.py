@@ -92,8 +92,14 @@ class EngineSettings:
     n_ctx: int | None = None
     #: llama.cpp's CPU threads (``--threads``; None: the physical cores this process may use).
     n_threads: int | None = None
-    #: llama.cpp's threads for prompt evaluation (``--threads-batch``; None: ``n_threads``).
+    #: llama.cpp's threads for multi-token steps (``--threads-batch``; None: ``n_threads``).
     n_threads_batch: int | None = None
+    #: llama.cpp's jobs decoded together (``--parallel``).
+    parallel: int = 8
+    #: llama.cpp's KV cache tokens of all slots (``--cache-tokens``; None: the default).
+    cache_tokens: int | None = None
+    #: llama.cpp's flash attention (``--flash-attn``): ``auto``, ``on`` or ``off``.
+    flash_attn: Literal["auto", "on", "off"] = "auto"
     #: ExLlamaV2's context length per job (``--max-seq-len``).
     max_seq_len: int | None = None
     #: ExLlamaV2's KV cache type (``--cache-mode``).
@@ -126,6 +132,9 @@ def open_engine(settings: EngineSettings) -> Engine:
         n_ctx=settings.n_ctx,
         n_threads=settings.n_threads,
         n_threads_batch=settings.n_threads_batch,
+        parallel=settings.parallel,
+        cache_tokens=settings.cache_tokens,
+        flash_attn=settings.flash_attn,
         name=settings.name,
         tool_call_format=settings.tool_call_format,
         grammar_budget=settings.grammar_budget,

@@ -26,8 +26,12 @@ from dataclasses import dataclass
 import anyio
 import numpy as np
 import numpy.typing as npt
-from llguidance import LLMatcher, LLTokenizer
-from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+from llguidance import LLExecutor, LLMatcher, LLTokenizer
+from llguidance.numpy import (
+    allocate_token_bitmask,
+    fill_next_token_bitmask,
+    fill_next_token_bitmask_par,
+)
 
 from .errors import ConstraintFailed, GenerationFailed, GrammarTooComplex, InvalidGrammar
 from .grammar_sandbox import BudgetExceeded, CompileBudget, GrammarSandbox
@@ -201,10 +205,7 @@ class ConstraintState:
 
     def mask_logits(self, logits: npt.NDArray[np.float32]) -> None:
         """Set the logits of every token the grammar forbids to ``-inf``, in place."""
-        words = self.fill_bitmask()[0]
-        # Invert the words and unpack the bits little-endian: a 1 marks a forbidden token.
-        forbidden = np.unpackbits(np.invert(words).view(np.uint8), bitorder="little")
-        np.copyto(logits, -np.inf, where=forbidden[: logits.shape[0]].view(np.bool_))
+        apply_bitmask(self.fill_bitmask()[0], logits)
 
     def consume(self, token_id: int) -> None:
         """Advance past the sampled token (which the mask allowed)."""
@@ -230,3 +231,37 @@ class ConstraintState:
 
 #: llguidance stop reasons that mean the grammar passed its limits while generating.
 _GRAMMAR_LIMITS = frozenset({"ParserTooComplex", "LexerTooComplex"})
+
+
+class BatchMasks:
+    """The next-token masks of several jobs' constraints, computed together.
+
+    llguidance fills them in one call on its own thread pool (``threads`` workers), so a batch
+    of constrained jobs costs about what the slowest of them does.
+    """
+
+    def __init__(self, vocab_size: int, *, threads: int | None = None) -> None:
+        self._vocab_size = vocab_size
+        self._executor = LLExecutor(threads)
+        self._bitmask = allocate_token_bitmask(1, vocab_size)
+
+    def fill(self, states: list[ConstraintState]) -> None:
+        """Compute the masks of ``states``, row ``i`` for ``states[i]``; a constraint in error
+        raises from its :meth:`apply` (failing its own job only)."""
+        if self._bitmask.shape[0] < len(states):
+            self._bitmask = allocate_token_bitmask(len(states), self._vocab_size)
+        fill_next_token_bitmask_par(
+            self._executor, [(state._matcher, i) for i, state in enumerate(states)], self._bitmask
+        )
+
+    def apply(self, index: int, state: ConstraintState, logits: npt.NDArray[np.float32]) -> None:
+        """Mask ``logits`` in place with row ``index`` (filled for ``state``)."""
+        state._raise_if_error()
+        apply_bitmask(self._bitmask[index], logits)
+
+
+def apply_bitmask(words: npt.NDArray[np.int32], logits: npt.NDArray[np.float32]) -> None:
+    """Set ``logits`` to ``-inf`` wherever llguidance's bitmask row ``words`` has a 0 bit."""
+    # Invert the words and unpack the bits little-endian: a 1 marks a forbidden token.
+    forbidden = np.unpackbits(np.invert(words).view(np.uint8), bitorder="little")
+    np.copyto(logits, -np.inf, where=forbidden[: logits.shape[0]].view(np.bool_))

@@ -62,7 +62,7 @@ from .exllamav2_sampling import (
 from .exllamav2_vocab import ModelVocabulary, read_vocabulary
 from .grammar_sandbox import CompileBudget
 from .handoff import ThreadedJob
-from .protocol import Chat, GenerationRequest, ModelInfo
+from .protocol import Chat, EngineStats, GenerationRequest, ModelInfo
 from .queued import QueuedEngine
 from .sampling import DrySettings
 from .tool_calls import detect_format, get_format
@@ -247,6 +247,7 @@ class ExLlamaV2Engine(QueuedEngine):
             self._padded_vocab = -(-loaded.model.config.vocab_size // 32) * 32
             self._page_size = _PAGE if loaded.paged else loaded.cache_tokens
             self._closing = False
+            self._generator: ExLlamaV2DynamicGenerator | None = None
             self._driver = GeneratorDriver(self._make_generator, self._prepare, vocab.pieces)
         except BaseException:
             self._model.unload()  # type: ignore[no-untyped-call]
@@ -258,6 +259,18 @@ class ExLlamaV2Engine(QueuedEngine):
     def paged(self) -> bool:
         """Whether jobs run batched over a paged cache (flash-attn is installed)."""
         return self._paged
+
+    def stats(self) -> EngineStats:
+        running, queued = self._driver.counts()
+        generator = self._generator
+        pages = len(generator.referenced_pages) if generator is not None else 0
+        return EngineStats(
+            running=running,
+            queued=queued,
+            parallel=self._batch,
+            cache_used=min(pages * self._page_size, self._cache_tokens),
+            cache_size=self._cache_tokens,
+        )
 
     def _enqueue(self, job: ThreadedJob) -> None:
         self._driver.submit(job)
@@ -357,6 +370,7 @@ class ExLlamaV2Engine(QueuedEngine):
         )
         if previous is None:
             generator.warmup()  # type: ignore[no-untyped-call]  # kernels autotune here
+        self._generator = generator
         return cast(NativeGenerator, generator)
 
 

@@ -124,6 +124,12 @@ class GeneratorDriver:
         """Queue a job; the thread starts it before its next iteration."""
         self._inbox.put(job)
 
+    def counts(self) -> tuple[int, int]:
+        """Jobs (running, queued), read without locking: a snapshot for monitoring."""
+        generator = self._generator
+        pending = len(generator.pending_jobs) if generator is not None else 0
+        return max(0, len(self._running) - pending), pending + self._inbox.qsize()
+
     def close(self) -> None:
         """Cancel every job and stop the thread (blocks until it has stopped)."""
         self._inbox.put(None)
@@ -197,8 +203,12 @@ class GeneratorDriver:
 
     def _dispatch(self, result: Mapping[str, Any]) -> None:
         run = self._running.get(result.get("identifier"))  # type: ignore[arg-type]
-        if run is None or result.get("stage") != "streaming":
-            # Results of a job this thread already ended; "started" and "prefill" progress.
+        stage = result.get("stage")
+        if run is not None and stage == "started":
+            # The generator took the job from its queue: it has cache pages now.
+            run.job.start()
+        if run is None or stage != "streaming":
+            # Results of a job this thread already ended; "prefill" progress.
             return
         try:
             tokens = _token_ids(result.get("token_ids"))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import EngineError
-from .protocol import Delta, Finish, GenerationRequest, JobEvent
+from .protocol import Delta, Finish, GenerationRequest, JobEvent, Started
 
 if TYPE_CHECKING:
     from .constraints import CompiledGrammar
@@ -34,9 +34,9 @@ class _Failure:
 class ThreadedJob:
     """A :class:`~exloop.engine.protocol.GenerationJob` fed by a worker thread.
 
-    Worker side: :meth:`emit`, then exactly one of :meth:`finish` or :meth:`fail`; poll
-    :attr:`cancel_requested` before every token. Consumer side: :meth:`events` and
-    :meth:`cancel`.
+    Worker side: :meth:`start` when the job gets its place, :meth:`emit`, then exactly one
+    of :meth:`finish` or :meth:`fail`; poll :attr:`cancel_requested` before every token.
+    Consumer side: :meth:`events` and :meth:`cancel`.
     """
 
     def __init__(
@@ -51,6 +51,7 @@ class ThreadedJob:
         self._closed = False
         self._iterated = False
         self._cancel_requested = False
+        self._started = False
 
     # -- consumer side -------------------------------------------------------------------
 
@@ -59,8 +60,9 @@ class ThreadedJob:
         self._cancel_requested = True
 
     async def events(self) -> AsyncIterator[JobEvent]:
-        """Deltas, then one :class:`Finish`; raises the job's :class:`EngineError` if it
-        failed. Leaving early (break, cancellation) cancels the job."""
+        """:class:`Started`, deltas, then one :class:`Finish`; raises the job's
+        :class:`EngineError` if it failed. Leaving early (break, cancellation) cancels the
+        job."""
         if self._iterated:
             raise RuntimeError("A generation job's events can be iterated only once.")
         self._iterated = True
@@ -95,6 +97,12 @@ class ThreadedJob:
     @property
     def cancel_requested(self) -> bool:
         return self._cancel_requested
+
+    def start(self) -> None:
+        """The job left the queue: its consumer gets :class:`Started` (once)."""
+        if not self._started:
+            self._started = True
+            self._put(Started())
 
     def emit(self, delta: Delta) -> None:
         self._put(delta)

@@ -164,9 +164,10 @@ class NativeSampler:
             llama_cpp.llama_sampler_accept(stage, token_id)
         llama_cpp.llama_sampler_chain_add(self._chain, stage)
 
-    def sample(self, ctx: llama_cpp.llama_context_p) -> int:
-        """Draw the next token from the last evaluated position's logits, and record it."""
-        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, -1))
+    def sample(self, ctx: llama_cpp.llama_context_p, row: int = -1) -> int:
+        """Draw the next token from the logits of batch row ``row`` (default: the last
+        evaluated one), and record it."""
+        return int(llama_cpp.llama_sampler_sample(self._chain, ctx, row))
 
     def close(self) -> None:
         if self._chain is not None:

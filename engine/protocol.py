@@ -2,8 +2,9 @@
 
 A backend (llama.cpp on CPU, ExLlamaV2 on GPU) implements :class:`Engine`. The orchestrator
 builds a :class:`GenerationRequest` (a prompt, sampling settings, an optional constraint),
-submits it, and reads the job's events: zero or more :class:`Delta` followed by exactly one
-:class:`Finish`. Nothing here knows about responses, HTTP or tools beyond their definitions.
+submits it, and reads the job's events: :class:`Started` once the backend begins it (a job
+may wait for room first), zero or more :class:`Delta`, then exactly one :class:`Finish`.
+Nothing here knows about responses, HTTP or tools beyond their definitions.
 """
 
 from __future__ import annotations
@@ -134,6 +135,15 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class Started:
+    """The backend began the job: it left the queue and holds a place in the batch.
+
+    Sent once, before any :class:`Delta`; a job cancelled or failed while it waited ends
+    without it.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
     """New output: ``text`` may lag ``token_ids`` while a stop sequence or UTF-8 is pending."""
 
@@ -161,11 +171,14 @@ class Finish:
     stop_sequence: str | None = None
 
 
-JobEvent: TypeAlias = Delta | Finish
+JobEvent: TypeAlias = Started | Delta | Finish
 
 
 class GenerationJob(Protocol):
     """A submitted generation. Iterate :meth:`events` once; :meth:`cancel` is idempotent.
+
+    The events are :class:`Started` (once the backend begins the job), deltas, then one
+    :class:`Finish`; a job cancelled or failed while still waiting sends no :class:`Started`.
 
     Cancelling takes effect before the next token: the stream then ends with
     ``Finish(reason="cancelled")``. If the consuming task itself is cancelled, the job is
@@ -175,6 +188,21 @@ class GenerationJob(Protocol):
     def events(self) -> AsyncIterator[JobEvent]: ...
 
     def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """How busy the engine is right now (``/health`` shows it)."""
+
+    #: Jobs generating now.
+    running: int
+    #: Jobs waiting for a place in the batch (or for cache room), in arrival order.
+    queued: int
+    #: Jobs the backend generates together at most.
+    parallel: int
+    #: KV cache tokens in use (running jobs and reusable cached prefixes) and in all.
+    cache_used: int
+    cache_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +237,10 @@ class Engine(Protocol):
 
     async def count_tokens(self, chat: Chat) -> int:
         """How many tokens ``chat`` takes once rendered (for context-window checks)."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """How busy the engine is (bookkeeping only; safe to call from the event loop)."""
         ...
 
     async def check(self, request: GenerationRequest) -> None:

@@ -19,7 +19,7 @@ from .chat_template import ChatTemplate
 from .constraints import CompiledGrammar, GrammarCompiler
 from .errors import GenerationFailed, InvalidParameter
 from .handoff import ThreadedJob
-from .protocol import Chat, GenerationRequest, ModelInfo, TokenPrompt
+from .protocol import Chat, EngineStats, GenerationRequest, ModelInfo, TokenPrompt
 from .sampling import DrySettings
 
 
@@ -68,6 +68,9 @@ class QueuedEngine(ABC):
         job = ThreadedJob(request, compiled)
         self._enqueue(job)
         return job
+
+    @abstractmethod
+    def stats(self) -> EngineStats: ...
 
     @abstractmethod
     async def aclose(self) -> None: ...

@@ -182,6 +182,13 @@ class ResponseRecord:
     def emit_in_progress(self) -> None:
         self.emit(lambda n: ev.ResponseInProgress(sequence_number=n, response=self.snapshot()))
 
+    def begin(self) -> None:
+        """The engine began one of this response's jobs: a queued (background) response
+        starts now, with its ``response.in_progress``; later jobs change nothing."""
+        if self.phase is Phase.QUEUED:
+            self.move(Transition.START)
+            self.emit_in_progress()
+
     def complete(self) -> None:
         self.move(Transition.COMPLETE)
         self.emit(lambda n: ev.ResponseCompleted(sequence_number=n, response=self.snapshot()))

@@ -34,7 +34,15 @@ from exloop.engine.errors import (
     InvalidGrammar,
 )
 from exloop.engine.grammar_sandbox import CompileBudget
-from exloop.engine.protocol import Chat, Engine, GenerationRequest, Grammar, ModelInfo, ToolSpec
+from exloop.engine.protocol import (
+    Chat,
+    Engine,
+    EngineStats,
+    GenerationRequest,
+    Grammar,
+    ModelInfo,
+    ToolSpec,
+)
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
@@ -266,6 +274,10 @@ class Orchestrator:
                 log.warning("listening for cancels failed (retrying): %s", exc.message)
                 await anyio.sleep(1)
 
+    def engine_stats(self) -> EngineStats:
+        """How busy the engine is (jobs running and queued, cache use)."""
+        return self._engine.stats()
+
     # -- create ---------------------------------------------------------------------------
 
     async def create(self, spec: RunSpec) -> RunHandle:
@@ -468,9 +480,10 @@ class Orchestrator:
         try:
             with record.cancel_scope:
                 try:
-                    if record.phase is Phase.QUEUED:
-                        record.move(Transition.START)
-                    record.emit_in_progress()
+                    if record.phase is Phase.GENERATING:
+                        record.emit_in_progress()
+                    # A background response stays queued until the engine begins its first
+                    # job (ModelStep calls record.begin()).
                     await work(record, writer, view)
                 except (ConstraintFailed, InvalidGrammar) as exc:
                     # The client's grammar gave out while generating: its fault, not ours.

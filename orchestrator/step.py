@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, assert_never
 
 import anyio
 
@@ -33,6 +33,7 @@ from exloop.engine.protocol import (
     FinishReason,
     GenerationRequest,
     Grammar,
+    Started,
     ToolSpec,
     Usage,
 )
@@ -254,22 +255,27 @@ class ModelStep:
         counted = 0
         try:
             async for event in job.events():
-                if isinstance(event, Delta):
-                    counted += len(event.token_ids)
-                    usage.output_tokens += len(event.token_ids)
-                    on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
-                else:
-                    usage.output_tokens -= counted
-                    used = event.usage
-                    usage.add(
-                        Usage(
-                            prompt_tokens=max(0, used.prompt_tokens - seen),
-                            completion_tokens=used.completion_tokens,
-                            cached_tokens=max(0, used.cached_tokens - seen),
+                match event:
+                    case Started():
+                        self._record.begin()
+                    case Delta():
+                        counted += len(event.token_ids)
+                        usage.output_tokens += len(event.token_ids)
+                        on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
+                    case Finish():
+                        usage.output_tokens -= counted
+                        used = event.usage
+                        usage.add(
+                            Usage(
+                                prompt_tokens=max(0, used.prompt_tokens - seen),
+                                completion_tokens=used.completion_tokens,
+                                cached_tokens=max(0, used.cached_tokens - seen),
+                            )
                         )
-                    )
-                    self._turn_tokens = max(seen, used.prompt_tokens) + used.completion_tokens
-                    return event, used.completion_tokens
+                        self._turn_tokens = max(seen, used.prompt_tokens) + used.completion_tokens
+                        return event, used.completion_tokens
+                    case _:
+                        assert_never(event)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 prompt = await self._engine.count_tokens(chat)

@@ -68,9 +68,20 @@ class ModelList(msgspec.Struct, frozen=True):
     object: str = "list"
 
 
+class EngineLoad(msgspec.Struct, frozen=True):
+    """How busy the model is: requests generating and waiting, and KV cache use."""
+
+    running: int
+    queued: int
+    parallel: int
+    cache_tokens_used: int
+    cache_tokens: int
+
+
 class Health(msgspec.Struct, frozen=True):
     status: str
     model: str
+    engine: EngineLoad
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +235,15 @@ class _Api:
         return json_response(self._card)
 
     async def health(self, request: Request) -> Response:
-        return json_response(Health("ok", self._settings.served_model))
+        stats = self._orchestrator.engine_stats()
+        load = EngineLoad(
+            running=stats.running,
+            queued=stats.queued,
+            parallel=stats.parallel,
+            cache_tokens_used=stats.cache_used,
+            cache_tokens=stats.cache_size,
+        )
+        return json_response(Health("ok", self._settings.served_model, load))
 
     async def _start(self, spec: RunSpec, constraint_param: str | None) -> RunHandle:
         try:

@@ -56,6 +56,9 @@ from .units import parse_duration, parse_size
 
 log = logging.getLogger("exloop")
 
+#: llama.cpp's limit on the sequences of one context (LLAMA_MAX_SEQ).
+MAX_PARALLEL = 256
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
@@ -77,6 +80,9 @@ class ServeSettings:
     n_ctx: int | None
     threads: int | None
     threads_batch: int | None
+    parallel: int
+    cache_tokens: int | None
+    flash_attn: str
     max_seq_len: int | None
     cache_mode: str
     max_batch_size: int
@@ -121,6 +127,9 @@ class ServeSettings:
             n_ctx=args.n_ctx,
             threads=args.threads,
             threads_batch=args.threads_batch,
+            parallel=args.parallel,
+            cache_tokens=args.cache_tokens,
+            flash_attn=args.flash_attn,
             max_seq_len=args.max_seq_len,
             cache_mode=args.cache_mode,
             max_batch_size=args.max_batch_size,
@@ -175,6 +184,14 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {value}")
+    return value
+
+
+def _parallel(text: str) -> int:
+    """--parallel: llama.cpp runs at most 256 sequences in one context."""
+    value = positive_int(text)
+    if value > MAX_PARALLEL:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_PARALLEL}, got {value}")
     return value
 
 
@@ -353,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=_env("N_CTX"),
         metavar="N",
-        help="context window in tokens (EXLOOP_N_CTX); default: the model's training context, "
-        "at most 8192",
+        help="llama.cpp: context window of one request in tokens (EXLOOP_N_CTX); default: the "
+        "model's training context, at most 8192",
     )
     serve.add_argument(
         "--threads",
@@ -370,8 +387,33 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=_env("THREADS_BATCH"),
         metavar="N",
-        help="llama.cpp: CPU threads for prompt evaluation (EXLOOP_THREADS_BATCH); default: "
-        "as --threads",
+        help="llama.cpp: CPU threads for steps of more than one token: prompts, and every "
+        "step that decodes several requests together (EXLOOP_THREADS_BATCH); default: as "
+        "--threads",
+    )
+    serve.add_argument(
+        "--parallel",
+        type=_parallel,
+        default=_env("PARALLEL", "8"),
+        metavar="N",
+        help="llama.cpp: requests decoded together, continuously batched, each in a slot of "
+        "the KV cache; more wait in arrival order (EXLOOP_PARALLEL; llama-server's -np)",
+    )
+    serve.add_argument(
+        "--cache-tokens",
+        type=positive_int,
+        default=_env("CACHE_TOKENS"),
+        metavar="N",
+        help="llama.cpp: KV cache tokens of all slots, each request having one of "
+        "--cache-tokens / --parallel tokens (EXLOOP_CACHE_TOKENS; llama-server's -c); "
+        "default: --n-ctx x --parallel, at most 2 GiB of cache",
+    )
+    serve.add_argument(
+        "--flash-attn",
+        choices=("auto", "on", "off"),
+        default=_env("FLASH_ATTN", "auto"),
+        help="llama.cpp: flash attention (EXLOOP_FLASH_ATTN; llama-server's -fa); auto turns "
+        "it on for the CPU: faster, with attention summed in 16-bit floats",
     )
     serve.add_argument(
         "--max-seq-len",
@@ -569,6 +611,9 @@ async def _serve_with(settings: ServeSettings, research: WebResearch, store: Res
             n_ctx=settings.n_ctx,
             n_threads=settings.threads,
             n_threads_batch=settings.threads_batch,
+            parallel=settings.parallel,
+            cache_tokens=settings.cache_tokens,
+            flash_attn=settings.flash_attn,  # type: ignore[arg-type]
             max_seq_len=settings.max_seq_len,
             cache_mode=settings.cache_mode,  # type: ignore[arg-type]
             max_batch_size=settings.max_batch_size,

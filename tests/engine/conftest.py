@@ -12,7 +12,7 @@ from llguidance import LLTokenizer
 
 from exloop.engine.default_model import default_model_path
 from exloop.engine.llama_cpp import LlamaCppEngine
-from exloop.engine.llama_cpp import lltokenizer as build_lltokenizer
+from exloop.engine.llama_model import lltokenizer as build_lltokenizer
 
 #: Small, so that context-window tests need only short prompts.
 TEST_CONTEXT = 512
@@ -41,4 +41,4 @@ def vocab_model(model_path: Path) -> Iterator[llama_cpp.Llama]:
 
 @pytest.fixture(scope="session")
 def lltokenizer(vocab_model: llama_cpp.Llama) -> LLTokenizer:
-    return build_lltokenizer(vocab_model)
+    return build_lltokenizer(llama_cpp.llama_model_get_vocab(vocab_model.model))

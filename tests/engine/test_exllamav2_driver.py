@@ -32,7 +32,15 @@ from exloop.engine.exllamav2_driver import (
 )
 from exloop.engine.exllamav2_filter import GrammarFilterCore
 from exloop.engine.handoff import ThreadedJob
-from exloop.engine.protocol import Delta, Finish, GenerationRequest, Grammar, JobEvent, TokenPrompt
+from exloop.engine.protocol import (
+    Delta,
+    Finish,
+    GenerationRequest,
+    Grammar,
+    JobEvent,
+    Started,
+    TokenPrompt,
+)
 from exloop.engine.sampling import SamplingParams
 
 pytestmark = pytest.mark.anyio
@@ -187,7 +195,7 @@ async def collect(job: ThreadedJob) -> tuple[str, Finish, list[Delta]]:
     async for event in job.events():
         if isinstance(event, Delta):
             deltas.append(event)
-        else:
+        elif isinstance(event, Finish):
             finish = event
     assert finish is not None
     return "".join(d.text for d in deltas), finish, deltas
@@ -247,7 +255,7 @@ async def test_cancel_ends_the_job_and_frees_it_in_the_generator() -> None:
             if isinstance(event, Delta):
                 seen += len(event.token_ids)
                 job.cancel()
-            else:
+            elif isinstance(event, Finish):
                 assert event.reason == "cancelled"
                 assert event.usage.completion_tokens == seen < 500
         assert [native.identifier for native in harness.generator.cancelled] == [job]
@@ -324,13 +332,31 @@ async def test_close_cancels_running_jobs() -> None:
     harness = Harness(ScriptedGenerator(delay=0.002))
     job = harness.submit(*[BANG] * 500)
     events = job.events()
-    first = await events.__anext__()
-    assert isinstance(first, Delta)
+    assert isinstance(await events.__anext__(), Started)
+    assert isinstance(await events.__anext__(), Delta)
     closer = threading.Thread(target=harness.driver.close)
     closer.start()
     rest: list[JobEvent] = [event async for event in events]
     closer.join()
     assert isinstance(rest[-1], Finish) and rest[-1].reason == "cancelled"
+
+
+async def test_started_comes_when_the_generator_starts_the_job() -> None:
+    harness = Harness(ScriptedGenerator(batch=1, delay=0.002))
+    try:
+        first = harness.submit(*[BANG] * 20, max_tokens=20)
+        second = harness.submit(HEL, EOS)
+        seen: list[JobEvent] = []
+        async for event in first.events():
+            seen.append(event)
+        assert isinstance(seen[0], Started) and isinstance(seen[-1], Finish)
+        assert not any(isinstance(e, Started) for e in seen[1:])
+        # The second job waited for the batch's one place; it starts only now.
+        events = [event async for event in second.events()]
+        assert isinstance(events[0], Started)
+        assert [type(e) for e in events[1:]] == [Delta, Finish]
+    finally:
+        harness.driver.close()
 
 
 async def test_a_cancelled_job_never_reaches_the_generator(harness: Harness) -> None:
@@ -352,6 +378,7 @@ async def test_a_failing_cancel_rebuilds_the_generator_once() -> None:
         # A driver thread that died on the second, stale cancel would leave these waiting.
         with anyio.fail_after(10):
             for stream in streams:
+                assert isinstance(await stream.__anext__(), Started)
                 assert isinstance(await stream.__anext__(), Delta)
             for job in jobs:
                 job.cancel()

@@ -26,7 +26,15 @@ import pytest
 
 from exloop.engine.errors import GenerationFailed
 from exloop.engine.exllamav2_vocab import ModelVocabulary, read_vocabulary
-from exloop.engine.protocol import Chat, ChatMessage, Delta, Finish, GenerationRequest, Grammar
+from exloop.engine.protocol import (
+    Chat,
+    ChatMessage,
+    Delta,
+    Finish,
+    GenerationRequest,
+    Grammar,
+    Started,
+)
 from exloop.engine.sampling import SamplingParams
 from exloop.orchestrator.service import Orchestrator
 from exloop.server.app import AppSettings, build_app
@@ -245,7 +253,7 @@ async def test_cancel_ends_the_job_in_the_generator(engine: Any) -> None:
     async for event in job.events():
         if isinstance(event, Delta):
             job.cancel()
-        else:
+        elif isinstance(event, Finish):
             finish = event
     assert finish is not None and finish.reason == "cancelled"
     generator = engine._driver._generator
@@ -274,6 +282,17 @@ async def test_concurrent_jobs_share_the_batch_and_the_prompt_pages(engine: Any)
         assert max(model.batch_sizes) > 1  # jobs were decoded together
     else:
         assert max(model.batch_sizes) == 1
+
+
+async def test_jobs_start_with_started_and_load_shows_the_batch(engine: Any) -> None:
+    job = await engine.submit(GenerationRequest(chat("Hi!"), GREEDY))
+    events = [event async for event in job.events()]
+    assert isinstance(events[0], Started) and isinstance(events[-1], Finish)
+    assert sum(isinstance(e, Started) for e in events) == 1
+    stats = engine.stats()
+    assert (stats.running, stats.queued) == (0, 0)
+    assert stats.parallel == (4 if engine.paged else 1)
+    assert stats.cache_size == CACHE_TOKENS and 0 <= stats.cache_used <= CACHE_TOKENS
 
 
 # -- the HTTP APIs, in process, over this engine ----------------------------------------------

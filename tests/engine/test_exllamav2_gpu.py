@@ -144,7 +144,7 @@ async def test_cancel_frees_the_job(engine: ExLlamaV2Engine) -> None:
     async for event in job.events():
         if isinstance(event, Delta):
             job.cancel()
-        else:
+        elif isinstance(event, Finish):
             finish = event
     assert finish is not None and finish.reason == "cancelled"
     assert finish.usage.completion_tokens < 2000

@@ -10,7 +10,7 @@ import pytest
 
 from exloop.engine.errors import GenerationFailed
 from exloop.engine.handoff import ThreadedJob
-from exloop.engine.protocol import Delta, Finish, GenerationRequest, TokenPrompt, Usage
+from exloop.engine.protocol import Delta, Finish, GenerationRequest, Started, TokenPrompt, Usage
 
 pytestmark = pytest.mark.anyio
 
@@ -28,6 +28,20 @@ async def test_pending_deltas_arrive_merged_in_order() -> None:
     assert events == [
         Delta(text="01234", token_ids=(0, 1, 2, 3, 4)),
         Finish(reason="length", usage=Usage(1, 5)),
+    ]
+
+
+async def test_started_comes_once_before_the_deltas() -> None:
+    job = _job()
+    job.start()
+    job.emit(Delta(text="a", token_ids=(1,)))
+    job.start()
+    job.finish(Finish(reason="eos", usage=Usage(1, 1)))
+    events = [event async for event in job.events()]
+    assert events == [
+        Started(),
+        Delta(text="a", token_ids=(1,)),
+        Finish(reason="eos", usage=Usage(1, 1)),
     ]
 
 

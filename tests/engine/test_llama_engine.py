@@ -25,6 +25,7 @@ from exloop.engine.protocol import (
     Finish,
     GenerationRequest,
     Grammar,
+    Started,
     TokenPrompt,
 )
 from exloop.engine.sampling import SamplingParams
@@ -142,7 +143,7 @@ async def test_cancel_takes_effect_within_one_token(engine: LlamaCppEngine) -> N
             received += len(event.token_ids)
             if received >= 3:
                 job.cancel()
-        else:
+        elif isinstance(event, Finish):
             finish = event
     assert finish is not None and finish.reason == "cancelled"
     # Only tokens already under way when cancel() ran (in parallel on the worker) follow it.
@@ -152,37 +153,22 @@ async def test_cancel_takes_effect_within_one_token(engine: LlamaCppEngine) -> N
 async def test_cancelling_the_consumer_cancels_the_job(engine: LlamaCppEngine) -> None:
     # The model cannot end its turn (its end tokens are banned) and may fill the context, so
     # the job is still generating when its consumer is cancelled, after the first token.
-    never_ends = dict.fromkeys(engine._eog, -100.0)
+    never_ends = dict.fromkeys(engine._model.eog, -100.0)
     job = await engine.submit(
         GenerationRequest(
             user("Write a long essay about rivers."), SamplingParams(logit_bias=never_ends)
         )
     )
     with anyio.CancelScope() as scope:
-        async for _event in job.events():
-            scope.cancel()  # lands where the consumer next waits for a token
+        async for event in job.events():
+            if isinstance(event, Delta):
+                scope.cancel()  # as when the consuming task is cancelled mid-stream
     assert scope.cancelled_caught
     assert job.cancel_requested
-    # The worker is free again (the bound only guards against a hang): a short job completes.
-    with anyio.fail_after(120):
-        out = await generate(engine, "Hi", temperature=0.0, max_tokens=3)
+    # The job leaves the batch at once: a short job completes, and nothing is left running.
+    out = await generate(engine, "Hi", temperature=0.0, max_tokens=3)
     assert out.finish.reason in {"length", "eos"}
-
-
-async def test_concurrent_jobs_both_complete_correctly(engine: LlamaCppEngine) -> None:
-    prompts = ["Name a colour.", "Name an animal."]
-    alone = [await generate(engine, p, temperature=0.0, max_tokens=12) for p in prompts]
-    together: dict[int, tuple[int, ...]] = {}
-
-    async def run(index: int) -> None:
-        together[index] = (
-            await generate(engine, prompts[index], temperature=0.0, max_tokens=12)
-        ).token_ids
-
-    async with anyio.create_task_group() as group:
-        for index in range(len(prompts)):
-            group.start_soon(run, index)
-    assert [together[i] for i in range(len(prompts))] == [out.token_ids for out in alone]
+    assert engine.stats().running == 0
 
 
 async def test_prefix_reuse_reports_cached_tokens(engine: LlamaCppEngine) -> None:
@@ -228,9 +214,9 @@ async def test_chat_longer_than_the_context_fails_before_any_output(
 
 async def test_no_max_tokens_runs_to_the_context_end(engine: LlamaCppEngine) -> None:
     prompt = TokenPrompt(
-        tuple(engine._llm.tokenize(b"one two three " * 200, add_bos=False))[: TEST_CONTEXT - 6]
+        tuple(engine._model.tokenize(b"one two three " * 200, add_bos=False))[: TEST_CONTEXT - 6]
     )
-    eos_tokens = dict.fromkeys(engine._eog, -100.0)
+    eos_tokens = dict.fromkeys(engine._model.eog, -100.0)
     out = await collect(
         engine, GenerationRequest(prompt, SamplingParams(temperature=0.0, logit_bias=eos_tokens))
     )
@@ -258,8 +244,8 @@ async def test_aclose_cancels_running_work(model_path: Path) -> None:
         GenerationRequest(user("Write a long essay."), SamplingParams(max_tokens=200))
     )
     events = job.events()
-    first = await events.__anext__()
-    assert isinstance(first, Delta)
+    assert isinstance(await events.__anext__(), Started)
+    assert isinstance(await events.__anext__(), Delta)
     with anyio.fail_after(10):
         await engine.aclose()
     rest = [event async for event in events]
@@ -268,15 +254,33 @@ async def test_aclose_cancels_running_work(model_path: Path) -> None:
         await engine.submit(GenerationRequest(user("Hi")))
 
 
-async def test_a_backend_failure_fails_only_its_job(
+async def test_a_failed_decode_fails_its_jobs_and_the_engine_recovers(
     engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_eval(tokens: object) -> None:
-        raise RuntimeError("llama_decode returned -1")
+    def broken_decode(ctx: object) -> int:
+        return -3  # a fatal llama_decode status
 
-    monkeypatch.setattr(engine._llm, "eval", broken_eval)
+    monkeypatch.setattr(engine._batcher._batch, "decode", broken_decode)
     job = await engine.submit(GenerationRequest(user("Hi"), SamplingParams(max_tokens=4)))
-    with pytest.raises(GenerationFailed, match="llama_decode returned -1"):
+    with pytest.raises(GenerationFailed, match="llama_decode failed"):
+        async for _event in job.events():
+            pass
+    monkeypatch.undo()
+    out = await generate(engine, "Hi", temperature=0.0, max_tokens=4)
+    assert out.finish.usage.completion_tokens > 0
+    # The cache was emptied with the half-decoded batch: nothing is reused from before.
+    assert out.finish.usage.cached_tokens == 0
+
+
+async def test_a_failure_while_joining_the_batch_fails_that_job_only(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_open(prompt: object) -> None:
+        raise RuntimeError("no sequence id is free")
+
+    monkeypatch.setattr(engine._cache, "open", broken_open)
+    job = await engine.submit(GenerationRequest(user("Hi"), SamplingParams(max_tokens=4)))
+    with pytest.raises(GenerationFailed, match="no sequence id is free"):
         async for _event in job.events():
             pass
     monkeypatch.undo()

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import anyio
+import llama_cpp
 import pytest
 
 from exloop.engine.llama_cpp import LlamaCppEngine
@@ -80,7 +81,7 @@ def test_the_engine_uses_and_logs_the_default(
     try:
         expected = default_threads().threads
         assert f"llama.cpp: {expected} threads" in caplog.text
-        assert engine._llm.n_threads == expected  # noqa: SLF001
-        assert engine._llm.n_threads_batch == expected  # noqa: SLF001
+        assert llama_cpp.llama_n_threads(engine._ctx) == expected  # noqa: SLF001
+        assert llama_cpp.llama_n_threads_batch(engine._ctx) == expected  # noqa: SLF001
     finally:
         anyio.run(engine.aclose)

@@ -19,10 +19,12 @@ from exloop.engine.errors import ContextLengthExceeded
 from exloop.engine.protocol import (
     Chat,
     Delta,
+    EngineStats,
     Finish,
     GenerationRequest,
     JobEvent,
     ModelInfo,
+    Started,
     Usage,
 )
 from exloop.engine.reasoning import ThinkingSyntax
@@ -41,7 +43,10 @@ class ScriptedJob:
     token_delay: float
     #: When given, the job waits for it after its first token.
     hold: anyio.Event | None = None
+    #: When given, the job waits for it before it starts (as behind a full batch).
+    admit: anyio.Event | None = None
     cancelled: bool = False
+    running: bool = False
     emitted_tokens: int = 0
     #: Set once the first token is out, once the job is cancelled, and once it has ended.
     first_token: anyio.Event = field(default_factory=anyio.Event)
@@ -63,6 +68,14 @@ class ScriptedJob:
         reason = "eos"
         stop_hit = None
         try:
+            if self.admit is not None:
+                await self.admit.wait()
+            if self.cancelled:
+                self.ended.set()
+                yield Finish(reason="cancelled", usage=Usage(0, 0))
+                return
+            self.running = True
+            yield Started()
             for chunk in chunks:
                 if self.cancelled:
                     reason = "cancelled"
@@ -93,6 +106,8 @@ class ScriptedJob:
             self.cancel()
             self.ended.set()
             raise
+        finally:
+            self.running = False
         self.ended.set()
         yield Finish(
             reason=reason,  # type: ignore[arg-type]
@@ -123,6 +138,8 @@ class ScriptedEngine:
     tool_call_format: str = "exloop"
     #: When given, every job stops after its first token until it is set.
     hold: anyio.Event | None = None
+    #: When given, every job waits for it before it starts (a batch with no free place).
+    admit: anyio.Event | None = None
     #: Set to play a model that thinks (its scripts then write the think block too).
     thinking: ThinkingSyntax | None = None
     jobs: list[ScriptedJob] = field(default_factory=list)
@@ -168,11 +185,16 @@ class ScriptedEngine:
             raise ContextLengthExceeded("The prompt does not fit in the context window.")
         script = self.scripts[min(self.submitted, len(self.scripts) - 1)]
         self.submitted += 1
-        job = ScriptedJob(request, script(request), self.token_delay, self.hold)
+        job = ScriptedJob(request, script(request), self.token_delay, self.hold, self.admit)
         self.jobs.append(job)
         if self._new_job is not None:
             self._new_job.set()
         return job
+
+    def stats(self) -> EngineStats:
+        running = sum(1 for job in self.jobs if job.running)
+        queued = sum(1 for job in self.jobs if not (job.running or job.ended.is_set()))
+        return EngineStats(running, queued, parallel=1, cache_used=0, cache_size=0)
 
     async def aclose(self) -> None:
         """Close as a real engine does: every running job ends ``cancelled``."""

@@ -130,9 +130,10 @@ async def test_two_replicas_share_responses(redis_server: RedisServer) -> None:
         b = await stack.enter_async_context(replica(RedisStore(redis_server.url), engine_b))
         handle = await a.create(spec("first", background=True))
         await first_delta(handle)
-        # B reads it while A runs it: GET, input items, the live stream.
-        partial = await b.retrieve(handle.id)
-        assert partial.status == "in_progress"
+        # B reads it while A runs it: GET, input items, the live stream. The run went
+        # in_progress when its job started; A stores changes in batches, so write them now.
+        await a._writer.flush()  # noqa: SLF001
+        assert (await b.retrieve(handle.id)).status == "in_progress"
         assert [item.id for item in await b.input_items(handle.id)] == [
             item.id for item in await a.input_items(handle.id)
         ]

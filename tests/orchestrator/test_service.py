@@ -15,7 +15,7 @@ from exloop.orchestrator.builtin import BuiltinCall, BuiltinTool
 from exloop.orchestrator.errors import InvalidRequest, InvalidState, ResponseNotFound
 from exloop.orchestrator.items import FunctionCall, InputText, Message, SearchAction, WebSearchCall
 from exloop.orchestrator.output import OutputWriter
-from exloop.orchestrator.service import Orchestrator
+from exloop.orchestrator.service import Orchestrator, RunHandle
 from exloop.orchestrator.spec import RunSpec, ToolPolicy
 
 from .scripted import ScriptedEngine, say
@@ -109,6 +109,42 @@ async def test_background_cancel_stops_the_job_and_stays_cancelled() -> None:
     types = [type(e) for e in [e async for e in handle.events()]]
     assert types[:3] == [ev.ResponseCreated, ev.ResponseQueued, ev.ResponseInProgress]
     assert types[-1] is ev.ResponseCancelled
+
+
+async def queued_response(orch: Orchestrator, engine: ScriptedEngine) -> RunHandle:
+    """A background response whose job the engine holds in its queue."""
+    handle = await orch.create(spec(background=True))
+    await engine.job(0)
+    return handle
+
+
+async def test_background_response_is_queued_until_the_engine_starts_it() -> None:
+    engine = ScriptedEngine([say("Hello.")], admit=anyio.Event())
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await queued_response(orch, engine)
+        # The job is submitted and waits behind a full batch: still queued.
+        assert (await orch.retrieve(handle.id)).status == "queued"
+        assert engine.admit is not None
+        engine.admit.set()
+        final = await handle.wait()
+    assert final.status == "completed"
+    events = [e async for e in handle.events()]
+    assert [type(e) for e in events[:3]] == [
+        ev.ResponseCreated,
+        ev.ResponseQueued,
+        ev.ResponseInProgress,
+    ]
+    assert events[2].response.status == "in_progress"  # type: ignore[union-attr]
+
+
+async def test_background_response_cancelled_while_queued() -> None:
+    engine = ScriptedEngine([say("Hello.")], admit=anyio.Event())
+    async with Orchestrator(engine, model_name="m") as orch:
+        handle = await queued_response(orch, engine)
+        cancelled = await orch.cancel(handle.id)
+    assert cancelled.status == "cancelled"
+    types = [type(e) for e in [e async for e in handle.events()]]
+    assert types == [ev.ResponseCreated, ev.ResponseQueued, ev.ResponseCancelled]
 
 
 async def test_cancel_rules() -> None:

@@ -149,7 +149,16 @@ async def test_models_and_health() -> None:
         assert (await client.get("/v1/models/served")).json() == models["data"][0]
         missing = await client.get("/v1/models/other")
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
-        assert (await client.get("/health")).status_code == 200
+        health = await client.get("/health")
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+        assert set(health.json()["engine"]) == {
+            "running",
+            "queued",
+            "parallel",
+            "cache_tokens_used",
+            "cache_tokens",
+        }
 
 
 async def test_every_failure_is_an_error_object() -> None:

@@ -1,0 +1,63 @@
+"""Servers the benchmarks start as subprocesses: ``exloop serve`` and llama.cpp's llama-server.
+
+Imported by the bench scripts both when run as ``python bench/x.py`` and as
+``python -m bench.x`` (see :mod:`workloads`).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served:
+    """A server process on a free loopback port, ready once ``/health`` answers 200."""
+
+    def __init__(self, command: Sequence[str], *, startup: float = 300.0) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + startup
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"{command[0]} exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise SystemExit(f"{command[0]} did not start in {startup:.0f}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def exloop(model: Path, *flags: str) -> Served:
+    """``exloop serve`` on ``model`` with extra ``flags``."""
+    return Served(
+        [sys.executable, "-m", "exloop.server.cli", "serve", "--model", str(model), *flags]
+    )

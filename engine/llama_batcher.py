@@ -1,0 +1,286 @@
+"""Continuous batching on the CPU: many jobs decoded together in one llama.cpp context.
+
+Two threads serve the CPU backend:
+
+* the **preparing** thread takes submitted jobs in order, checks each one's cancel flag, and
+  prepares it (tokenizes the prompt, builds its sampler chain and constraint: work that would
+  otherwise stall everyone's decoding), then queues it for the batch;
+* the **decoding** thread owns the context. Every step it ends the jobs that were cancelled
+  (freeing their cells at once), admits waiting jobs in arrival order while one of the
+  ``parallel`` slots is free, and runs one ``llama_decode`` over a batch that holds the last
+  sampled token of every generating job plus up to ``chunk`` tokens of prompts still being
+  read, so that a long prompt delays the others by one chunk at most. Then each job whose
+  logits were computed samples its next token with its own sampler chain, under its own
+  grammar mask (the batch's masks are computed together).
+
+Admission is strictly first come, first served. Slots and the prefixes they hold are tracked
+by :class:`~.prefix_cache.PrefixCache`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+
+import llama_cpp
+import numpy as np
+import numpy.typing as npt
+
+from .constraints import BatchMasks
+from .errors import EngineError, GenerationFailed
+from .handoff import ThreadedJob
+from .llama_batch import TokenBatch
+from .llama_model import LlamaModel
+from .llama_sequence import BatchSequence, ReadyJob
+from .prefix_cache import PrefixCache
+from .protocol import Finish, FinishReason, Usage
+
+logger = logging.getLogger(__name__)
+
+Mask = Callable[[npt.NDArray[np.float32]], None]
+
+#: A waiting job holds back for a running one that is still reading at least this many
+#: tokens of the same prompt prefix (fewer are cheaper to evaluate again than to wait for).
+MIN_SHARED_PREFIX = 32
+
+
+class LlamaMemory:
+    """A context's KV cache, as :class:`~.prefix_cache.PrefixCache` changes it (one stream
+    per sequence)."""
+
+    def __init__(self, ctx: llama_cpp.llama_context_p) -> None:
+        self._memory = llama_cpp.llama_get_memory(ctx)
+
+    def copy(self, source: int, target: int) -> None:
+        # Across streams llama.cpp copies whole streams only (positions -1 to -1).
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+
+    def truncate(self, seq_id: int, length: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, length, -1)
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self._memory, True)
+
+
+class Batcher:
+    """Runs jobs on one llama.cpp context with continuous batching (see the module doc).
+
+    ``prepare(job)`` makes a job ready for the batch, or returns None when it was cancelled
+    meanwhile; it raises :class:`EngineError` for a job that cannot run.
+    """
+
+    def __init__(
+        self,
+        ctx: llama_cpp.llama_context_p,
+        model: LlamaModel,
+        memory: LlamaMemory,
+        cache: PrefixCache,
+        prepare: Callable[[ThreadedJob], ReadyJob | None],
+        *,
+        parallel: int,
+        chunk: int,
+        mask_threads: int | None = None,
+    ) -> None:
+        if chunk < parallel:
+            raise ValueError(f"a step's {chunk} tokens cannot hold {parallel} sequences")
+        self._ctx = ctx
+        self._model = model
+        self._cache = cache
+        self._memory = memory
+        self._prepare = prepare
+        self.parallel = parallel
+        self._batch = TokenBatch(chunk)
+        self._masks = BatchMasks(model.n_vocab, threads=mask_threads)
+        self._inbox: queue.SimpleQueue[ThreadedJob | None] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[ReadyJob | None] = queue.SimpleQueue()
+        self._waiting: deque[ReadyJob] = deque()
+        self._running: list[BatchSequence] = []
+        self._preparing = False
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._prepare_jobs, name="exloop-llama-prepare", daemon=True),
+            threading.Thread(target=self._decode_jobs, name="exloop-llama-decode", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: ThreadedJob) -> None:
+        self._inbox.put(job)
+
+    def counts(self) -> tuple[int, int]:
+        """Jobs (running, queued), read without locking: a snapshot for monitoring."""
+        queued = (
+            self._inbox.qsize() + self._ready.qsize() + len(self._waiting) + int(self._preparing)
+        )
+        return len(self._running), queued
+
+    def close(self) -> None:
+        """Cancel every job and stop both threads (blocks until they have stopped)."""
+        self._stopping = True
+        self._inbox.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    # -- the preparing thread ----------------------------------------------------------------
+
+    def _prepare_jobs(self) -> None:
+        while (job := self._inbox.get()) is not None:
+            self._preparing = True
+            try:
+                ready = None
+                if not (self._stopping or job.cancel_requested):
+                    ready = self._prepare(job)
+                if ready is None:
+                    job.finish(Finish(reason="cancelled", usage=Usage(0, 0)))
+                else:
+                    self._ready.put(ready)
+            except EngineError as exc:
+                job.fail(exc)
+            except Exception as exc:
+                logger.exception("preparing a generation job failed")
+                job.fail(GenerationFailed(f"Cannot start the job: {exc}"))
+            finally:
+                self._preparing = False
+        self._ready.put(None)
+
+    # -- the decoding thread -----------------------------------------------------------------
+
+    def _decode_jobs(self) -> None:
+        while True:
+            block = not (self._running or self._waiting)
+            stop = False
+            try:
+                while (ready := self._ready.get(block=block)) is not None:
+                    self._waiting.append(ready)
+                    block = False
+                stop = True
+            except queue.Empty:
+                pass
+            if stop:
+                self._cancel_all()
+                return
+            try:
+                self._end_cancelled()
+                self._admit()
+                if self._running:
+                    self._step()
+            except Exception as exc:  # noqa: BLE001  (one bad step must not end the server)
+                logger.exception("a decoding step failed")
+                self._fail_all(GenerationFailed(f"Generation failed: {exc}"))
+
+    def _end_cancelled(self) -> None:
+        for ready in [r for r in self._waiting if r.job.cancel_requested]:
+            self._waiting.remove(ready)
+            ready.discard()
+            ready.job.finish(Finish(reason="cancelled", usage=Usage(0, 0)))
+        for seq in [s for s in self._running if s.job.cancel_requested]:
+            self._end(seq, "cancelled")
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._running) < self.parallel:
+            ready = self._waiting[0]
+            if self._soon_shared(ready):
+                return
+            try:
+                cells = self._cache.open(ready.prompt)
+            except Exception as exc:
+                self._waiting.popleft()
+                ready.discard()
+                ready.job.fail(GenerationFailed(f"Cannot start the job: {exc}"))
+                raise  # the slot may be half assigned: start over (see _fail_all)
+            if cells is None:
+                return  # every slot is busy (cannot happen below ``parallel`` running jobs)
+            self._waiting.popleft()
+            self._running.append(BatchSequence(ready, cells, self._model))
+            ready.job.start()
+
+    def _soon_shared(self, ready: ReadyJob) -> bool:
+        """Whether a running job is still reading a prefix this job shares (jobs that arrive
+        together with the same system prompt and tools): this job then waits until those
+        cells exist and borrows them, rather than evaluating the same prefix beside it."""
+        prompt = np.asarray(ready.prompt, dtype=np.int32)
+        return any(seq.unread_share(prompt) >= MIN_SHARED_PREFIX for seq in self._running)
+
+    def _step(self) -> None:
+        """One llama_decode over every generating job's last token and a prompt chunk, then
+        a sample for each job whose logits it computed."""
+        batch = self._batch
+        batch.clear()
+        planned: list[tuple[BatchSequence, list[int], int | None]] = []
+        for seq in self._running:
+            if len(seq.pending) == 1:
+                row = batch.add(seq.cells.seq_id, seq.pending, seq.cells.length, logits=True)
+                planned.append((seq, list(seq.pending), row))
+        for seq in self._running:
+            if len(seq.pending) > 1 and batch.room:
+                tokens = seq.pending[: batch.room]
+                last = len(tokens) == len(seq.pending)
+                row = batch.add(seq.cells.seq_id, tokens, seq.cells.length, logits=last)
+                planned.append((seq, tokens, row if last else None))
+        status = batch.decode(self._ctx)
+        if status != 0:
+            self._fail_all(GenerationFailed(f"llama_decode failed (status {status})."))
+            return
+        for seq, tokens, _ in planned:
+            self._cache.extend(seq.cells, tokens)
+            seq.evaluated(len(tokens))
+        sampling = [(seq, row) for seq, _, row in planned if row is not None]
+        masks = self._fill_masks([seq for seq, _ in sampling])
+        for seq, row in sampling:
+            try:
+                reason = seq.sample(self._ctx, row, masks.get(seq))
+            except EngineError as exc:
+                self._fail(seq, exc)
+                continue
+            if reason is not None:
+                self._end(seq, reason)
+
+    def _fill_masks(self, sampling: list[BatchSequence]) -> dict[BatchSequence, Mask]:
+        """Each constrained job's mask for this step, computed together."""
+        constrained = [seq for seq in sampling if seq.constraint is not None]
+        states = [seq.constraint for seq in constrained if seq.constraint is not None]
+        if not states:
+            return {}
+        self._masks.fill(states)
+        return {
+            seq: partial(self._masks.apply, i, state)
+            for i, (seq, state) in enumerate(zip(constrained, states, strict=True))
+        }
+
+    # -- ending jobs -------------------------------------------------------------------------
+
+    def _end(self, seq: BatchSequence, reason: FinishReason) -> None:
+        """A job ends: a finished one's cells stay cached for reuse, a cancelled one's are
+        freed at once."""
+        self._running.remove(seq)
+        self._cache.close(seq.cells, keep=reason != "cancelled")
+        seq.finish(reason)
+
+    def _fail(self, seq: BatchSequence, error: EngineError) -> None:
+        self._running.remove(seq)
+        self._cache.close(seq.cells, keep=False)
+        seq.close()
+        seq.job.fail(error)
+
+    def _fail_all(self, error: EngineError) -> None:
+        """After a failed step the KV cache may hold half a batch: fail the running jobs and
+        start over with an empty cache (waiting jobs then run as usual)."""
+        running, self._running = self._running, []
+        for seq in running:
+            seq.close()
+            if not seq.job.closed:
+                seq.job.fail(error)
+        self._memory.clear()
+        self._cache.clear()
+
+    def _cancel_all(self) -> None:
+        while self._waiting:
+            ready = self._waiting.popleft()
+            ready.discard()
+            ready.job.finish(Finish(reason="cancelled", usage=Usage(0, 0)))
+        for seq in list(self._running):
+            self._end(seq, "cancelled")
