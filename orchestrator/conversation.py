@@ -27,12 +27,15 @@ from .items import (
 from .store import ResponseStore
 
 
-def resolve_references(items: Iterable[Item], store: ResponseStore) -> list[Item]:
-    """Replace each ``item_reference`` with the stored item it names."""
+def resolve_references(
+    items: Iterable[Item], store: ResponseStore, owner: str | None
+) -> list[Item]:
+    """Replace each ``item_reference`` with the stored item it names, among the responses
+    ``owner`` created."""
     resolved: list[Item] = []
     for i, item in enumerate(items):
         if isinstance(item, ItemReference):
-            found = store.find_item(item.id)
+            found = store.find_item(item.id, owner)
             if found is None:
                 raise InvalidRequest(f"Item with id '{item.id}' not found.", param=f"input[{i}].id")
             resolved.append(found)

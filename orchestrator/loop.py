@@ -20,6 +20,7 @@ generation and tool runs alike.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TypeAlias, assert_never
 
@@ -38,7 +39,16 @@ from .record import ResponseRecord
 from .resource import IncompleteDetails
 from .spec import RunSpec
 from .state import Transition
-from .step import AnswerMode, AutoMode, CallMode, ModelStep, StepCall, StepMode, StepResult
+from .step import (
+    AnswerMode,
+    AutoMode,
+    CallMode,
+    ModelStep,
+    StepCall,
+    StepMode,
+    StepResult,
+    step_chat,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +105,12 @@ class ToolLoop:
         self._builtins = builtins
         self._mcp = mcp
         self._max_rounds = max_tool_rounds
+
+    def first_chat(self, spec: RunSpec, history: Sequence[Item]) -> Chat:
+        """The chat of the run's first step (its messages and the tools it offers), as the
+        model's template will render it: what a run's input costs in tokens."""
+        mode = self._mode(spec, first=True, capped=False)
+        return step_chat(to_messages(history, spec.instructions), mode)
 
     async def run(self, record: ResponseRecord, writer: OutputWriter, history: list[Item]) -> None:
         async with self._mcp as mcp:

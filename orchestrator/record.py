@@ -77,6 +77,9 @@ class ResponseRecord:
     finished: anyio.Event = field(default_factory=anyio.Event)
     #: Set when the run stopped because --max-tool-rounds was reached.
     tool_rounds_capped: bool = False
+    #: Who created it: an id of the API key (a hash, never the key itself), or None on a
+    #: server without keys. Only the same owner may read, follow, cancel or delete it.
+    owner: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property

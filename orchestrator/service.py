@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from types import TracebackType
 
 import anyio
@@ -28,7 +29,7 @@ from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
 from .builtin import BuiltinFactory, BuiltinRegistry
-from .conversation import resolve_references, to_messages
+from .conversation import resolve_references
 from .errors import InvalidRequest, InvalidState, ResponseNotFound
 from .events import StreamEvent
 from .items import (
@@ -48,6 +49,7 @@ from .resource import FunctionTool, Response
 from .spec import RunSpec
 from .state import Phase, Transition
 from .store import MemoryStore, ResponseStore
+from .telemetry import NoTelemetry, RunMeter, Telemetry
 
 log = logging.getLogger("exloop.orchestrator")
 
@@ -58,6 +60,15 @@ _ID_PREFIX: dict[type, str] = {
     Reasoning: "rs",
     McpApprovalResponse: "mcpa",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RunCounts:
+    """How many runs wait to start and run now, and how many responses are stored."""
+
+    queued: int
+    running: int
+    stored: int
 
 
 class RunHandle:
@@ -96,6 +107,7 @@ class Orchestrator:
         tool_format: ToolCallFormat | None = None,
         mcp: McpSettings | None = None,
         grammar_timeout: float | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._engine = engine
         #: Seconds all of one request's grammars may take to compile (each one's own budget
@@ -107,6 +119,7 @@ class Orchestrator:
         self._builtins = builtins
         self._format = tool_format or get_format(engine.info.tool_call_format)
         self._mcp = mcp
+        self._telemetry: Telemetry = telemetry if telemetry is not None else NoTelemetry()
         #: Runs in flight, stored or not (so a disconnect can abort an unstored run).
         self._live: dict[str, ResponseRecord] = {}
         self._tg: TaskGroup | None = None
@@ -128,28 +141,60 @@ class Orchestrator:
 
     # -- create ---------------------------------------------------------------------------
 
-    async def create(self, spec: RunSpec) -> RunHandle:
-        """Validate ``spec`` against the current state and start running it.
+    def counts(self) -> RunCounts:
+        """Runs queued and running now, and responses stored (read at each metrics scrape)."""
+        queued = sum(1 for record in self._live.values() if record.phase is Phase.QUEUED)
+        return RunCounts(queued, len(self._live) - queued, len(self._store))
+
+    async def create(self, spec: RunSpec, *, owner: str | None = None) -> RunHandle:
+        """Validate ``spec`` against the current state and start running it for ``owner``
+        (an API key's id, or None on a server without keys).
 
         Everything that can be refused is refused here, before any event exists.
         """
         if self._tg is None:
             raise RuntimeError("the orchestrator is not running (use `async with`)")
+        meter = RunMeter(self._telemetry)
+        context, inputs, loop = await self._prepare(spec, owner)
+        await self._check_context(spec, loop.first_chat(spec, (*context, *inputs)))
+
+        record = ResponseRecord(
+            id=new_id("resp"), spec=spec, context=context, input_items=inputs, owner=owner
+        )
+        if not spec.background:
+            record.move(Transition.START)
+        record.announce()
+        if spec.store:
+            self._store.put(record)
+        self._live[record.id] = record
+        self._tg.start_soon(self._run, record, loop, meter)
+        return RunHandle(record)
+
+    async def count_input_tokens(self, spec: RunSpec, *, owner: str | None = None) -> int:
+        """The tokens the first step of ``spec``'s run would prompt the model with (earlier
+        turns, instructions, input and the tools offered), as its template renders them;
+        refuses what :meth:`create` refuses, except a prompt too long for the context."""
+        context, inputs, loop = await self._prepare(spec, owner)
+        return await self._engine.count_tokens(loop.first_chat(spec, (*context, *inputs)))
+
+    async def _prepare(
+        self, spec: RunSpec, owner: str | None
+    ) -> tuple[tuple[Item, ...], tuple[Item, ...], ToolLoop]:
+        """The earlier turns and input items of ``spec`` and the loop to run it, after every
+        check that needs no tokenizing."""
         context: tuple[Item, ...] = ()
         if spec.previous_response_id is not None:
-            previous = self._store.get(spec.previous_response_id)
-            if previous is None:
-                raise ResponseNotFound(
-                    f"Previous response with id '{spec.previous_response_id}' not found.",
-                    param="previous_response_id",
-                )
+            previous = self._owned(
+                spec.previous_response_id, owner, "Previous response", "previous_response_id"
+            )
             if not previous.done:
                 raise InvalidRequest(
                     f"Previous response '{previous.id}' is still {previous.status}.",
                     param="previous_response_id",
                 )
             context = previous.conversation()
-        inputs = tuple(_as_stored(item) for item in resolve_references(spec.input, self._store))
+        resolved = resolve_references(spec.input, self._store, owner)
+        inputs = tuple(_as_stored(item) for item in resolved)
         builtins = BuiltinRegistry(self._builtins(spec) if self._builtins else [])
         if spec.tools.web_search is not None and not builtins:
             raise InvalidRequest("Web search is not enabled on this server.", param="tools")
@@ -162,21 +207,11 @@ class Orchestrator:
                 )
         self._check_mcp(spec, builtins, (*context, *inputs))
         await self._check_grammars(spec)
-        await self._check_context(spec, (*context, *inputs))
-
-        record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
-        if not spec.background:
-            record.move(Transition.START)
-        record.announce()
-        if spec.store:
-            self._store.put(record)
-        self._live[record.id] = record
         mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
         loop = ToolLoop(
             self._engine, self._format, builtins, mcp, max_tool_rounds=self._max_tool_rounds
         )
-        self._tg.start_soon(self._run, record, loop)
-        return RunHandle(record)
+        return context, inputs, loop
 
     def _check_mcp(
         self, spec: RunSpec, builtins: BuiltinRegistry, conversation: tuple[Item, ...]
@@ -271,13 +306,10 @@ class Orchestrator:
         grammar = self._format.call_grammar(tools, include_trigger=True)
         await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
 
-    async def _check_context(self, spec: RunSpec, items: tuple[Item, ...]) -> None:
+    async def _check_context(self, spec: RunSpec, chat: Chat) -> None:
         if spec.truncation == "auto":
             return  # the loop drops the oldest turns as needed
-        tools = (*spec.tools.functions,)
-        tokens = await self._engine.count_tokens(
-            Chat(tuple(to_messages(items, spec.instructions)), tools)
-        )
+        tokens = await self._engine.count_tokens(chat)
         limit = self._engine.info.context_length
         if tokens + (spec.sampling.max_tokens or 1) > limit:
             raise ContextLengthExceeded(
@@ -287,8 +319,8 @@ class Orchestrator:
                 param="input",
             )
 
-    async def _run(self, record: ResponseRecord, loop: ToolLoop) -> None:
-        writer = OutputWriter(record)
+    async def _run(self, record: ResponseRecord, loop: ToolLoop, meter: RunMeter) -> None:
+        writer = OutputWriter(record, meter)
         try:
             with record.cancel_scope:
                 try:
@@ -315,36 +347,47 @@ class Orchestrator:
                 # Cancelled by /cancel, DELETE, a disconnect or the server shutting down.
                 writer.close_all("incomplete")
                 record.cancel()
+            self._telemetry.run_finished(record, meter.elapsed)
 
     # -- the stored responses -------------------------------------------------------------
 
-    def _stored(self, response_id: str) -> ResponseRecord:
+    def _owned(
+        self,
+        response_id: str,
+        owner: str | None,
+        what: str = "Response",
+        param: str = "response_id",
+    ) -> ResponseRecord:
+        """The stored response, if ``owner`` created it: another key's response is as unknown
+        as a missing one (404), so ids cannot be probed across keys."""
         record = self._store.get(response_id)
-        if record is None:
-            raise ResponseNotFound(
-                f"Response with id '{response_id}' not found.", param="response_id"
-            )
+        if record is None or record.owner != owner:
+            raise ResponseNotFound(f"{what} with id '{response_id}' not found.", param=param)
         return record
 
-    async def retrieve(self, response_id: str) -> Response:
-        return self._stored(response_id).snapshot()
+    async def retrieve(self, response_id: str, *, owner: str | None = None) -> Response:
+        return self._owned(response_id, owner).snapshot()
 
     async def subscribe(
-        self, response_id: str, *, starting_after: int | None = None
+        self,
+        response_id: str,
+        *,
+        starting_after: int | None = None,
+        owner: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        record = self._stored(response_id)
+        record = self._owned(response_id, owner)
         if starting_after is not None and not 0 <= starting_after < len(record.log) + 1:
             raise InvalidRequest(
                 f"starting_after must be between 0 and {len(record.log)}.", param="starting_after"
             )
         return record.log.follow(starting_after)
 
-    async def input_items(self, response_id: str) -> list[Item]:
-        return list(self._stored(response_id).input_items)
+    async def input_items(self, response_id: str, *, owner: str | None = None) -> list[Item]:
+        return list(self._owned(response_id, owner).input_items)
 
-    async def cancel(self, response_id: str) -> Response:
+    async def cancel(self, response_id: str, *, owner: str | None = None) -> Response:
         """Cancel a background response; a cancelled one is returned as it is."""
-        record = self._stored(response_id)
+        record = self._owned(response_id, owner)
         if not record.spec.background:
             raise InvalidState(
                 "Only responses created with background=true can be cancelled.", param="response_id"
@@ -365,9 +408,9 @@ class Orchestrator:
         if record is not None:
             await self._stop(record)
 
-    async def delete(self, response_id: str) -> None:
+    async def delete(self, response_id: str, *, owner: str | None = None) -> None:
         """Delete a stored response, cancelling it first if it still runs."""
-        record = self._stored(response_id)
+        record = self._owned(response_id, owner)
         self._store.delete(response_id)
         if not record.done:
             await self._stop(record)

@@ -73,6 +73,12 @@ StepMode: TypeAlias = AnswerMode | AutoMode | CallMode
 CallKind: TypeAlias = Literal["client", "builtin", "approval"]
 
 
+def step_chat(messages: Sequence[ChatMessage], mode: StepMode) -> Chat:
+    """The prompt of a step in ``mode``: the messages, with the tools the mode offers."""
+    tools = () if isinstance(mode, AnswerMode) else mode.tools
+    return Chat(messages=tuple(messages), tools=tools)
+
+
 @dataclass(frozen=True, slots=True)
 class StepCall:
     """A complete call the model made in this step."""
@@ -111,8 +117,7 @@ class ModelStep:
     async def run(
         self, messages: Sequence[ChatMessage], mode: StepMode, sampling: SamplingParams
     ) -> StepResult:
-        tools = () if isinstance(mode, AnswerMode) else mode.tools
-        chat = Chat(messages=tuple(messages), tools=tools)
+        chat = step_chat(messages, mode)
         sink = _Sink(self._writer, self._builtins, self._format)
         match mode:
             case AnswerMode(constraint=constraint):
@@ -164,10 +169,13 @@ class ModelStep:
         job = await self._engine.submit(
             GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint)
         )
+        meter = self._writer.meter
+        meter.job_started()
         counted = 0
         try:
             async for event in job.events():
                 if isinstance(event, Delta):
+                    meter.tokens(len(event.token_ids))
                     counted += len(event.token_ids)
                     usage.output_tokens += len(event.token_ids)
                     on_delta(event.text, _logprobs(event) if sampling.logprobs else [])

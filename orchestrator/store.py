@@ -18,6 +18,10 @@ from .record import ResponseRecord
 class ResponseStore(Protocol):
     """Storage of response records by id."""
 
+    def __len__(self) -> int:
+        """How many responses are stored."""
+        ...
+
     def put(self, record: ResponseRecord) -> None: ...
 
     def get(self, response_id: str) -> ResponseRecord | None: ...
@@ -26,8 +30,8 @@ class ResponseStore(Protocol):
         """Remove and return the record (None when unknown)."""
         ...
 
-    def find_item(self, item_id: str) -> Item | None:
-        """An input or output item of any stored response, by its id."""
+    def find_item(self, item_id: str, owner: str | None) -> Item | None:
+        """An input or output item of a stored response that ``owner`` created, by its id."""
         ...
 
 
@@ -55,8 +59,10 @@ class MemoryStore:
         entry = self._records.pop(response_id, None)
         return entry[1] if entry else None
 
-    def find_item(self, item_id: str) -> Item | None:
+    def find_item(self, item_id: str, owner: str | None) -> Item | None:
         for _, record in reversed(self._records.values()):
+            if record.owner != owner:
+                continue
             for item in (*record.input_items, *record.output):
                 if getattr(item, "id", None) == item_id:
                     return item
