@@ -2,7 +2,7 @@
 
 The orchestrator knows nothing of Prometheus or logs: it calls a :class:`Telemetry` at the
 moments an operator cares about (a run's first token and the gaps between tokens, a tool call
-ending, a web search taking its time, a run finishing), and the server implements it. Counts
+ending, a run finishing), and the server implements it. Counts
 that are states rather than events (runs queued and running, responses stored) are read when
 asked for, from :meth:`Orchestrator.counts <exloop.orchestrator.service.Orchestrator.counts>`,
 so nothing has to keep a second tally in step.
@@ -15,13 +15,10 @@ within the same engine job (inter-token latency; a tool round between two jobs i
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .record import ResponseRecord
-
-#: The web tools whose time is reported: a search (provider and page reads) or one page read.
-WebToolKind: TypeAlias = Literal["search", "fetch"]
 
 
 class Telemetry(Protocol):
@@ -37,9 +34,6 @@ class Telemetry(Protocol):
         """A tool call item ended: ``tool`` is a built-in tool's name or ``function`` (a
         client function), ``outcome`` the item's final status."""
 
-    def web_tool(self, kind: WebToolKind, seconds: float) -> None:
-        """A web search or page fetch took ``seconds``."""
-
     def run_finished(self, record: ResponseRecord, seconds: float) -> None:
         """A run ended (any terminal status) after ``seconds``; its usage is final."""
 
@@ -54,9 +48,6 @@ class NoTelemetry:
         pass
 
     def tool_call(self, tool: str, outcome: str) -> None:
-        pass
-
-    def web_tool(self, kind: WebToolKind, seconds: float) -> None:
         pass
 
     def run_finished(self, record: ResponseRecord, seconds: float) -> None:

@@ -17,7 +17,6 @@ as OpenAI does.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ from .items import (
 )
 from .output import OutputWriter
 from .spec import RunSpec, WebSearchOptions
-from .telemetry import WebToolKind
 
 SEARCH_TOOL = "web_search"
 OPEN_PAGE_TOOL = "open_page"
@@ -143,12 +141,11 @@ class SearchTool:
             with _web_search_call(writer, SearchAction(query=query)) as item:
                 if not query:
                     raise ToolError("Error: the search needs a query.")
-                with _timed(writer, "search"):
-                    outcome = await session.research.search(
-                        query,
-                        context_size=session.options.search_context_size,
-                        location=session.location,
-                    )
+                outcome = await session.research.search(
+                    query,
+                    context_size=session.options.search_context_size,
+                    location=session.location,
+                )
                 if session.include_sources:
                     sources = [SearchSource(url=s.url) for s in outcome.sources]
                     item.action = SearchAction(query=query, sources=sources)
@@ -197,7 +194,7 @@ class OpenPageTool:
         session = self._session
         url = _argument(call.arguments, "url")
         try:
-            with _web_search_call(writer, OpenPageAction(url=url)), _timed(writer, "fetch"):
+            with _web_search_call(writer, OpenPageAction(url=url)):
                 page = await session.research.open(
                     url, session.question, context_size=session.options.search_context_size
                 )
@@ -229,16 +226,6 @@ def _web_search_call(writer: OutputWriter, action: WebSearchAction) -> Iterator[
         writer.close_web_search(call.index, call.action, "failed")
         raise
     writer.close_web_search(call.index, call.action)
-
-
-@contextmanager
-def _timed(writer: OutputWriter, kind: WebToolKind) -> Iterator[None]:
-    """Report how long the block took (failed or not) as a web search or page fetch."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        writer.meter.telemetry.web_tool(kind, time.perf_counter() - started)
 
 
 def forced_query(query: str, question: str | None) -> str:
