@@ -85,3 +85,26 @@ class RunMeter:
         elif self._last is not None:
             self.telemetry.inter_token((now - self._last) / count, count)
         self._last = now
+
+
+class Telemetries:
+    """Several telemetries as one (say, metrics and a log): each hears every call."""
+
+    def __init__(self, *parts: Telemetry) -> None:
+        self._parts = parts
+
+    def first_token(self, seconds: float) -> None:
+        for part in self._parts:
+            part.first_token(seconds)
+
+    def inter_token(self, seconds: float, tokens: int) -> None:
+        for part in self._parts:
+            part.inter_token(seconds, tokens)
+
+    def tool_call(self, tool: str, outcome: str) -> None:
+        for part in self._parts:
+            part.tool_call(tool, outcome)
+
+    def run_finished(self, record: ResponseRecord, seconds: float) -> None:
+        for part in self._parts:
+            part.run_finished(record, seconds)

@@ -14,6 +14,7 @@ from blacksheep import Application
 
 from exloop.orchestrator.service import Orchestrator
 from exloop.server.app import AppSettings, build_app
+from exloop.server.keys import ApiKeys
 from exloop.server.limits import Limits
 from tests.orchestrator.scripted import ScriptedEngine, say
 
@@ -27,7 +28,10 @@ async def running_app(
     engine: ScriptedEngine, api_key: str | None = None, limits: Limits | None = None
 ) -> AsyncIterator[Application]:
     async with Orchestrator(engine, model_name="served") as orchestrator:
-        app = build_app(orchestrator, AppSettings("served", api_key, limits or Limits()))
+        keys = ApiKeys([api_key] if api_key else [])
+        app = build_app(
+            orchestrator, AppSettings("served", api_keys=keys, limits=limits or Limits())
+        )
         await app.start()
         try:
             yield app
