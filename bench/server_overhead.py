@@ -1,16 +1,22 @@
-"""What the HTTP server and orchestrator cost on top of the engine, in streamed tokens/s.
+"""What the HTTP server and orchestrator cost on top of the engine, in streamed tokens/s, and
+what the operations features (metrics, request ids, JSON logs) cost on top of the server.
 
 In one run, on the same model, prompt and sampling (greedy, end-of-turn banned so every
 stream generates exactly ``--tokens`` tokens):
 
 * **engine**: ``LlamaCppEngine`` called in process, ``N`` jobs submitted at once;
-* **server**: ``exloop serve`` as a subprocess on 127.0.0.1, ``N`` concurrent streamed
-  ``POST /v1/responses`` read to their last event over HTTP.
+* **bare**: ``exloop serve`` as a subprocess on 127.0.0.1 without metrics, request ids or
+  request log (a hidden baseline flag), ``N`` concurrent streamed ``POST /v1/responses`` read
+  to their last event over HTTP;
+* **observed**: the same server as deployed: Prometheus metrics, a request id per request,
+  JSON logs at info (a line per request and per response, written to a file), with
+  ``/metrics`` scraped after each round.
 
-It prints tokens/s of each and the ratio server / engine at each concurrency (default 1 and
-16; goal >= 0.95). Rounds alternate between the two so machine noise hits both alike; the best
-round of each counts. The engine runs one job at a time on a CPU, so concurrency measures
-queueing and fan-out cost, not batching.
+It prints tokens/s of each, the ratio bare / engine (goal >= 0.95) and observed / bare (goal
+>= 0.98: the operations features cost at most 2%) at each concurrency (default 1 and 16).
+Rounds alternate between the three so machine noise hits all alike; the best round of each
+counts. The engine runs one job at a time on a CPU, so concurrency measures queueing and
+fan-out cost, not batching.
 
 Usage: ``python bench/server_overhead.py [--model PATH] [--tokens N] [--concurrency 1 16]``.
 """
@@ -22,6 +28,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -48,9 +55,9 @@ def free_port() -> int:
 
 
 class Server:
-    """``exloop serve`` in a subprocess, stopped on exit."""
+    """``exloop serve`` in a subprocess, stopped on exit; its log goes to a temporary file."""
 
-    def __init__(self, model: Path) -> None:
+    def __init__(self, model: Path, *flags: str) -> None:
         self.port = free_port()
         command = [
             sys.executable,
@@ -63,10 +70,10 @@ class Server:
             "127.0.0.1",
             "--port",
             str(self.port),
+            *flags,
         ]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -81,6 +88,7 @@ class Server:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
+        self.log.close()
 
 
 async def engine_round(engine: LlamaCppEngine, n: int, tokens: int, eos: int) -> tuple[int, float]:
@@ -135,6 +143,12 @@ async def server_round(url: str, n: int, tokens: int, eos: int) -> tuple[int, fl
         return total, time.perf_counter() - started
 
 
+async def scrape(url: str) -> None:
+    """Read ``/metrics`` as Prometheus would between rounds."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        (await client.get("/metrics")).raise_for_status()
+
+
 async def rate(run: Awaitable[tuple[int, float]]) -> float:
     tokens, seconds = await run
     return tokens / seconds
@@ -160,20 +174,34 @@ async def main() -> None:
 
     eos = eos_token(model)
     engine = await anyio.to_thread.run_sync(lambda: LlamaCppEngine(model))
-    server = await anyio.to_thread.run_sync(lambda: Server(model))
+    bare = await anyio.to_thread.run_sync(
+        lambda: Server(model, "--no-observability", "--log-level", "warning")
+    )
+    observed = await anyio.to_thread.run_sync(
+        lambda: Server(model, "--log-format", "json", "--log-level", "info")
+    )
     try:
         print(f"model {model.name}, {args.tokens} tokens per stream, best of {args.rounds}")
-        print(f"{'streams':>8} {'engine tok/s':>13} {'server tok/s':>13} {'ratio':>7}")
+        print(
+            f"{'streams':>8} {'engine tok/s':>13} {'bare tok/s':>11} {'observed tok/s':>15} "
+            f"{'bare/engine':>12} {'observed/bare':>14}"
+        )
         for n in args.concurrency:
-            direct_rates, served_rates = [], []
+            direct_rates, bare_rates, observed_rates = [], [], []
             for _ in range(args.rounds):
-                # Alternate, so drifting machine load hits both sides alike.
+                # Alternate, so drifting machine load hits every side alike.
                 direct_rates.append(await rate(engine_round(engine, n, args.tokens, eos)))
-                served_rates.append(await rate(server_round(server.url, n, args.tokens, eos)))
-            direct, served = max(direct_rates), max(served_rates)
-            print(f"{n:>8} {direct:>13.1f} {served:>13.1f} {served / direct:>7.3f}")
+                bare_rates.append(await rate(server_round(bare.url, n, args.tokens, eos)))
+                observed_rates.append(await rate(server_round(observed.url, n, args.tokens, eos)))
+                await scrape(observed.url)
+            direct, plain, full = max(direct_rates), max(bare_rates), max(observed_rates)
+            print(
+                f"{n:>8} {direct:>13.1f} {plain:>11.1f} {full:>15.1f} "
+                f"{plain / direct:>12.3f} {full / plain:>14.3f}"
+            )
     finally:
-        server.stop()
+        bare.stop()
+        observed.stop()
         await engine.aclose()
 
 
