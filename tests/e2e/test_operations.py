@@ -131,23 +131,6 @@ def test_metrics_move_with_requests_and_parse(ops: ServerProcess, alpha: httpx.C
         assert name.startswith("exloop_")
 
 
-def test_web_tools_are_timed_and_tool_calls_counted(
-    ops: ServerProcess, alpha: httpx.Client, slow_web: WebFixture
-) -> None:
-    before = samples(alpha.get("/metrics").text)
-    response = alpha.post("/v1/responses", json=SEARCH).json()
-    assert response["output"][0]["type"] == "web_search_call"
-    after = samples(alpha.get("/metrics").text)
-    searches = "exloop_web_search_duration_seconds_count"
-    assert value(after, searches) - value(before, searches) == 1
-    # The search took at least the three seconds the engine waited.
-    assert value(after, "exloop_web_search_duration_seconds_sum") >= 3
-    fetches = "exloop_page_fetch_duration_seconds_count"
-    assert value(after, fetches) > value(before, fetches)
-    calls = ("exloop_tool_calls_total", (("outcome", "completed"), ("tool", "web_search")))
-    assert after[calls] - before.get(calls, 0) == 1
-
-
 # -- request ids and logs ---------------------------------------------------------------
 
 
@@ -285,6 +268,7 @@ def test_an_open_server_says_so_at_start(server: ServerProcess, ops: ServerProce
 
 
 def test_keep_alive_comments_while_a_search_runs(ops: ServerProcess, alpha: httpx.Client) -> None:
+    before = samples(alpha.get("/metrics").text)
     lines: list[str] = []
     with alpha.stream("POST", "/v1/responses", json={**SEARCH, "stream": True}) as response:
         lines = list(response.iter_lines())
@@ -293,6 +277,20 @@ def test_keep_alive_comments_while_a_search_runs(ops: ServerProcess, alpha: http
     # The search engine takes three seconds; a comment goes out every quarter second.
     assert ": keep-alive" in lines[searching:completed]
     assert lines[-1] == "data: [DONE]" or lines[-2] == "data: [DONE]"
+
+    # The search and its page reads were timed, and the call counted.
+    after = samples(alpha.get("/metrics").text)
+    searches = "exloop_web_search_duration_seconds_count"
+    assert value(after, searches) - value(before, searches) == 1
+    assert value(after, "exloop_web_search_duration_seconds_sum") >= 3
+    fetches = "exloop_page_fetch_duration_seconds_count"
+    assert value(after, fetches) > value(before, fetches)
+    calls = {"outcome": "completed", "tool": "web_search"}
+    assert (
+        value(after, "exloop_tool_calls_total", **calls)
+        - value(before, "exloop_tool_calls_total", **calls)
+        == 1
+    )
     # OpenAI's SDK reads the same stream, comments and all.
     with (
         openai.OpenAI(base_url=f"{ops.base_url}/v1", api_key=ALPHA, max_retries=0) as sdk,
