@@ -114,7 +114,6 @@ def error_response(error: ApiError) -> Response:
     return response
 
 
-_ID = "The response's id."
 _PAGE = (
     QueryParam("limit", "Items per page (1-100, default 20).", {"type": "integer"}),
     QueryParam("order", "asc or desc (default desc).", {"enum": ["asc", "desc"]}),
