@@ -26,6 +26,7 @@ generation and tool runs alike; a job cancelled that way never reaches :func:`de
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TypeAlias, assert_never
 
@@ -126,6 +127,13 @@ class ToolLoop:
         self._builtins = builtins
         self._mcp = mcp
         self._max_rounds = max_tool_rounds
+
+    def first_chat(self, spec: RunSpec, history: Sequence[Item]) -> Chat:
+        """The chat of the run's first step (its messages and the tools it offers), as the
+        model's template will render it: what a run's input costs in tokens."""
+        budget = CallBudget(spec.tools.max_tool_calls)
+        mode = self._mode(spec, first=True, capped=False, budget=budget)
+        return Chat(tuple(to_messages(history, spec.instructions)), offered_tools(mode))
 
     async def run(self, record: ResponseRecord, writer: OutputWriter, history: list[Item]) -> None:
         async with self._mcp as mcp:

@@ -31,6 +31,7 @@ from .items import (
     McpProtocolError,
     Message,
     OutputText,
+    SearchAction,
     UrlCitation,
     WebSearchAction,
     WebSearchCall,
@@ -38,6 +39,7 @@ from .items import (
     new_id,
 )
 from .record import ResponseRecord
+from .telemetry import NoTelemetry, RunMeter
 
 
 @dataclass
@@ -61,10 +63,16 @@ class _OpenCall:
 
 
 class OutputWriter:
-    """The one place output items are added to a record."""
+    """The one place output items are added to a record.
 
-    def __init__(self, record: ResponseRecord) -> None:
+    ``meter`` is the run's :class:`~.telemetry.RunMeter`: the steps and tools that write
+    through this writer report their timing to it, and the writer reports each tool call item
+    that ends (by tool and final status).
+    """
+
+    def __init__(self, record: ResponseRecord, meter: RunMeter | None = None) -> None:
         self._record = record
+        self.meter = meter if meter is not None else RunMeter(NoTelemetry())
         self._message: _OpenMessage | None = None
         self._call: _OpenCall | None = None
         #: MCP calls whose arguments are complete, waiting to run, by call id.
@@ -247,6 +255,7 @@ class OutputWriter:
         record.emit(
             lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item)
         )
+        self.meter.telemetry.tool_call("function", status)
 
     @staticmethod
     def _call_item(call: _OpenCall, status: ItemStatus) -> FunctionCall | McpCall:
@@ -324,6 +333,7 @@ class OutputWriter:
         record.emit(
             lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item)
         )
+        self.meter.telemetry.tool_call("mcp", status)
 
     def abandon_call(self, call_id: str, message: str) -> None:
         """A ready call that cannot run (its tool is gone, its arguments unreadable): an MCP
@@ -429,3 +439,5 @@ class OutputWriter:
                 )
             )
         record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
+        tool = "web_search" if isinstance(action, SearchAction) else "open_page"
+        self.meter.telemetry.tool_call(tool, status)

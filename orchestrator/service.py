@@ -10,6 +10,10 @@ replicas (Redis), a response another replica runs is followed live through the s
 cancel or delete reaches it as a signal to that replica. Responses left running by a process
 that is gone are claimed at start and on every upkeep, and end ``failed`` with the code
 ``server_restarted``.
+
+A response belongs to the API key that created it (its ``owner``): to any other key it is as
+unknown as a missing one, whether asked for by id, as ``previous_response_id`` or through an
+``item_reference`` to one of its items.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from types import TracebackType
 
 import anyio
@@ -59,6 +64,7 @@ from .resource import FunctionTool, Response
 from .spec import RunSpec
 from .state import Phase, Transition
 from .store import ResponseStore, Stored
+from .telemetry import NoTelemetry, RunMeter, Telemetry
 
 log = logging.getLogger("exloop.orchestrator")
 
@@ -69,6 +75,29 @@ _ID_PREFIX: dict[type, str] = {
     Reasoning: "rs",
     McpApprovalResponse: "mcpa",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class RunCounts:
+    """How many runs wait to start and run now, and how many responses are stored."""
+
+    queued: int
+    running: int
+    stored: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A request checked against the current state, ready to run."""
+
+    context: tuple[Item, ...]
+    inputs: tuple[Item, ...]
+    builtins: BuiltinRegistry
+    loop: ToolLoop
+
+    @property
+    def history(self) -> tuple[Item, ...]:
+        return (*self.context, *self.inputs)
 
 
 class RunHandle:
@@ -120,6 +149,7 @@ class Orchestrator:
         mcp: McpSettings | None = None,
         grammar_timeout: float | None = None,
         flush_interval: float = 0.05,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._engine = engine
         #: Seconds all of one request's grammars may take to compile (each one's own budget
@@ -132,6 +162,9 @@ class Orchestrator:
         self._format = tool_format or get_format(engine.info.tool_call_format)
         self._mcp = mcp
         self._codec = RecordCodec()
+        self._telemetry: Telemetry = telemetry if telemetry is not None else NoTelemetry()
+        #: Responses in the store when last counted (see :meth:`count_stored`).
+        self._stored_count = 0
         #: Records of this process: runs in flight (stored or not, so a disconnect can abort
         #: an unstored run), and finished ones until the store has them.
         self._local: dict[str, ResponseRecord] = {}
@@ -202,6 +235,7 @@ class Orchestrator:
             try:
                 await self._store.upkeep()
                 await self._end_orphans()
+                await self.count_stored()
             except StoreError as exc:
                 log.warning("store upkeep failed: %s", exc.message)
 
@@ -243,46 +277,37 @@ class Orchestrator:
 
     # -- create ---------------------------------------------------------------------------
 
-    async def create(self, spec: RunSpec) -> RunHandle:
-        """Validate ``spec`` against the current state and start running it.
+    def counts(self) -> RunCounts:
+        """Runs queued and running now, and the responses stored when last counted (read at
+        each metrics scrape, which must not wait on the store)."""
+        running = [record for record in self._local.values() if not record.done]
+        queued = sum(1 for record in running if record.phase is Phase.QUEUED)
+        return RunCounts(queued, len(running) - queued, self._stored_count)
+
+    async def count_stored(self) -> int:
+        """Count the responses in the store now (:meth:`counts` reports the last count)."""
+        self._stored_count = await self._store.count()
+        return self._stored_count
+
+    async def create(self, spec: RunSpec, *, owner: str | None = None) -> RunHandle:
+        """Validate ``spec`` against the current state and start running it for ``owner``
+        (an API key's id, or None on a server without keys).
 
         Everything that can be refused is refused here, before any event exists.
         """
         if self._tg is None:
             raise RuntimeError("the orchestrator is not running (use `async with`)")
-        context: tuple[Item, ...] = ()
-        if spec.previous_response_id is not None:
-            found = await self._find(spec.previous_response_id)
-            previous = found[0] if found else None
-            if previous is None:
-                raise ResponseNotFound(
-                    f"Previous response with id '{spec.previous_response_id}' not found.",
-                    param="previous_response_id",
-                )
-            if not previous.done:
-                raise InvalidRequest(
-                    f"Previous response '{previous.id}' is still {previous.status}.",
-                    param="previous_response_id",
-                )
-            context = previous.conversation()
-        inputs = tuple(
-            _as_stored(item) for item in await resolve_references(spec.input, self._find_item)
-        )
-        builtins = BuiltinRegistry(self._builtins(spec) if self._builtins else [])
-        if spec.tools.web_search is not None and not builtins:
-            raise InvalidRequest("Web search is not enabled on this server.", param="tools")
-        for tool in spec.tools.functions:
-            if tool.name in builtins:
-                raise InvalidRequest(
-                    f"The function name '{tool.name}' is taken by a built-in tool of this "
-                    "request (web search); rename the function.",
-                    param="tools",
-                )
-        self._check_mcp(spec, builtins, (*context, *inputs))
-        await self._check_grammars(spec)
-        await self._check_context(spec, (*context, *inputs), builtins)
+        meter = RunMeter(self._telemetry)
+        prepared = await self._prepare(spec, owner)
+        await self._check_context(spec, prepared.history, prepared.builtins)
 
-        record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
+        record = ResponseRecord(
+            id=new_id("resp"),
+            spec=spec,
+            context=prepared.context,
+            input_items=prepared.inputs,
+            owner=owner,
+        )
         if not spec.background:
             record.move(Transition.START)
         record.announce()
@@ -295,12 +320,53 @@ class Orchestrator:
                 raise
         else:
             record.persisted.set()
+        self._tg.start_soon(self._run, record, prepared.loop, meter)
+        return RunHandle(record)
+
+    async def count_input_tokens(self, spec: RunSpec, *, owner: str | None = None) -> int:
+        """The tokens the first step of ``spec``'s run would prompt the model with (earlier
+        turns, instructions, input and the tools offered), as its template renders them;
+        refuses what :meth:`create` refuses, except a prompt too long for the context."""
+        prepared = await self._prepare(spec, owner)
+        chat = prepared.loop.first_chat(spec, prepared.history)
+        return await self._engine.count_tokens(chat)
+
+    async def _prepare(self, spec: RunSpec, owner: str | None) -> _Prepared:
+        """The earlier turns and input items of ``spec`` and the loop to run it, after every
+        check that needs no tokenizing."""
+        context: tuple[Item, ...] = ()
+        if spec.previous_response_id is not None:
+            previous, _ = await self._stored(
+                spec.previous_response_id, owner, "Previous response", "previous_response_id"
+            )
+            if not previous.done:
+                raise InvalidRequest(
+                    f"Previous response '{previous.id}' is still {previous.status}.",
+                    param="previous_response_id",
+                )
+            context = previous.conversation()
+
+        async def find(item_id: str) -> Item | None:
+            return await self._find_item(item_id, owner)
+
+        inputs = tuple(_as_stored(item) for item in await resolve_references(spec.input, find))
+        builtins = BuiltinRegistry(self._builtins(spec) if self._builtins else [])
+        if spec.tools.web_search is not None and not builtins:
+            raise InvalidRequest("Web search is not enabled on this server.", param="tools")
+        for tool in spec.tools.functions:
+            if tool.name in builtins:
+                raise InvalidRequest(
+                    f"The function name '{tool.name}' is taken by a built-in tool of this "
+                    "request (web search); rename the function.",
+                    param="tools",
+                )
+        self._check_mcp(spec, builtins, (*context, *inputs))
+        await self._check_grammars(spec)
         mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
         loop = ToolLoop(
             self._engine, self._format, builtins, mcp, max_tool_rounds=self._max_tool_rounds
         )
-        self._tg.start_soon(self._run, record, loop)
-        return RunHandle(record)
+        return _Prepared(context, inputs, builtins, loop)
 
     def _check_mcp(
         self, spec: RunSpec, builtins: BuiltinRegistry, conversation: tuple[Item, ...]
@@ -415,8 +481,8 @@ class Orchestrator:
                 param="input",
             )
 
-    async def _run(self, record: ResponseRecord, loop: ToolLoop) -> None:
-        writer = OutputWriter(record)
+    async def _run(self, record: ResponseRecord, loop: ToolLoop, meter: RunMeter) -> None:
+        writer = OutputWriter(record, meter)
         try:
             with record.cancel_scope:
                 try:
@@ -443,6 +509,7 @@ class Orchestrator:
                 # shutting down.
                 writer.close_all("incomplete")
                 record.cancel()
+            self._telemetry.run_finished(record, meter.elapsed)
             if record.spec.store:
                 self._writer.finished()  # the writer releases it once stored
             else:
@@ -463,30 +530,44 @@ class Orchestrator:
     def _decode(self, stored: Stored) -> ResponseRecord:
         return self._codec.decode(stored.record, stored.fixed, events=stored.events)
 
-    async def _stored(self, response_id: str) -> tuple[ResponseRecord, Stored | None]:
+    async def _stored(
+        self,
+        response_id: str,
+        owner: str | None,
+        what: str = "Response",
+        param: str = "response_id",
+    ) -> tuple[ResponseRecord, Stored | None]:
+        """The stored response, if ``owner`` created it: another key's response is as unknown
+        as a missing one (404), so ids cannot be probed across keys."""
         found = await self._find(response_id)
-        if found is None:
-            raise ResponseNotFound(
-                f"Response with id '{response_id}' not found.", param="response_id"
-            )
+        if found is None or found[0].owner != owner:
+            raise ResponseNotFound(f"{what} with id '{response_id}' not found.", param=param)
         return found
 
-    async def _find_item(self, item_id: str) -> Item | None:
+    async def _find_item(self, item_id: str, owner: str | None) -> Item | None:
+        """An item of a stored response that ``owner`` created."""
         for record in self._local.values():
-            if record.spec.store and (item := _item(record, item_id)) is not None:
+            mine = record.spec.store and record.owner == owner
+            if mine and (item := _item(record, item_id)) is not None:
                 return item
         response_id = await self._store.response_of_item(item_id)
         found = await self._find(response_id) if response_id else None
-        return _item(found[0], item_id) if found else None
+        if found is None or found[0].owner != owner:
+            return None
+        return _item(found[0], item_id)
 
-    async def retrieve(self, response_id: str) -> Response:
-        record, _ = await self._stored(response_id)
+    async def retrieve(self, response_id: str, *, owner: str | None = None) -> Response:
+        record, _ = await self._stored(response_id, owner)
         return record.snapshot()
 
     async def subscribe(
-        self, response_id: str, *, starting_after: int | None = None
+        self,
+        response_id: str,
+        *,
+        starting_after: int | None = None,
+        owner: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        record, stored = await self._stored(response_id)
+        record, stored = await self._stored(response_id, owner)
         if stored is None or stored.replica is None:
             # Here, or finished: the events there are all there will be.
             count = record.log.next_sequence_number
@@ -511,13 +592,13 @@ class Orchestrator:
             if isinstance(event, TERMINAL_EVENTS):
                 return
 
-    async def input_items(self, response_id: str) -> list[Item]:
-        record, _ = await self._stored(response_id)
+    async def input_items(self, response_id: str, *, owner: str | None = None) -> list[Item]:
+        record, _ = await self._stored(response_id, owner)
         return list(record.input_items)
 
-    async def cancel(self, response_id: str) -> Response:
+    async def cancel(self, response_id: str, *, owner: str | None = None) -> Response:
         """Cancel a background response; a cancelled one is returned as it is."""
-        record, stored = await self._stored(response_id)
+        record, stored = await self._stored(response_id, owner)
         if not record.spec.background:
             raise InvalidState(
                 "Only responses created with background=true can be cancelled.", param="response_id"
@@ -532,9 +613,11 @@ class Orchestrator:
         if stored is None:
             await self._stop(record)
             return record.snapshot()
-        return await self._cancel_elsewhere(response_id, stored)
+        return await self._cancel_elsewhere(response_id, stored, owner)
 
-    async def _cancel_elsewhere(self, response_id: str, stored: Stored) -> Response:
+    async def _cancel_elsewhere(
+        self, response_id: str, stored: Stored, owner: str | None
+    ) -> Response:
         """Cancel a response another replica runs: signal it and follow the response to its
         end; when that replica is gone, end the response here."""
         replica = stored.replica or ""
@@ -548,7 +631,7 @@ class Orchestrator:
         await self._store.signal(replica, response_id)
         async for _ in self._stored_events(response_id, stored.events - 1):
             pass
-        record, _ = await self._stored(response_id)
+        record, _ = await self._stored(response_id, owner)
         return record.snapshot()
 
     async def abort(self, response_id: str) -> None:
@@ -557,10 +640,10 @@ class Orchestrator:
         if record is not None and not record.done:
             await self._stop(record)
 
-    async def delete(self, response_id: str) -> None:
+    async def delete(self, response_id: str, *, owner: str | None = None) -> None:
         """Delete a stored response, cancelling it first if it still runs (here or on
         another replica)."""
-        record, stored = await self._stored(response_id)
+        record, stored = await self._stored(response_id, owner)
         if stored is None:
             await self._writer.forget(response_id)
             await self._store.delete(response_id)
