@@ -26,21 +26,28 @@ generation and tool runs alike; a job cancelled that way never reaches :func:`de
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TypeAlias, assert_never
 
 import anyio
 
-from exloop.engine.protocol import Chat, ChatMessage, Engine, ToolCall, ToolSpec
+from exloop.engine.protocol import Chat, ChatMessage, Engine, Grammar, ToolCall, ToolSpec
 from exloop.engine.tool_calls.base import ToolCallFormat
 from exloop.engine.tool_calls.grammar import MAX_CALLS
 
 from .builtin import BuiltinCall, BuiltinRegistry, CallBudget
-from .conversation import drop_oldest_turn, to_messages
+from .compaction import (
+    DEFAULT_THRESHOLD_SHARE,
+    compactable,
+    compacted,
+    summary_limit,
+    summary_prompt,
+)
+from .conversation import ModelView, drop_oldest_turn, system_prompt, to_messages
 from .items import Item, new_id
 from .mcp import McpToolset, approved
 from .output import OutputWriter
+from .reasoning import thinking_plan
 from .record import ResponseRecord
 from .resource import IncompleteDetails
 from .spec import RunSpec
@@ -121,34 +128,46 @@ class ToolLoop:
         mcp: McpToolset,
         *,
         max_tool_rounds: int,
+        thinking_constraint: Grammar | None = None,
     ) -> None:
         self._engine = engine
         self._format = tool_format
         self._builtins = builtins
         self._mcp = mcp
         self._max_rounds = max_tool_rounds
+        self._thinking_constraint = thinking_constraint
 
-    def first_chat(self, spec: RunSpec, history: Sequence[Item]) -> Chat:
-        """The chat of the run's first step (its messages and the tools it offers), as the
-        model's template will render it: what a run's input costs in tokens."""
+    def first_chat(self, spec: RunSpec, view: ModelView) -> Chat:
+        """The chat of the run's first step (its messages, the tools it offers and the
+        thinking switch), as the model's template will render it: what a run's input costs
+        in tokens."""
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
         budget = CallBudget(spec.tools.max_tool_calls)
         mode = self._mode(spec, first=True, capped=False, budget=budget)
-        return Chat(tuple(to_messages(history, spec.instructions)), offered_tools(mode))
+        chat = Chat(tuple(messages), offered_tools(mode))
+        thinking = thinking_plan(
+            self._engine.info.thinking, spec.reasoning, self._thinking_constraint
+        )
+        return chat if thinking is None else replace(chat, thinking=thinking.enabled)
 
-    async def run(self, record: ResponseRecord, writer: OutputWriter, history: list[Item]) -> None:
+    async def run(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
+        """Run ``record`` to its end over the conversation as the model reads it."""
         async with self._mcp as mcp:
             spec = record.spec
             taken = {tool.name for tool in (*spec.tools.functions, *self._builtins.specs)}
-            self._builtins.extend(await mcp.open(writer, history, taken))
-            await self._loop(record, writer, history)
+            self._builtins.extend(await mcp.open(writer, list(view.items), taken))
+            await self._loop(record, writer, view)
 
-    async def _loop(
-        self, record: ResponseRecord, writer: OutputWriter, history: list[Item]
-    ) -> None:
+    async def _loop(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
         spec = record.spec
-        messages = to_messages(history, spec.instructions)
+        history = list(view.items)
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        has_head = system_prompt(spec.instructions, view.summary) is not None
         step = ModelStep(self._engine, record, writer, self._format, self._builtins)
         budget = CallBudget(spec.tools.max_tool_calls)
+        thinking = thinking_plan(
+            self._engine.info.thinking, spec.reasoning, self._thinking_constraint
+        )
         rounds = 0
         first = True
         resumed = self._approved_calls(history, record.input_items, writer)
@@ -162,12 +181,14 @@ class ToolLoop:
             mode = self._mode(spec, first=first, capped=capped, budget=budget)
             if capped:
                 record.tool_rounds_capped = True
+            if await self._should_compact(messages, spec, has_head=has_head):
+                messages, has_head = await self._compact(messages, has_head, spec, step, writer)
             await self._fit_context(messages, spec, offered_tools(mode))
             sampling = replace(
                 spec.sampling,
                 max_tokens=_budget(spec.sampling.max_tokens, record.usage.output_tokens),
             )
-            result = await step.run(messages, mode, sampling)
+            result = await step.run(messages, mode, sampling, thinking)
             first = False
             outcome = decide(result, rounds_left=not capped)
             match outcome:
@@ -192,13 +213,64 @@ class ToolLoop:
                     return
                 case RunBuiltinTools(calls=calls, client_calls=client_calls):
                     writer.close_message()
-                    await self._round(record, calls, result.text, writer, messages, budget)
+                    await self._round(
+                        record, calls, result.text, writer, messages, budget, result.reasoning
+                    )
                     if client_calls:
                         record.complete()
                         return
                     rounds += 1
                 case _:
                     assert_never(outcome)
+
+    async def compact(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
+        """Compact the conversation into one compaction item (``/v1/responses/compact``)."""
+        spec = record.spec
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        step = ModelStep(self._engine, record, writer, self._format, self._builtins)
+        has_head = system_prompt(spec.instructions, view.summary) is not None
+        await self._compact(messages, has_head, spec, step, writer)
+        record.complete()
+
+    async def _should_compact(
+        self, messages: list[ChatMessage], spec: RunSpec, *, has_head: bool
+    ) -> bool:
+        """Whether ``context_management`` asks to compact now: the prompt is over the
+        threshold and compacting would drop something."""
+        if spec.compaction is None or not compactable(messages, has_head=has_head):
+            return False
+        threshold = spec.compaction.threshold or int(
+            self._engine.info.context_length * DEFAULT_THRESHOLD_SHARE
+        )
+        tools = (*spec.tools.functions, *self._builtins.specs)
+        return await self._engine.count_tokens(Chat(tuple(messages), tools)) > threshold
+
+    async def _compact(
+        self,
+        messages: list[ChatMessage],
+        has_head: bool,
+        spec: RunSpec,
+        step: ModelStep,
+        writer: OutputWriter,
+    ) -> tuple[list[ChatMessage], bool]:
+        """Have the model summarize ``messages`` into a compaction item; the messages that
+        remain after it, and whether they start with a system prompt."""
+        index = writer.open_compaction()
+        prompt = summary_prompt(messages)
+        length = self._engine.info.context_length
+        limit = summary_limit(await self._engine.count_tokens(Chat(tuple(messages))), length)
+        # The summary sees as much of the conversation as fits beside it.
+        context = length - limit
+        while await self._engine.count_tokens(Chat(tuple(prompt))) > context:
+            if not drop_oldest_turn(prompt):
+                break
+        sampling = replace(spec.sampling, max_tokens=limit, logprobs=False)
+        summary = await step.summarize(prompt, sampling)
+        writer.close_compaction(index, summary)
+        remaining = compacted(
+            messages, has_head=has_head, instructions=spec.instructions, summary=summary
+        )
+        return remaining, system_prompt(spec.instructions, summary) is not None
 
     async def _round(
         self,
@@ -208,8 +280,10 @@ class ToolLoop:
         writer: OutputWriter,
         messages: list[ChatMessage],
         budget: CallBudget,
+        reasoning: str = "",
     ) -> None:
-        """Run a round of built-in calls and add the turn and its results to ``messages``."""
+        """Run a round of built-in calls and add the turn (with the ``reasoning`` that led to
+        it) and its results to ``messages``."""
         record.move(Transition.RUN_TOOLS)
         results = await self._run_builtins(calls, writer, budget)
         messages.append(
@@ -217,6 +291,7 @@ class ToolLoop:
                 role="assistant",
                 content=text,
                 tool_calls=tuple(ToolCall(c.call_id, c.name, c.arguments) for c in calls),
+                reasoning=reasoning,
             )
         )
         messages.extend(

@@ -19,10 +19,12 @@ unknown as a missing one, whether asked for by id, as ``previous_response_id`` o
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import TypeAlias
 
 import anyio
 import msgspec
@@ -36,16 +38,17 @@ from exloop.engine.errors import (
     InvalidGrammar,
 )
 from exloop.engine.grammar_sandbox import CompileBudget
-from exloop.engine.protocol import Chat, Engine, GenerationRequest, ModelInfo, ToolSpec
+from exloop.engine.protocol import Chat, Engine, GenerationRequest, Grammar, ModelInfo, ToolSpec
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
 from .builtin import BuiltinFactory, BuiltinRegistry
 from .codec import RecordCodec
-from .conversation import resolve_references, to_messages
+from .conversation import ModelView, model_view, resolve_references, to_messages
 from .errors import InvalidRequest, InvalidState, ResponseNotFound, StoreError
 from .events import TERMINAL_EVENTS, StreamEvent
 from .items import (
+    Compaction,
     FunctionCall,
     FunctionCallOutput,
     Item,
@@ -61,7 +64,8 @@ from .output import OutputWriter
 from .persist import RecordWriter
 from .record import SERVER_RESTARTED, ResponseRecord
 from .resource import FunctionTool, Response
-from .spec import RunSpec
+from .sealing import KEY_BYTES, Sealer
+from .spec import CompactionPolicy, RunSpec
 from .state import Phase, Transition
 from .store import ResponseStore, Stored
 from .telemetry import NoTelemetry, RunMeter, Telemetry
@@ -74,30 +78,8 @@ _ID_PREFIX: dict[type, str] = {
     FunctionCallOutput: "fco",
     Reasoning: "rs",
     McpApprovalResponse: "mcpa",
+    Compaction: "cmp",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class RunCounts:
-    """How many runs wait to start and run now, and how many responses are stored."""
-
-    queued: int
-    running: int
-    stored: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    """A request checked against the current state, ready to run."""
-
-    context: tuple[Item, ...]
-    inputs: tuple[Item, ...]
-    builtins: BuiltinRegistry
-    loop: ToolLoop
-
-    @property
-    def history(self) -> tuple[Item, ...]:
-        return (*self.context, *self.inputs)
 
 
 class RunHandle:
@@ -133,6 +115,39 @@ async def _live_events(
         yield event
 
 
+@dataclass(frozen=True, slots=True)
+class RunCounts:
+    """How many runs wait to start and run now, and how many responses are stored."""
+
+    queued: int
+    running: int
+    stored: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A request checked against the current state (all but its length), ready to run."""
+
+    context: tuple[Item, ...]
+    inputs: tuple[Item, ...]
+    builtins: BuiltinRegistry
+    #: The conversation as the model will read it.
+    view: ModelView
+    loop: ToolLoop
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionRun:
+    """A compaction being run: its handle, and the user messages its item follows."""
+
+    handle: RunHandle
+    kept: tuple[Message, ...]
+
+
+#: What a run does with its record, writer and conversation: ToolLoop.run or .compact.
+_Work: TypeAlias = Callable[[ResponseRecord, OutputWriter, ModelView], Awaitable[None]]
+
+
 class Orchestrator:
     """Runs responses on one engine. Use as an async context manager, inside the store's
     (the caller opens and closes the store)."""
@@ -149,8 +164,13 @@ class Orchestrator:
         mcp: McpSettings | None = None,
         grammar_timeout: float | None = None,
         flush_interval: float = 0.05,
+        sealer: Sealer | None = None,
+        thinking_constraint: Grammar | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
+        """``sealer`` seals reasoning and compaction for clients (a key of this process's own
+        when not given); ``thinking_constraint`` is a test hook: a grammar thinking models
+        think under; ``telemetry`` hears of every run's tokens, tool calls and end."""
         self._engine = engine
         #: Seconds all of one request's grammars may take to compile (each one's own budget
         #: is the engine's).
@@ -161,6 +181,8 @@ class Orchestrator:
         self._builtins = builtins
         self._format = tool_format or get_format(engine.info.tool_call_format)
         self._mcp = mcp
+        self.sealer = sealer or Sealer(os.urandom(KEY_BYTES))
+        self._thinking_constraint = thinking_constraint
         self._codec = RecordCodec()
         self._telemetry: Telemetry = telemetry if telemetry is not None else NoTelemetry()
         #: Responses in the store when last counted (see :meth:`count_stored`).
@@ -295,45 +317,50 @@ class Orchestrator:
 
         Everything that can be refused is refused here, before any event exists.
         """
-        if self._tg is None:
-            raise RuntimeError("the orchestrator is not running (use `async with`)")
         meter = RunMeter(self._telemetry)
-        prepared = await self._prepare(spec, owner)
-        await self._check_context(spec, prepared.history, prepared.builtins)
-
-        record = ResponseRecord(
-            id=new_id("resp"),
-            spec=spec,
-            context=prepared.context,
-            input_items=prepared.inputs,
-            owner=owner,
-        )
-        if not spec.background:
-            record.move(Transition.START)
-        record.announce()
-        self._local[record.id] = record
-        if spec.store:
-            try:
-                await self._writer.add(record)
-            except BaseException:
-                self._local.pop(record.id, None)
-                raise
-        else:
-            record.persisted.set()
-        self._tg.start_soon(self._run, record, prepared.loop, meter)
+        record, loop, view = await self._prepare(spec, owner)
+        await self._start(record, loop.run, view, meter)
         return RunHandle(record)
+
+    async def compact(self, spec: RunSpec, *, owner: str | None = None) -> CompactionRun:
+        """Validate ``spec`` and start compacting its conversation (``/v1/responses/compact``)
+        for ``owner``: the run's output is the compaction item; the user messages it follows
+        come along."""
+        meter = RunMeter(self._telemetry)
+        compacting = replace(spec, compaction=CompactionPolicy())
+        record, loop, view = await self._prepare(compacting, owner)
+        await self._start(record, loop.compact, view, meter)
+        kept = tuple(
+            item for item in view.items if isinstance(item, Message) and item.role == "user"
+        )
+        return CompactionRun(RunHandle(record), kept)
 
     async def count_input_tokens(self, spec: RunSpec, *, owner: str | None = None) -> int:
         """The tokens the first step of ``spec``'s run would prompt the model with (earlier
         turns, instructions, input and the tools offered), as its template renders them;
         refuses what :meth:`create` refuses, except a prompt too long for the context."""
-        prepared = await self._prepare(spec, owner)
-        chat = prepared.loop.first_chat(spec, prepared.history)
-        return await self._engine.count_tokens(chat)
+        checked = await self._check(spec, owner)
+        return await self._engine.count_tokens(checked.loop.first_chat(spec, checked.view))
 
-    async def _prepare(self, spec: RunSpec, owner: str | None) -> _Prepared:
-        """The earlier turns and input items of ``spec`` and the loop to run it, after every
-        check that needs no tokenizing."""
+    async def _prepare(
+        self, spec: RunSpec, owner: str | None
+    ) -> tuple[ResponseRecord, ToolLoop, ModelView]:
+        if self._tg is None:
+            raise RuntimeError("the orchestrator is not running (use `async with`)")
+        checked = await self._check(spec, owner)
+        await self._check_context(spec, checked.view, checked.builtins)
+        record = ResponseRecord(
+            id=new_id("resp"),
+            spec=spec,
+            context=checked.context,
+            input_items=checked.inputs,
+            owner=owner,
+        )
+        return record, checked.loop, checked.view
+
+    async def _check(self, spec: RunSpec, owner: str | None) -> _Checked:
+        """Every check of ``spec`` that needs no tokenizing, for ``owner``: what it chains on
+        and refers to must be ``owner``'s."""
         context: tuple[Item, ...] = ()
         if spec.previous_response_id is not None:
             previous, _ = await self._stored(
@@ -362,11 +389,35 @@ class Orchestrator:
                 )
         self._check_mcp(spec, builtins, (*context, *inputs))
         await self._check_grammars(spec)
+        view = model_view(context, inputs, self.sealer)
         mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
         loop = ToolLoop(
-            self._engine, self._format, builtins, mcp, max_tool_rounds=self._max_tool_rounds
+            self._engine,
+            self._format,
+            builtins,
+            mcp,
+            max_tool_rounds=self._max_tool_rounds,
+            thinking_constraint=self._thinking_constraint,
         )
-        return _Prepared(context, inputs, builtins, loop)
+        return _Checked(context, inputs, builtins, view, loop)
+
+    async def _start(
+        self, record: ResponseRecord, work: _Work, view: ModelView, meter: RunMeter
+    ) -> None:
+        assert self._tg is not None
+        if not record.spec.background:
+            record.move(Transition.START)
+        record.announce()
+        self._local[record.id] = record
+        if record.spec.store:
+            try:
+                await self._writer.add(record)
+            except BaseException:
+                self._local.pop(record.id, None)
+                raise
+        else:
+            record.persisted.set()
+        self._tg.start_soon(self._run, record, work, view, meter)
 
     def _check_mcp(
         self, spec: RunSpec, builtins: BuiltinRegistry, conversation: tuple[Item, ...]
@@ -462,16 +513,15 @@ class Orchestrator:
         await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
 
     async def _check_context(
-        self, spec: RunSpec, items: tuple[Item, ...], builtins: BuiltinRegistry
+        self, spec: RunSpec, view: ModelView, builtins: BuiltinRegistry
     ) -> None:
         """The input, with the definitions of every tool the first step may show, must leave
         room for the output (the steps count the same way)."""
-        if spec.truncation == "auto":
-            return  # the loop drops the oldest turns as needed
+        if spec.truncation == "auto" or spec.compaction is not None:
+            return  # the loop drops the oldest turns, or compacts them, as needed
         tools = (*spec.tools.functions, *builtins.specs)
-        tokens = await self._engine.count_tokens(
-            Chat(tuple(to_messages(items, spec.instructions)), tools)
-        )
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        tokens = await self._engine.count_tokens(Chat(tuple(messages), tools))
         limit = self._engine.info.context_length
         if tokens + (spec.sampling.max_tokens or 1) > limit:
             raise ContextLengthExceeded(
@@ -481,15 +531,19 @@ class Orchestrator:
                 param="input",
             )
 
-    async def _run(self, record: ResponseRecord, loop: ToolLoop, meter: RunMeter) -> None:
-        writer = OutputWriter(record, meter)
+    async def _run(
+        self, record: ResponseRecord, work: _Work, view: ModelView, meter: RunMeter
+    ) -> None:
+        writer = OutputWriter(
+            record, self.sealer, seal_reasoning=record.spec.reasoning.encrypted, meter=meter
+        )
         try:
             with record.cancel_scope:
                 try:
                     if record.phase is Phase.QUEUED:
                         record.move(Transition.START)
                     record.emit_in_progress()
-                    await loop.run(record, writer, [*record.context, *record.input_items])
+                    await work(record, writer, view)
                 except (ConstraintFailed, InvalidGrammar) as exc:
                     # The client's grammar gave out while generating: its fault, not ours.
                     log.info("response %s failed: %s", record.id, exc)
@@ -668,8 +722,8 @@ def _item(record: ResponseRecord, item_id: str) -> Item | None:
 
 
 def _as_stored(item: Item) -> Item:
-    """Input items are stored with an id and a status, as OpenAI lists them under
-    ``input_items``; what the client gave is kept."""
+    """Input items are stored with an id (and a status, where the item has one), as OpenAI
+    lists them under ``input_items``; what the client gave is kept."""
     prefix = _ID_PREFIX.get(type(item))
     if prefix is None:
         return item

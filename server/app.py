@@ -31,23 +31,25 @@ from exloop.engine.errors import InvalidGrammar
 from exloop.engine.fingerprint import model_fingerprint
 from exloop.orchestrator.errors import StoreError
 from exloop.orchestrator.events import StreamEvent
-from exloop.orchestrator.items import Item
+from exloop.orchestrator.items import Compaction, Item
 from exloop.orchestrator.resource import Response as ResponseObject
 from exloop.orchestrator.service import Orchestrator, RunHandle
 from exloop.orchestrator.spec import RunSpec
 
+from .api_keys import ApiKeys
 from .body import read_json_body
 from .chat_request import ChatRequest, parse_chat_request
 from .chat_response import ChatCompletion, ChatCompletionChunk, ChunkStream, chat_completion
+from .compact_request import CompactedResponse, CompactRequest, parse_compact_request
 from .errors import ApiError, invalid_request, to_api_error
 from .gateway import ENDPOINT
-from .keys import ApiKeys
 from .limits import Limits
 from .metrics import CONTENT_TYPE, Metrics
 from .openapi import Operation, QueryParam, docs_page, openapi_document
 from .pagination import Page, PageQuery, item_id, paginate
 from .responses_request import ResponsesCall, ResponsesRequest, parse_responses_request
 from .sse import DONE, encode_data, encode_event
+from .steering import steered
 from .streaming import check_disconnect_support, event_stream, unless_disconnected
 
 _encoder = msgspec.json.Encoder()
@@ -108,6 +110,8 @@ class AppSettings:
     #: Chat Completions' ``system_fingerprint``; by default one from the engine's model name,
     #: backend and versions (``exloop serve`` passes one made from the model's files too).
     system_fingerprint: str | None = None
+    #: Test-only: steer agent turns to call this function (see :mod:`.steering`).
+    steer_tool: str | None = None
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -154,6 +158,16 @@ def operations(settings: AppSettings) -> list[tuple[Operation, str]]:
                 StreamEvent,
             ),
             "create_response",
+        ),
+        (
+            op(
+                "POST",
+                f"{responses}/compact",
+                "Compact a conversation into its user messages and one compaction item.",
+                CompactRequest,
+                CompactedResponse,
+            ),
+            "compact",
         ),
         (
             op(
@@ -434,7 +448,8 @@ class _Api:
 
     async def create_response(self, request: Request) -> Response:
         call = await self._parse_responses(request)
-        handle = await self._start(request, call.spec, call.constraint_param)
+        spec = steered(call.spec, self._settings.steer_tool)
+        handle = await self._start(request, spec, call.constraint_param)
         if call.stream:
             # A background response outlives its stream; any other is aborted with it.
             on_disconnect = None if call.spec.background else self._abort(handle.id)
@@ -448,6 +463,26 @@ class _Api:
         call = await self._parse_responses(request)
         count = await self._orchestrator.count_input_tokens(call.spec, owner=_owner_of(request))
         return json_response(InputTokens(count))
+
+    async def compact(self, request: Request) -> Response:
+        spec = await self._parse(
+            request, partial(parse_compact_request, served_model=self._settings.served_model)
+        )
+        run = await self._orchestrator.compact(spec, owner=_owner_of(request))
+        handle = run.handle
+        final = await unless_disconnected(request, handle.wait, self._abort(handle.id))
+        if final.status != "completed":
+            message = final.error.message if final.error else f"The compaction {final.status}."
+            raise ApiError(500, message, "server_error")
+        compacted = [item for item in final.output if isinstance(item, Compaction)]
+        return json_response(
+            CompactedResponse(
+                id=final.id,
+                created_at=final.created_at,
+                output=[*run.kept, *compacted],
+                usage=final.usage,
+            )
+        )
 
     async def get_response(self, request: Request) -> Response:
         response_id, owner = _response_id(request), _owner_of(request)

@@ -8,7 +8,7 @@ from typing import Literal, TypeAlias
 import msgspec
 
 from exloop.orchestrator import events as ev
-from exloop.orchestrator.items import FunctionCall, Logprob, Message, OutputText
+from exloop.orchestrator.items import FunctionCall, Logprob, Message, OutputText, Reasoning
 from exloop.orchestrator.resource import Response
 
 FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -51,6 +51,8 @@ class AssistantMessage(msgspec.Struct, frozen=True, omit_defaults=False):
     tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET
     refusal: str | None = None
     role: Literal["assistant"] = "assistant"
+    #: A thinking model's reasoning, as vLLM and llama-server name it (absent otherwise).
+    reasoning_content: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class Choice(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -102,6 +104,7 @@ class ChunkToolCall(msgspec.Struct, frozen=True, omit_defaults=True):
 class ChoiceDelta(msgspec.Struct, frozen=True, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ChunkToolCall] | None = None
 
 
@@ -177,8 +180,11 @@ def chat_completion(response: Response, *, logprobs: bool, fingerprint: str) -> 
     annotations: list[Annotation] = []
     token_logprobs: list[Logprob] = []
     calls: list[ToolCall] = []
+    thoughts: list[str] = []
     for item in response.output:
-        if isinstance(item, Message):
+        if isinstance(item, Reasoning):
+            thoughts.append(item.text)
+        elif isinstance(item, Message):
             for part in item.content:
                 if not isinstance(part, OutputText):
                     continue
@@ -199,6 +205,7 @@ def chat_completion(response: Response, *, logprobs: bool, fingerprint: str) -> 
         content=content if content or not calls else None,
         annotations=annotations,
         tool_calls=calls or msgspec.UNSET,
+        reasoning_content="\n\n".join(thoughts) if thoughts else msgspec.UNSET,
     )
     return ChatCompletion(
         id=completion_id(response.id),
@@ -253,6 +260,8 @@ class ChunkStream:
                         ChoiceLogprobs(logprobs) if self._logprobs else None,
                     )
                 ]
+            case ev.ReasoningTextDelta(delta=delta):
+                return [self._delta(ChoiceDelta(reasoning_content=delta))]
             case ev.OutputItemAdded(item=FunctionCall() as call):
                 index = self._calls.setdefault(call.id or call.call_id, len(self._calls))
                 return [

@@ -37,14 +37,15 @@ from exloop.engine.backends import (
     open_engine,
     select_backend,
 )
+from exloop.engine.chat_template import ChatTemplate
 from exloop.engine.errors import EngineError, ModelNotFound
-from exloop.engine.protocol import Engine
-from exloop.engine.tool_calls import FORMATS
+from exloop.engine.protocol import Engine, Grammar
+from exloop.engine.tool_calls import FORMATS, get_format
 from exloop.orchestrator.errors import StoreError
+from exloop.orchestrator.sealing import Sealer
 from exloop.orchestrator.store import (
     ResponseStore,
     Retention,
-    default_store_path,
     open_store,
 )
 from exloop.tools.fetch import PageFetcher, SafeFetcher
@@ -54,9 +55,10 @@ from exloop.tools.mcp_servers import ConfiguredServers, load_config
 from exloop.tools.research import WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchProvider, SearxngProvider
 
+from .api_keys import ApiKeys, KeyFileError, read_key_file
 from .config import ConfigError, config_arguments, read_config
 from .gateway import CorsPolicy, Gateway
-from .keys import ApiKeys, KeyFileError, read_key_file
+from .keys import SealingKeyError, load_sealer
 from .limits import Limits, add_limit_flags, limits_from_args, positive_float, positive_int
 from .logs import LOG_FORMATS, LogFormat, configure_logging
 from .metrics import Metrics
@@ -105,15 +107,25 @@ class ServeSettings:
     mcp_config: Path | None = None
     mcp_call_timeout: float = 60.0
     limits: Limits = Limits()
+    #: A Jinja chat template replacing the model's own.
+    chat_template: Path | None = None
+    #: Where the server keeps state across restarts (the sealing key).
+    data_dir: Path = Path()
+    encryption_key: str | None = None
     #: Hidden test option: ddgs searches a stand-in of DuckDuckGo's HTML endpoint at this URL.
     ddgs_url: str | None = None
     #: Hidden test option: the model starts loading only once this file exists.
     load_after: Path | None = None
     #: Hidden benchmark option: no metrics, request ids or request log (the baseline).
     observe: bool = True
+    #: Hidden test option: thinking models think under this regex (deterministic reasoning).
+    thinking_regex: str | None = None
+    #: Hidden test option: agent turns call this function, then answer (server/steering.py).
+    steer_tool: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
+        data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
         return cls(
             model=Path(args.model).expanduser() if args.model else None,
             backend=args.backend,
@@ -145,12 +157,17 @@ class ServeSettings:
             mcp_config=Path(args.mcp_config).expanduser() if args.mcp_config else None,
             mcp_call_timeout=args.mcp_call_timeout,
             limits=limits_from_args(args),
-            store=args.store,
+            store=args.store or f"sqlite:{data_dir / 'responses.db'}",
             store_ttl=args.store_ttl,
             store_max_responses=args.store_max_responses,
             store_max_bytes=args.store_max_bytes,
             shutdown_grace=args.shutdown_grace,
             replica_timeout=args.replica_timeout,
+            chat_template=Path(args.chat_template).expanduser() if args.chat_template else None,
+            data_dir=data_dir,
+            encryption_key=args.encryption_key or None,
+            thinking_regex=args.test_thinking_regex or None,
+            steer_tool=args.test_steer_tool or None,
         )
 
     @property
@@ -165,6 +182,13 @@ class ServeSettings:
         """The accepted API keys: ``--api-key``\\ s and the lines of ``--api-key-file``."""
         from_file = read_key_file(self.api_key_file) if self.api_key_file else []
         return ApiKeys([*self.api_keys, *from_file])
+
+
+def default_data_dir() -> Path:
+    """Where exloop keeps its data (the default response store, the sealing key):
+    ``$XDG_DATA_HOME/exloop``, else ``~/.local/share/exloop``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "exloop"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -252,7 +276,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help = action.help or ""
-        secret = action.dest == "api_key"
+        secret = action.dest in ("api_key", "encryption_key")
         unset = action.default in (None, False, argparse.SUPPRESS, [])
         if action.option_strings and not secret and not unset:
             help += " (now: %(default)s)"
@@ -329,6 +353,35 @@ def build_parser() -> argparse.ArgumentParser:
         f"{', '.join(sorted(FORMATS))} (EXLOOP_TOOL_CALL_FORMAT); default: detected from the "
         "model's chat template",
     )
+    serve.add_argument(
+        "--chat-template",
+        default=_env("CHAT_TEMPLATE"),
+        metavar="FILE",
+        help="Jinja chat template to use instead of the model's own (EXLOOP_CHAT_TEMPLATE); the "
+        "tool-call format and thinking are detected from it",
+    )
+    serve.add_argument(
+        "--data-dir",
+        default=_env("DATA_DIR"),
+        metavar="DIR",
+        help="directory for state kept across restarts: the default response store "
+        "(responses.db) and the key that seals reasoning and compaction items "
+        "(EXLOOP_DATA_DIR); default: $XDG_DATA_HOME/exloop or ~/.local/share/exloop",
+    )
+    serve.add_argument(
+        "--encryption-key",
+        default=_env("ENCRYPTION_KEY"),
+        metavar="SECRET",
+        help="secret (32+ characters) the key sealing reasoning and compaction items is "
+        "derived from, shared by servers behind one load balancer (EXLOOP_ENCRYPTION_KEY); "
+        "default: a random key kept in the data directory",
+    )
+    # Tests make a thinking model's reasoning deterministic by generating it under a regex.
+    serve.add_argument(
+        "--test-thinking-regex", default=_env("TEST_THINKING_REGEX"), help=argparse.SUPPRESS
+    )
+    # Tests steer a tiny model through a real agent's turn (exloop/server/steering.py).
+    serve.add_argument("--test-steer-tool", default=_env("TEST_STEER_TOOL"), help=argparse.SUPPRESS)
     serve.add_argument(
         "--api-key",
         action=_Repeat,
@@ -456,11 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store",
         type=_store_url,
-        default=_env("STORE") or f"sqlite:{default_store_path()}",
+        default=_env("STORE"),
         metavar="URL",
-        help="where responses are kept (EXLOOP_STORE): sqlite:PATH (durable, one process; the "
-        "default file is under $EXLOOP_DATA_DIR or $XDG_DATA_HOME/exloop), memory (lost on "
-        "restart), or redis://HOST:PORT/DB (shared by several replicas)",
+        help="where responses are kept (EXLOOP_STORE): sqlite:PATH (durable, one process; "
+        "default: sqlite:DATA_DIR/responses.db), memory (lost on restart), or "
+        "redis://HOST:PORT/DB (shared by several replicas)",
     )
     serve.add_argument(
         "--store-ttl",
@@ -559,6 +612,21 @@ def web_research(settings: ServeSettings, metrics: Metrics | None = None) -> Web
 _PROGRESS_EVERY = 5.0
 
 
+def read_chat_template(path: Path | None) -> str | None:
+    """The text of ``--chat-template``, checked to compile (None: the model's own)."""
+    if path is None:
+        return None
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"exloop: cannot read --chat-template {path}: {exc}") from None
+    try:
+        ChatTemplate(source, bos_token="", eos_token="", tool_format=get_format("exloop"))
+    except ValueError as exc:
+        raise SystemExit(f"exloop: --chat-template {path}: {exc}") from None
+    return source
+
+
 async def serve(settings: ServeSettings) -> None:
     """Open the store and the port at once, load the model, then serve until interrupted.
     Until the model is loaded ``/health`` answers 503 ``loading``. On SIGTERM (or Ctrl-C) the
@@ -624,6 +692,14 @@ async def _serve_with(
     configured = ConfiguredServers(
         load_config(settings.mcp_config) if settings.mcp_config else {}, limits
     )
+    chat_template = read_chat_template(settings.chat_template)
+    thinking = Grammar("regex", settings.thinking_regex) if settings.thinking_regex else None
+    try:
+        sealer = await anyio.to_thread.run_sync(
+            load_sealer, settings.encryption_key, settings.data_dir
+        )
+    except SealingKeyError as exc:
+        raise SystemExit(f"exloop: {exc}") from None
     backend = select_backend(str(settings.model) if settings.model else None, settings.backend)
     if settings.model is not None and not settings.model.exists():
         raise ModelNotFound(
@@ -668,7 +744,7 @@ async def _serve_with(
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_server)
         try:
-            engine, path = await _load_engine(settings, backend)
+            engine, path = await _load_engine(settings, backend, chat_template)
         except (EngineError, BackendUnavailable) as exc:
             failure = exc
             # Let uvicorn finish starting, so that its shutdown runs the lifespan's too.
@@ -679,7 +755,7 @@ async def _serve_with(
             try:
                 await _serve_engine(
                     settings,
-                    _Loaded(engine, path, keys, metrics, research, store),
+                    _Loaded(engine, path, keys, metrics, research, store, sealer, thinking),
                     (limits, configured),
                     gateway,
                     server,
@@ -691,9 +767,11 @@ async def _serve_with(
         raise failure
 
 
-async def _load_engine(settings: ServeSettings, backend: str) -> tuple[Engine, Path]:
-    """Load the model in a worker thread, logging progress while it loads; returns the
-    engine and the model's path."""
+async def _load_engine(
+    settings: ServeSettings, backend: str, chat_template: str | None
+) -> tuple[Engine, Path]:
+    """Load the model in a worker thread (with ``chat_template`` in place of its own, if
+    given), logging progress while it loads; returns the engine and the model's path."""
     if settings.load_after is not None:
         while not settings.load_after.exists():
             await anyio.sleep(0.05)
@@ -725,6 +803,7 @@ async def _load_engine(settings: ServeSettings, backend: str) -> tuple[Engine, P
                 cache_mode=settings.cache_mode,  # type: ignore[arg-type]
                 max_batch_size=settings.max_batch_size,
                 grammar_budget=settings.limits.compile_budget,
+                chat_template=chat_template,
             ),
         )
         tg.cancel_scope.cancel()
@@ -742,6 +821,9 @@ class _Loaded:
     metrics: Metrics | None
     research: WebResearch
     store: ResponseStore
+    sealer: Sealer
+    #: Test hook: the grammar thinking models think under (--test-thinking-regex).
+    thinking: Grammar | None
 
 
 async def _serve_engine(
@@ -780,6 +862,8 @@ async def _serve_engine(
             builtins=web_search_builtins(loaded.research),
             mcp=McpSettings(limits, settings.fetch_allow_private, configured),
             grammar_timeout=settings.limits.grammar_timeout,
+            sealer=loaded.sealer,
+            thinking_constraint=loaded.thinking,
             telemetry=run_log if metrics is None else Telemetries(metrics, run_log),
         ) as orchestrator,
     ):
@@ -795,17 +879,19 @@ async def _serve_engine(
                 sse_keepalive=settings.sse_keepalive,
                 limits=settings.limits,
                 system_fingerprint=fingerprint,
+                steer_tool=settings.steer_tool,
             ),
         )
         await app.start()  # type: ignore[no-untyped-call]
         gateway.open(app)
         log.info(
-            "serving %s (%s, %s, context %d, tool calls %s, fingerprint %s)",
+            "serving %s (%s, %s, context %d, tool calls %s, %s, fingerprint %s)",
             served,
             engine.info.backend,
             loaded.path,
             engine.info.context_length,
             engine.info.tool_call_format,
+            "thinks" if engine.info.thinking else "no thinking",
             fingerprint,
         )
         log.info("responses are stored in %s", settings.store)

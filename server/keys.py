@@ -1,66 +1,77 @@
-"""API keys: who may call the server, and which key a request came with.
+"""The server's sealing key: from ``--encryption-key``, or kept in the data directory.
 
-Keys come from ``--api-key`` (repeatable) and ``--api-key-file`` (one per line; blank lines and
-lines starting with ``#`` are skipped). A request's bearer token is compared with every key
-in constant time (SHA-256 digests, so neither a key's length nor which key matched shows in
-the timing). A key is known to the rest of the server only by its id, a hash: the owner a
-stored response records; the key itself is never stored or logged.
+Without ``--encryption-key`` the server generates a random 256-bit key on first start and
+keeps it in ``<data dir>/sealing.key`` (the directory 0700, the file 0600, written
+exclusively so two servers starting at once agree on one key); later starts read it, so
+reasoning and compaction items sealed before a restart still open. Servers behind one load
+balancer share a key through ``--encryption-key`` (any secret of at least
+:data:`MIN_SECRET_CHARS` characters) or by sharing the file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-from collections.abc import Iterable
+import base64
+import binascii
+import logging
+import os
+import stat
 from pathlib import Path
 
+from exloop.orchestrator.sealing import KEY_BYTES, Sealer
 
-def key_id(key: str) -> str:
-    """The id under which ``key`` owns responses (stable across restarts)."""
-    return "key_" + hashlib.sha256(b"exloop-api-key:" + key.encode()).hexdigest()[:32]
+log = logging.getLogger("exloop.server")
 
-
-class KeyFileError(ValueError):
-    """An API key file that cannot be read or holds no key."""
+KEY_FILE = "sealing.key"
+MIN_SECRET_CHARS = 32
 
 
-def read_key_file(path: Path) -> list[str]:
-    """The keys in ``path``, one per line."""
+class SealingKeyError(ValueError):
+    """The key cannot be had: a short secret, or an unreadable or corrupt key file."""
+
+
+def load_sealer(secret: str | None, data_dir: Path) -> Sealer:
+    """The sealer for ``--encryption-key`` ``secret``, or for the key kept in ``data_dir``
+    (created on first use). Blocks on file I/O: call it at start-up."""
+    if secret is not None:
+        if len(secret) < MIN_SECRET_CHARS:
+            raise SealingKeyError(
+                f"--encryption-key must have at least {MIN_SECRET_CHARS} characters "
+                f"(it has {len(secret)}); use a random secret, e.g. `openssl rand -hex 32`."
+            )
+        return Sealer.from_secret(secret)
+    return Sealer(_key_file(data_dir / KEY_FILE))
+
+
+def _key_file(path: Path) -> bytes:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = base64.b64encode(os.urandom(KEY_BYTES))
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"cannot read the API key file {path}: {exc}") from None
-    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not keys:
-        raise KeyFileError(f"the API key file {path} holds no key")
-    return keys
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key(path)
+    except OSError as exc:
+        raise SealingKeyError(f"Cannot create the sealing key {path}: {exc.strerror}.") from exc
+    with os.fdopen(fd, "wb") as file:
+        file.write(key + b"\n")
+    log.info("generated a sealing key in %s", path)
+    return base64.b64decode(key)
 
 
-class ApiKeys:
-    """The accepted keys; empty means the server is open to every client."""
-
-    def __init__(self, keys: Iterable[str] = ()) -> None:
-        unique = dict.fromkeys(key for key in keys if key)
-        self._digests = tuple((_digest(key.encode()), key_id(key)) for key in unique)
-
-    def __bool__(self) -> bool:
-        return bool(self._digests)
-
-    def __len__(self) -> int:
-        return len(self._digests)
-
-    def __repr__(self) -> str:
-        return f"ApiKeys({len(self)} keys)"
-
-    def identify(self, token: bytes) -> str | None:
-        """The id of the key ``token`` is, or None; every key is compared, whatever matches."""
-        digest = _digest(token)
-        found = None
-        for candidate, identity in self._digests:
-            if hmac.compare_digest(digest, candidate):
-                found = identity
-        return found
-
-
-def _digest(key: bytes) -> bytes:
-    return hashlib.sha256(key).digest()
+def _read_key(path: Path) -> bytes:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_bytes().strip()
+    except OSError as exc:
+        raise SealingKeyError(f"Cannot read the sealing key {path}: {exc.strerror}.") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by other users; chmod 600 it", path)
+    try:
+        key = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise SealingKeyError(
+            f"{path} does not hold a sealing key ({KEY_BYTES} bytes in base64); delete it to "
+            "have a new one generated (items sealed with the old key will no longer open)."
+        )
+    return key

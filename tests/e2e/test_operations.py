@@ -198,6 +198,7 @@ def test_a_response_belongs_to_the_key_that_created_it(
     follow_up = {"input": "And again.", "previous_response_id": rid, **QUICK}
     not_found(beta.post("/v1/responses", json=follow_up))
     not_found(beta.post("/v1/responses/input_tokens", json=follow_up))
+    not_found(beta.post("/v1/responses/compact", json={"previous_response_id": rid}))
     reference = {"input": [{"type": "item_reference", "id": item_id}], **QUICK}
     refused = beta.post("/v1/responses", json=reference)
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "input[0].id"
@@ -216,6 +217,9 @@ def test_keys_are_checked_and_public_routes_stay_open(ops: ServerProcess) -> Non
             answer = anonymous.get(path, headers=as_key("sk-wrong"))
             assert answer.status_code == 401, path
             assert answer.json()["error"]["code"] == "invalid_api_key"
+        for path in ("/v1/responses", "/v1/responses/compact", "/v1/responses/input_tokens"):
+            answer = anonymous.post(path, json={"input": "hi"})
+            assert answer.status_code == 401, path
         for path in ("/health", "/docs", "/openapi.json"):
             assert anonymous.get(path).status_code == 200, path
     with openai.OpenAI(base_url=f"{ops.base_url}/v1", api_key=BETA, max_retries=0) as sdk:

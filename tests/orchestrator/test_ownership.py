@@ -71,6 +71,8 @@ async def refused_to(orch: Orchestrator, owner: str | None, response_id: str, it
     assert chained.value.param == "previous_response_id"
     with pytest.raises(ResponseNotFound):
         await orch.count_input_tokens(spec(previous_response_id=response_id), owner=owner)
+    with pytest.raises(ResponseNotFound):
+        await orch.compact(spec(previous_response_id=response_id), owner=owner)
     with pytest.raises(InvalidRequest) as referenced:
         await orch.create(referring(item), owner=owner)
     assert referenced.value.param == "input[0].id"

@@ -16,8 +16,8 @@ from exloop.engine.errors import GenerationFailed
 from exloop.engine.protocol import GenerationRequest
 from exloop.orchestrator.builtin import BuiltinFactory
 from exloop.orchestrator.service import Orchestrator
+from exloop.server.api_keys import ApiKeys
 from exloop.server.app import AppSettings, build_app
-from exloop.server.keys import ApiKeys
 from exloop.server.limits import Limits
 from tests.orchestrator.scripted import ScriptedEngine, say
 

@@ -17,9 +17,9 @@ from exloop.orchestrator.items import InputText, Message
 from exloop.orchestrator.redis_store import RedisStore
 from exloop.orchestrator.service import Orchestrator
 from exloop.orchestrator.spec import RunSpec
+from exloop.server.api_keys import ApiKeys, key_id
 from exloop.server.app import AppSettings, build_app, operations
 from exloop.server.gateway import CorsPolicy, Gateway, request_id
-from exloop.server.keys import ApiKeys, key_id
 from exloop.server.logs import REQUEST_ID, JsonFormatter, fields
 from exloop.server.metrics import Metrics
 from exloop.server.openapi import openapi_document

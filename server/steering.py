@@ -1,0 +1,32 @@
+"""A test-only hook that steers a tiny model through an agent's turn: ``--test-steer-tool``.
+
+Real agent clients (Codex CLI) cannot be told to force a tool call, and the default test model
+is too small to choose one by itself. With ``--test-steer-tool NAME`` (hidden from ``--help``,
+never for production), a create request that opens a turn (its input ends with a user
+message) gets ``tool_choice`` naming the function ``NAME`` when it has that tool, and one that
+answers tool results (its input ends with a function call's output) gets ``tool_choice:
+"none"``, so the turn is: one call, then a worded answer. The response still echoes the
+client's own ``tool_choice``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from exloop.orchestrator.items import FunctionCallOutput, Message
+from exloop.orchestrator.spec import RunSpec
+
+
+def steered(spec: RunSpec, tool: str | None) -> RunSpec:
+    """``spec`` with its tool choice steered toward ``tool`` (unchanged when ``tool`` is None
+    or the request does not offer it)."""
+    if tool is None or not spec.input:
+        return spec
+    policy = spec.tools
+    last = spec.input[-1]
+    if isinstance(last, Message) and last.role == "user":
+        if any(function.name == tool for function in policy.functions):
+            return replace(spec, tools=replace(policy, mode="auto", forced_name=tool))
+    elif isinstance(last, FunctionCallOutput):
+        return replace(spec, tools=replace(policy, mode="none", forced_name=None))
+    return spec
