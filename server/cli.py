@@ -687,6 +687,8 @@ async def _serve_with(
     research: WebResearch,
     store: ResponseStore,
 ) -> None:
+    """Open the port (the gateway answers 503 while loading), load the model, and serve it
+    until the server stops."""
     # What can be known wrong without loading stops start-up before the port opens.
     limits = McpLimits(call_timeout=settings.mcp_call_timeout)
     configured = ConfiguredServers(
