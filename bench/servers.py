@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,19 +24,23 @@ def free_port() -> int:
 
 
 class Served:
-    """A server process on a free loopback port, ready once ``/health`` answers 200."""
+    """A server process on a free loopback port, ready once ``/health`` answers 200 (it may
+    answer 503 while its model loads); its output goes to a temporary file, as a deployed
+    server's log would (closed by :meth:`stop`)."""
 
     def __init__(self, command: Sequence[str], *, startup: float = 300.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         self.process = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + startup
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.log.close()
                 raise SystemExit(f"{command[0]} exited with {self.process.returncode}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
@@ -54,6 +59,7 @@ class Served:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.log.close()
 
 
 def exloop(model: Path, *flags: str) -> Served:

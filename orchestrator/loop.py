@@ -137,6 +137,19 @@ class ToolLoop:
         self._max_rounds = max_tool_rounds
         self._thinking_constraint = thinking_constraint
 
+    def first_chat(self, spec: RunSpec, view: ModelView) -> Chat:
+        """The chat of the run's first step (its messages, the tools it offers and the
+        thinking switch), as the model's template will render it: what a run's input costs
+        in tokens."""
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        budget = CallBudget(spec.tools.max_tool_calls)
+        mode = self._mode(spec, first=True, capped=False, budget=budget)
+        chat = Chat(tuple(messages), offered_tools(mode))
+        thinking = thinking_plan(
+            self._engine.info.thinking, spec.reasoning, self._thinking_constraint
+        )
+        return chat if thinking is None else replace(chat, thinking=thinking.enabled)
+
     async def run(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
         """Run ``record`` to its end over the conversation as the model reads it."""
         async with self._mcp as mcp:

@@ -252,6 +252,8 @@ class ModelStep:
         job = await self._engine.submit(
             GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint)
         )
+        meter = self._writer.meter
+        meter.job_started()
         counted = 0
         try:
             async for event in job.events():
@@ -259,6 +261,7 @@ class ModelStep:
                     case Started():
                         self._record.begin()
                     case Delta():
+                        meter.tokens(len(event.token_ids))
                         counted += len(event.token_ids)
                         usage.output_tokens += len(event.token_ids)
                         on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
