@@ -915,7 +915,7 @@ async def _serve_engine(
         ) as orchestrator,
     ):
         if metrics is not None:
-            metrics.watch(orchestrator.counts)
+            metrics.watch(orchestrator.counts, orchestrator.engine_stats)
         app = build_app(
             orchestrator,
             AppSettings(

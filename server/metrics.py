@@ -4,8 +4,9 @@ One :class:`Metrics` per server holds its own registry (so servers built in one 
 the tests build them, never share counts). It is the orchestrator's
 :class:`~exloop.orchestrator.telemetry.Telemetry` (token timing, token counts, tool calls,
 finished responses); the gateway records each HTTP request; the search provider and page
-fetcher are wrapped to time them; runs queued and running and responses stored are read from
-the orchestrator at each scrape, so no second tally can drift.
+fetcher are wrapped to time them; runs queued and running, responses stored and the engine's
+load (jobs in its batch and waiting for a place, KV cache use) are read from the orchestrator
+at each scrape, so no second tally can drift.
 
 Labels are bounded: ``endpoint`` is a route's pattern (``/v1/responses/{response_id}``) or
 ``unmatched``, ``tool`` a built-in tool's name or ``function``, never a client's string.
@@ -20,6 +21,7 @@ from prometheus_client import generate_latest as _exposition
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from exloop.engine.protocol import EngineStats
 from exloop.orchestrator.record import ResponseRecord
 from exloop.orchestrator.service import RunCounts
 from exloop.tools.fetch import FetchedPage, PageFetcher
@@ -102,9 +104,10 @@ class Metrics:
             registry=registry,
         )
 
-    def watch(self, counts: Callable[[], RunCounts]) -> None:
-        """Report the orchestrator's ``counts()`` as gauges at each scrape."""
-        self.registry.register(_RunGauges(counts))
+    def watch(self, counts: Callable[[], RunCounts], engine: Callable[[], EngineStats]) -> None:
+        """Report the orchestrator's ``counts()`` and the engine's load (``engine()``) as
+        gauges at each scrape."""
+        self.registry.register(_LoadGauges(counts, engine))
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus's text format."""
@@ -144,20 +147,22 @@ class Metrics:
         return _TimedFetcher(fetcher, self._fetch_seconds)
 
 
-class _RunGauges:
-    """Runs queued and running and responses stored, read from the orchestrator."""
+class _LoadGauges:
+    """Runs queued and running and responses stored, read from the orchestrator, and the
+    engine's load: jobs in its batch and waiting for a place, and its KV cache."""
 
-    def __init__(self, counts: Callable[[], RunCounts]) -> None:
+    def __init__(self, counts: Callable[[], RunCounts], engine: Callable[[], EngineStats]) -> None:
         self._counts = counts
+        self._engine = engine
 
     def describe(self) -> Iterable[Metric]:
-        return self._families(RunCounts(0, 0, 0))
+        return self._families(RunCounts(0, 0, 0), EngineStats(0, 0, 0, 0, 0))
 
     def collect(self) -> Iterable[Metric]:
-        return self._families(self._counts())
+        return self._families(self._counts(), self._engine())
 
     @staticmethod
-    def _families(counts: RunCounts) -> Iterator[Metric]:
+    def _families(counts: RunCounts, engine: EngineStats) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "exloop_jobs_queued", "Responses accepted and waiting to run.", counts.queued
         )
@@ -168,6 +173,27 @@ class _RunGauges:
         )
         yield GaugeMetricFamily(
             "exloop_stored_responses", "Responses in the response store.", counts.stored
+        )
+        yield GaugeMetricFamily(
+            "exloop_engine_jobs_running",
+            "Generation jobs in the engine's batch now.",
+            engine.running,
+        )
+        yield GaugeMetricFamily(
+            "exloop_engine_jobs_queued",
+            "Generation jobs waiting for a place in the engine's batch (first come, first served).",
+            engine.queued,
+        )
+        yield GaugeMetricFamily(
+            "exloop_engine_parallel", "Jobs the engine generates together at most.", engine.parallel
+        )
+        yield GaugeMetricFamily(
+            "exloop_engine_cache_tokens_used",
+            "KV cache tokens in use: running jobs and the prefixes kept for reuse.",
+            engine.cache_used,
+        )
+        yield GaugeMetricFamily(
+            "exloop_engine_cache_tokens", "KV cache tokens in all.", engine.cache_size
         )
 
 

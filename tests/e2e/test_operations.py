@@ -126,6 +126,15 @@ def test_metrics_move_with_requests_and_parse(ops: ServerProcess, alpha: httpx.C
     assert grew("exloop_responses_total", 2, {"status": "incomplete"})
     assert value(after, "exloop_stored_responses") >= 2
     assert ("exloop_jobs_queued", ()) in after and ("exloop_jobs_running", ()) in after
+    # The engine's load: the default batch, and the prefix cache holds what just ran.
+    assert ("exloop_engine_jobs_running", ()) in after
+    assert ("exloop_engine_jobs_queued", ()) in after
+    assert value(after, "exloop_engine_parallel") == 8
+    assert (
+        0
+        < value(after, "exloop_engine_cache_tokens_used")
+        <= value(after, "exloop_engine_cache_tokens")
+    )
     assert ("exloop_cached_tokens_total", ()) in after
     for name, _ in after:
         assert name.startswith("exloop_")
