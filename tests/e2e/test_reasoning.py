@@ -30,6 +30,7 @@ THINKING_REGEX = f"({SENTENCE.replace('.', '[.]')}){{40}}\\n</think>"
 SECRET = "reasoning tests' secret, long enough to seal with"
 #: The answer after the thinking, short and sure.
 HELLO = {"grammar": {"type": "regex", "value": "(Hello|Hi)( there)?\\."}}
+GREETINGS = {"Hello.", "Hi.", "Hello there.", "Hi there."}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_thinking_becomes_a_reasoning_item_with_its_tokens(http: httpx.Client) -
     assert item.content is not None and [part.text for part in item.content] == [THOUGHT]
     assert item.summary == []  # summaries are not generated
     assert item.encrypted_content is None and item.status == "completed"
-    assert message["content"][0]["text"] in {"Hello.", "Hi.", "Hello there.", "Hi there."}
+    assert message["content"][0]["text"] in GREETINGS
     usage = body["usage"]
     reasoning_tokens = usage["output_tokens_details"]["reasoning_tokens"]
     assert 128 < reasoning_tokens < 1024
@@ -207,7 +208,7 @@ def test_chat_completions_return_reasoning_content(client: openai.OpenAI) -> Non
         extra_body=HELLO,
     )
     message = completion.choices[0].message
-    assert message.content in {"Hello.", "Hi.", "Hello there.", "Hi there."}
+    assert message.content in GREETINGS
     assert getattr(message, "reasoning_content", None) == THOUGHT
     assert completion.usage is not None and completion.usage.completion_tokens_details is not None
     assert (completion.usage.completion_tokens_details.reasoning_tokens or 0) > 128
@@ -224,7 +225,8 @@ def test_chat_completions_return_reasoning_content(client: openai.OpenAI) -> Non
             delta = chunk.choices[0].delta
             thought += getattr(delta, "reasoning_content", None) or ""
             content += delta.content or ""
-    assert thought == THOUGHT and content == message.content
+    # A second draw (no seed), which may greet differently: the same shape, streamed.
+    assert thought == THOUGHT and content in GREETINGS
     # The reasoning of an earlier turn may come back in reasoning_content.
     earlier: Any = {"role": "assistant", "content": "Hello.", "reasoning_content": THOUGHT}
     again = client.chat.completions.create(
