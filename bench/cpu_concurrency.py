@@ -374,7 +374,8 @@ async def main() -> None:
     args = parser.parse_args()
     model = args.model or await anyio.to_thread.run_sync(default_model_path)
     ban = end_of_turn_ban(model)
-    flags = ["--threads", str(args.threads), "--parallel", str(args.parallel)]
+    # A memory store: the benchmark's responses do not belong in the user's default store.
+    flags = ["--store", "memory", "--threads", str(args.threads), "--parallel", str(args.parallel)]
     flags += ["--n-ctx", str(args.ctx // args.parallel), "--cache-tokens", str(args.ctx)]
     print(
         f"model {model.name}; {args.threads} threads, {args.parallel} parallel sequences, "

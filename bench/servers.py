@@ -16,6 +16,9 @@ from pathlib import Path
 
 import httpx
 
+#: How much of a server's log to show when it fails to start (characters).
+_LOG_TAIL = 2000
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -40,8 +43,10 @@ class Served:
         deadline = time.monotonic() + startup
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.log.seek(0)
+                tail = self.log.read().decode(errors="replace")[-_LOG_TAIL:]
                 self.log.close()
-                raise SystemExit(f"{command[0]} exited with {self.process.returncode}")
+                raise SystemExit(f"{command[0]} exited with {self.process.returncode}:\n{tail}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
