@@ -159,7 +159,7 @@ class OutputWriter:
         item = _OpenReasoning(index=len(record.output), id=new_id("rs"))
         self._reasoning = item
         empty = Reasoning(id=item.id, content=[], status="in_progress", summary=[])
-        record.output.append(empty)
+        record.add_output(empty)
         record.emit(
             lambda n: ev.OutputItemAdded(sequence_number=n, output_index=item.index, item=empty)
         )
@@ -179,7 +179,7 @@ class OutputWriter:
         index = len(record.output)
         item = Compaction(id=new_id("cmp"), encrypted_content="")
         self._compaction = index
-        record.output.append(item)
+        record.add_output(item)
         record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
         record.emit(
             lambda n: ev.CompactionCompacting(
@@ -271,7 +271,7 @@ class OutputWriter:
         msg = _OpenMessage(index=len(record.output), id=new_id("msg"))
         self._message = msg
         empty = Message(role="assistant", content=[], id=msg.id, status="in_progress")
-        record.output.append(empty)
+        record.add_output(empty)
         record.emit(
             lambda n: ev.OutputItemAdded(sequence_number=n, output_index=msg.index, item=empty)
         )
@@ -314,7 +314,7 @@ class OutputWriter:
         self._call = call
         record = self._record
         item = self._call_item(call, "in_progress")
-        record.output.append(item)
+        record.add_output(item)
         record.emit(
             lambda n: ev.OutputItemAdded(sequence_number=n, output_index=call.index, item=item)
         )
@@ -470,7 +470,7 @@ class OutputWriter:
         item = McpApprovalRequest(
             id=new_id("mcpr"), server_label=server_label, name=name, arguments=arguments
         )
-        record.output.append(item)
+        record.add_output(item)
         record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
         record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
 
@@ -480,7 +480,7 @@ class OutputWriter:
         record = self._record
         index = len(record.output)
         item = McpListTools(id=new_id("mcpl"), server_label=server_label, tools=[])
-        record.output.append(item)
+        record.add_output(item)
         record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
         record.emit(
             lambda n: ev.McpListToolsInProgress(
@@ -532,7 +532,7 @@ class OutputWriter:
         record = self._record
         index = len(record.output)
         item = WebSearchCall(id=new_id("ws"), status="in_progress", action=action)
-        record.output.append(item)
+        record.add_output(item)
         record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
         record.emit(
             lambda n: ev.WebSearchCallInProgress(

@@ -186,11 +186,18 @@ class ResponseRecord:
         self.emit(lambda n: ev.ResponseInProgress(sequence_number=n, response=self.snapshot()))
 
     def begin(self) -> None:
-        """The engine began one of this response's jobs: a queued (background) response
-        starts now, with its ``response.in_progress``; later jobs change nothing."""
+        """The response's work began (the engine started one of its jobs, or it has a first
+        output item): a queued (background) response starts now, with its
+        ``response.in_progress``; later calls change nothing."""
         if self.phase is Phase.QUEUED:
             self.move(Transition.START)
             self.emit_in_progress()
+
+    def add_output(self, item: OutputItem) -> None:
+        """Append an output item; a queued response starts first, as output means its work
+        began (tools listed or approved calls run before the engine is reached)."""
+        self.begin()
+        self.output.append(item)
 
     def complete(self) -> None:
         self.move(Transition.COMPLETE)

@@ -263,6 +263,29 @@ def test_approval_requested_then_approved_or_refused(
     assert approved.output[-1].type == "message"
 
 
+def test_a_background_response_starts_with_its_approved_call(
+    mcp_client: openai.OpenAI, mcp_http: McpFixture
+) -> None:
+    # Queued until its work begins; here that is the approved call, before any generation.
+    tools = [mcp_tool(mcp_http.url)]
+    asked = create(mcp_client, tools=tools, tool_choice=force("add"))
+    [request] = items(asked, McpApprovalRequest)
+    approval = {"type": "mcp_approval_response", "approval_request_id": request.id}
+    queued = create(
+        mcp_client,
+        previous_response_id=asked.id,
+        input=[{**approval, "approve": True}],
+        tools=tools,
+        background=True,
+    )
+    assert queued.status == "queued"
+    events = [e.type for e in mcp_client.responses.retrieve(queued.id, stream=True)]
+    assert events[:3] == ["response.created", "response.queued", "response.in_progress"]
+    final = mcp_client.responses.retrieve(queued.id)
+    assert final.status == "completed"
+    assert isinstance(final.output[0], McpCall) and final.output[0].status == "completed"
+
+
 def test_server_down_is_a_listing_error(mcp_client: openai.OpenAI) -> None:
     # A port bound here but not listening refuses connections, and stays ours meanwhile.
     with socket.socket() as closed:
