@@ -60,7 +60,7 @@ async def generate(
 
 
 #: How far (in nats) a job's log probabilities may drift between two runs of it: llama.cpp's
-#: sums depend in the last bits on where the job's KV cells lie in the shared cache (see
+#: sums depend in the last bits on how the job's prompt was evaluated (see
 #: test_llama_batching's docstring for the measurements).
 DRIFT = 0.5
 

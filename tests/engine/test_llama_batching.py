@@ -3,10 +3,10 @@ cancelled jobs free their cells at once, jobs that do not fit wait their turn in
 
 **Tolerance.** A job's tokens are compared with what it produces alone, by token id. llama.cpp
 computes each row of a batch on its own, so a job's logits do not depend on the other jobs of
-its batch, but they do depend, in the last bits, on where its KV cells lie in the shared cache:
-attention sums over cells in cell order, and a job whose new cells land in a hole before its
-prompt's cells adds the same terms in another order. Over tens of tokens the difference can
-grow to a few tenths of a nat (measured: at most 0.12 over 40 tokens, and one greedy choice
+its batch, but they do depend, in the last bits, on how its prompt was evaluated (in one
+piece, in chunks beside other jobs' tokens, or partly copied from a cached prefix: the same
+terms summed in other groupings) and, with flash attention, on 16-bit rounding of those sums.
+Over tens of tokens the difference can grow to a few tenths of a nat (measured: at most 0.12 over 40 tokens, and one greedy choice
 flipped where the best two tokens were 0.40 nats apart); llama-server behaves the same. So:
 
 * every token before a job's first divergence matches, with log probabilities within
