@@ -166,23 +166,17 @@ def _function_calls(
         sequence.append(f"{more}{{0,{max_calls - 1}}}")
     if tail:
         sequence.append(lark_literal(tail))
-    calls = []
-    firsts = []
-    for number, tool in enumerate(tools):
-        opening = before(tool.name)
-        arguments = f"args{number}"
-        closing = f" {lark_literal(after)}" if after else ""
-        calls.append(f"call{number}")
-        lines.append(f"call{number}: {lark_literal(opening)} {arguments}{closing}")
-        if cut_call:
-            rest = _cut(opening, trigger)
-            literal = f"{lark_literal(rest)} " if rest else ""
-            firsts.append(f"first{number}")
-            lines.append(f"first{number}: {literal}{arguments}{closing}")
+    closing = f" {lark_literal(after)}" if after else ""
+    calls = [f"call{number}" for number in range(len(tools))]
+    for rule, tool in zip(calls, tools, strict=True):
+        arguments = f"args_{rule}"
+        _call_rules(
+            lines, rule, before(tool.name), arguments + closing, trigger if cut_call else ""
+        )
         schema = json.dumps(arguments_schema(tool), ensure_ascii=False)
         lines.append(f"{arguments}: %json{schema}")
     lines.append("call: " + " | ".join(calls))
-    lines.append("first: " + " | ".join(firsts if cut_call else ["call"]))
+    lines.append("first: " + " | ".join([f"first_{c}" for c in calls] if cut_call else ["call"]))
     return " ".join(sequence)
 
 
@@ -198,13 +192,9 @@ def _freeform_calls(
     inputs = []
     names = []
     for number, (name, spec) in enumerate(tools):
-        opening = freeform.before(name)
         names.append(f"custom{number}")
-        lines.append(f"custom{number}: {lark_literal(opening)} @input{number}{closing}")
-        if trigger:
-            rest = _cut(opening, trigger)
-            literal = f"{lark_literal(rest)} " if rest else ""
-            lines.append(f"first_custom{number}: {literal}@input{number}{closing}")
+        body = f"@input{number}{closing}"
+        _call_rules(lines, names[-1], freeform.before(name), body, trigger)
         inputs.append(input_grammar(spec, f"input{number}"))
     lines.append("custom: " + " | ".join(names))
     firsts = [f"first_{name}" for name in names] if trigger else names
@@ -212,10 +202,16 @@ def _freeform_calls(
     return inputs
 
 
-def _cut(opening: str, trigger: str) -> str:
-    if not opening.startswith(trigger):
-        raise ValueError(f"The call syntax does not begin with its trigger {trigger!r}.")
-    return opening.removeprefix(trigger)
+def _call_rules(lines: list[str], rule: str, opening: str, body: str, trigger: str) -> None:
+    """Add ``rule: opening body`` to ``lines`` and, with a ``trigger`` to cut, the rule of a
+    first call that starts after it, ``first_<rule>``."""
+    lines.append(f"{rule}: {lark_literal(opening)} {body}")
+    if trigger:
+        if not opening.startswith(trigger):
+            raise ValueError(f"The call syntax does not begin with its trigger {trigger!r}.")
+        rest = opening.removeprefix(trigger)
+        literal = f"{lark_literal(rest)} " if rest else ""
+        lines.append(f"first_{rule}: {literal}{body}")
 
 
 def _literal_or_empty(text: str) -> str:

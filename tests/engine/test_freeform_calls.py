@@ -21,6 +21,8 @@ from exloop.engine.tool_calls.base import (
     ToolCallFormat,
 )
 
+from .test_tool_calls import merged
+
 #: A small cousin of Codex's apply_patch grammar (its own rule names, an import, a %ignore-free
 #: line structure): a sub-grammar may use any of them without clashing with the call grammar.
 PATCH_GRAMMAR = r"""
@@ -57,19 +59,6 @@ def parse(fmt: ToolCallFormat, chunks: Sequence[str]) -> list[ParseEvent]:
     parser = fmt.parser(FREEFORM)
     events = [event for chunk in chunks for event in parser.feed(chunk)]
     return merged(events + parser.finish())
-
-
-def merged(events: list[ParseEvent]) -> list[ParseEvent]:
-    out: list[ParseEvent] = []
-    for event in events:
-        last = out[-1] if out else None
-        if isinstance(event, TextChunk) and isinstance(last, TextChunk):
-            out[-1] = TextChunk(last.text + event.text)
-        elif isinstance(event, ArgumentsDelta) and isinstance(last, ArgumentsDelta):
-            out[-1] = ArgumentsDelta(event.index, last.delta + event.delta)
-        else:
-            out.append(event)
-    return out
 
 
 def ends(events: list[ParseEvent]) -> list[tuple[str, str]]:
