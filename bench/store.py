@@ -20,6 +20,7 @@ Usage: ``python bench/store.py [--model PATH] [--tokens N] [--concurrency 1 8]
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import socket
@@ -42,6 +43,7 @@ from exloop.orchestrator.memory_store import MemoryStore
 from exloop.orchestrator.output import OutputWriter
 from exloop.orchestrator.record import ResponseRecord
 from exloop.orchestrator.redis_store import RedisStore
+from exloop.orchestrator.sealing import KEY_BYTES, Sealer
 from exloop.orchestrator.spec import RunSpec
 from exloop.orchestrator.sqlite_store import SqliteStore
 from exloop.orchestrator.state import Transition
@@ -94,7 +96,7 @@ def sample_record(response_id: str) -> ResponseRecord:
     record.announce()
     record.move(Transition.START)
     record.emit_in_progress()
-    writer = OutputWriter(record)
+    writer = OutputWriter(record, Sealer(os.urandom(KEY_BYTES)))
     for word in ("The ", "capital ", "of ", "France ", "is ", "Paris, ", "on ", "the ", "Seine."):
         writer.text(word)
     writer.close_message()

@@ -86,6 +86,8 @@ class EngineSettings:
     backend: Backend
     name: str | None = None
     tool_call_format: str | None = None
+    #: A Jinja chat template used instead of the model's own (``--chat-template``).
+    chat_template: str | None = None
     #: llama.cpp's context window (``--n-ctx``).
     n_ctx: int | None = None
     #: llama.cpp's CPU threads (``--threads``; None: the physical cores this process may use).
@@ -115,6 +117,7 @@ def open_engine(settings: EngineSettings) -> Engine:
             name=settings.name,
             tool_call_format=settings.tool_call_format,
             grammar_budget=settings.grammar_budget,
+            chat_template=settings.chat_template,
         )
     from .llama_cpp import LlamaCppEngine
 
@@ -126,4 +129,5 @@ def open_engine(settings: EngineSettings) -> Engine:
         name=settings.name,
         tool_call_format=settings.tool_call_format,
         grammar_budget=settings.grammar_budget,
+        chat_template=settings.chat_template,
     )

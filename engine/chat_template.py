@@ -37,6 +37,13 @@ tools, so the chat is rewritten before rendering:
 * tool results become ``<tool_response name="...">...</tool_response>`` text
   (``ToolCallFormat.render_result``) in a ``user`` turn (consecutive results share one turn),
   or in the template's own ``tool`` role when it has one.
+
+Reasoning
+---------
+A template that writes ``<think>`` blocks (:mod:`.reasoning`) gets ``chat.thinking`` as its
+switch variable (``enable_thinking``) when it has one, and an assistant turn's ``reasoning`` as
+``reasoning_content`` when it reads that, or else as a think block before the turn's content.
+A template without thinking never sees reasoning.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import InvalidParameter
 from .protocol import Chat, ChatMessage, ToolCall, ToolSpec
+from .reasoning import ThinkingSyntax, detect_thinking
 from .tool_calls.base import ToolCallFormat
 from .tool_calls.prompt import freeform_note
 
@@ -90,6 +98,8 @@ class ChatTemplate:
         except TemplateError as exc:
             raise ValueError(f"The model's chat template does not compile: {exc}") from exc
         self._native_tools = "tools" in self.source
+        #: How the template writes reasoning (None: the model does not think).
+        self.thinking: ThinkingSyntax | None = detect_thinking(self.source)
         self._developer = "developer" in self.source
         self._tool_role = self._native_tools or "'tool'" in self.source or '"tool"' in self.source
 
@@ -106,20 +116,25 @@ class ChatTemplate:
         Raises :class:`~exloop.engine.errors.InvalidParameter` when the template rejects the
         conversation (for example with ``raise_exception`` on roles that do not alternate).
         """
+        extra: dict[str, Any] = {}
+        if self.thinking is not None and self.thinking.switch and chat.thinking is not None:
+            extra[self.thinking.switch] = chat.thinking
         try:
-            prompt = self._render(chat.messages, chat.tools)
+            prompt = self._render(chat.messages, chat.tools, extra)
         except TemplateError as exc:
             if not (self._native_tools and any(len(m.tool_calls) > 1 for m in chat.messages)):
                 raise _rejected(exc) from exc
             # Llama 3.1's template, for one, refuses parallel calls in one turn: show them
             # as turns of one call each, every result right after its call.
             try:
-                prompt = self._render(_one_call_per_turn(chat.messages), chat.tools)
+                prompt = self._render(_one_call_per_turn(chat.messages), chat.tools, extra)
             except TemplateError as retry_exc:
                 raise _rejected(retry_exc) from retry_exc
         return prompt + chat.assistant_prefix
 
-    def _render(self, history: Sequence[ChatMessage], tools: Sequence[ToolSpec]) -> str:
+    def _render(
+        self, history: Sequence[ChatMessage], tools: Sequence[ToolSpec], extra: dict[str, Any]
+    ) -> str:
         if self._native_tools:
             messages = [self._native(message) for message in history]
             listed = [_tool(spec) for spec in tools] or None
@@ -132,6 +147,7 @@ class ChatTemplate:
             add_generation_prompt=True,
             bos_token=self._bos_token,
             eos_token=self._eos_token,
+            **extra,
         )
 
     def _role(self, message: ChatMessage) -> str:
@@ -139,8 +155,20 @@ class ChatTemplate:
             return "system"
         return message.role
 
+    def _turn(self, message: ChatMessage, content: str) -> dict[str, Any]:
+        """A message for the template: role, content, and the turn's reasoning as the
+        template reads it."""
+        rendered: dict[str, Any] = {"role": self._role(message), "content": content}
+        thinking = self.thinking
+        if message.reasoning and thinking is not None:
+            if thinking.reads_reasoning_content:
+                rendered["reasoning_content"] = message.reasoning
+            else:
+                rendered["content"] = thinking.block(message.reasoning) + content
+        return rendered
+
     def _native(self, message: ChatMessage) -> dict[str, Any]:
-        rendered: dict[str, Any] = {"role": self._role(message), "content": message.content}
+        rendered = self._turn(message, message.content)
         # Templates test `'tool_calls' in message`, so the key is present only with calls.
         if message.tool_calls:
             rendered["tool_calls"] = [_call(call) for call in message.tool_calls]
@@ -170,7 +198,7 @@ class ChatTemplate:
                 if message.tool_calls:
                     calls = self._format.render_calls(message.tool_calls)
                     content = f"{content}\n{calls}" if content else calls
-                messages.append({"role": self._role(message), "content": content})
+                messages.append(self._turn(message, content))
             previous = message
         if tools:
             prompt = self._format.system_prompt(tools)

@@ -189,6 +189,7 @@ class ExLlamaV2Engine(QueuedEngine):
         name: str | None = None,
         tool_call_format: str | None = None,
         grammar_budget: CompileBudget | None = None,
+        chat_template: str | None = None,
         progress: bool = True,
     ) -> ExLlamaV2Engine:
         """Load ``model_dir`` (see :func:`load_model`) and start the generator thread."""
@@ -201,7 +202,11 @@ class ExLlamaV2Engine(QueuedEngine):
             progress=progress,
         )
         return cls(
-            loaded, name=name, tool_call_format=tool_call_format, grammar_budget=grammar_budget
+            loaded,
+            name=name,
+            tool_call_format=tool_call_format,
+            grammar_budget=grammar_budget,
+            chat_template=chat_template,
         )
 
     def __init__(
@@ -211,6 +216,7 @@ class ExLlamaV2Engine(QueuedEngine):
         name: str | None = None,
         tool_call_format: str | None = None,
         grammar_budget: CompileBudget | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self._loaded = loaded
         self._vocab = vocab = loaded.vocab
@@ -221,11 +227,10 @@ class ExLlamaV2Engine(QueuedEngine):
         self._paged = loaded.paged
         self._batch = loaded.max_batch_size
         try:
-            format_name = tool_call_format or detect_format(
-                vocab.chat_template, vocab.special_tokens
-            )
+            source = vocab.chat_template if chat_template is None else chat_template
+            format_name = tool_call_format or detect_format(source, vocab.special_tokens)
             self._template = ChatTemplate(
-                vocab.chat_template,
+                source,
                 bos_token=vocab.bos_token,
                 eos_token=vocab.eos_token,
                 tool_format=get_format(format_name),
@@ -235,8 +240,9 @@ class ExLlamaV2Engine(QueuedEngine):
                 name=name or loaded.path.name,
                 backend="exllamav2",
                 context_length=loaded.max_seq_len,
-                chat_template=vocab.chat_template,
+                chat_template=source,
                 tool_call_format=format_name,
+                thinking=self._template.thinking,
             )
             self._padded_vocab = -(-loaded.model.config.vocab_size // 32) * 32
             self._page_size = _PAGE if loaded.paged else loaded.cache_tokens

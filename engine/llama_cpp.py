@@ -69,10 +69,11 @@ class LlamaCppEngine(QueuedEngine):
     """An :class:`~exloop.engine.protocol.Engine` running one GGUF model on the CPU.
 
     The constructor loads the model and blocks: call it from a worker thread in async code.
-    ``tool_call_format`` overrides the format detected from the chat template. Without
-    ``n_threads`` it uses the physical cores this process may use (:mod:`.threads`);
-    ``n_threads_batch`` (prompt evaluation) defaults to ``n_threads``. ``grammar_budget``
-    bounds what compiling a constraint may cost.
+    ``tool_call_format`` overrides the format detected from the chat template, and
+    ``chat_template`` (Jinja source) the template the GGUF ships. Without ``n_threads`` it
+    uses the physical cores this process may use (:mod:`.threads`); ``n_threads_batch``
+    (prompt evaluation) defaults to ``n_threads``. ``grammar_budget`` bounds what compiling a
+    constraint may cost.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class LlamaCppEngine(QueuedEngine):
         name: str | None = None,
         tool_call_format: str | None = None,
         grammar_budget: CompileBudget | None = None,
+        chat_template: str | None = None,
     ) -> None:
         check_build()
         path = Path(model_path)
@@ -114,7 +116,7 @@ class LlamaCppEngine(QueuedEngine):
             # Without an explicit size, never run past what the model was trained on.
             self._n_ctx = min(self._n_ctx, llama_cpp.llama_model_n_ctx_train(self._llm.model))
         try:
-            self._read_model(path, name, tool_call_format, grammar_budget)
+            self._read_model(path, name, tool_call_format, grammar_budget, chat_template)
         except BaseException:
             self._llm.close()
             raise
@@ -130,6 +132,7 @@ class LlamaCppEngine(QueuedEngine):
         name: str | None,
         tool_call_format: str | None,
         grammar_budget: CompileBudget | None,
+        chat_template: str | None,
     ) -> None:
         """Read what the GGUF says about tokens, template and tool calls."""
         self._vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
@@ -146,7 +149,9 @@ class LlamaCppEngine(QueuedEngine):
         self._pieces: dict[int, bytes] = {}
 
         metadata = self._llm.metadata
-        template_source = metadata.get("tokenizer.chat_template", "")
+        template_source = (
+            metadata.get("tokenizer.chat_template", "") if chat_template is None else chat_template
+        )
         self._bos_token = self._token_text(self._llm.token_bos())
         format_name = tool_call_format or detect_format(template_source, self._special_tokens())
         self._template = ChatTemplate(
@@ -161,6 +166,7 @@ class LlamaCppEngine(QueuedEngine):
             context_length=self._n_ctx,
             chat_template=template_source,
             tool_call_format=format_name,
+            thinking=self._template.thinking,
         )
         self._grammars = GrammarCompiler(lltokenizer(self._llm), grammar_budget)
         self._dry_stages = DryStages(self._vocab, self._n_ctx)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
 
+from .reasoning import ThinkingSyntax
 from .sampling import SamplingParams
 
 #: A JSON Schema document, as the client sent it.
@@ -73,8 +74,9 @@ class ToolCall:
 class ChatMessage:
     """One turn of a chat, before the model's template renders it.
 
-    ``tool_calls`` is only set on assistant turns; ``tool_call_id`` and ``name`` only on
-    ``tool`` turns (the result of a call).
+    ``tool_calls`` and ``reasoning`` (the thinking that led to the turn, for models that
+    think) are only set on assistant turns; ``tool_call_id`` and ``name`` only on ``tool``
+    turns (the result of a call).
     """
 
     role: Role
@@ -82,6 +84,7 @@ class ChatMessage:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    reasoning: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +93,14 @@ class Chat:
 
     ``assistant_prefix`` is text the assistant's new turn already holds: the orchestrator uses
     it to continue a turn (for example under a tool-argument constraint) without re-rendering.
+    ``thinking`` sets the template's thinking switch (``enable_thinking``) when it has one;
+    ``None`` leaves the template's default.
     """
 
     messages: tuple[ChatMessage, ...]
     tools: tuple[ToolSpec, ...] = ()
     assistant_prefix: str = ""
+    thinking: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +213,8 @@ class ModelInfo:
     chat_template: str
     #: The tool-call format family detected from the template and vocabulary.
     tool_call_format: str
+    #: How the template writes reasoning; ``None`` for a model that does not think.
+    thinking: ThinkingSyntax | None = None
 
 
 class Engine(Protocol):

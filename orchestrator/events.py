@@ -10,7 +10,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from .items import Logprob, OutputItem, OutputText, UrlCitation
+from .items import Logprob, OutputItem, OutputText, ReasoningText, UrlCitation
 from .resource import Response
 
 
@@ -70,11 +70,11 @@ class _PartEvent(_ItemEvent, frozen=True, kw_only=True):
 
 
 class ContentPartAdded(_PartEvent, frozen=True, kw_only=True, tag="response.content_part.added"):
-    part: OutputText
+    part: OutputText | ReasoningText
 
 
 class ContentPartDone(_PartEvent, frozen=True, kw_only=True, tag="response.content_part.done"):
-    part: OutputText
+    part: OutputText | ReasoningText
 
 
 class OutputTextDelta(_PartEvent, frozen=True, kw_only=True, tag="response.output_text.delta"):
@@ -92,6 +92,22 @@ class OutputTextAnnotationAdded(
 ):
     annotation_index: int
     annotation: UrlCitation
+
+
+class ReasoningTextDelta(
+    _PartEvent, frozen=True, kw_only=True, tag="response.reasoning_text.delta"
+):
+    delta: str
+
+
+class ReasoningTextDone(_PartEvent, frozen=True, kw_only=True, tag="response.reasoning_text.done"):
+    text: str
+
+
+class CompactionCompacting(
+    _ItemEvent, frozen=True, kw_only=True, tag="response.compaction.compacting"
+):
+    """The model is writing the summary of a compaction item (which the event does not show)."""
 
 
 class FunctionCallArgumentsDelta(
@@ -206,6 +222,9 @@ StreamEvent: TypeAlias = (
     | OutputTextDelta
     | OutputTextDone
     | OutputTextAnnotationAdded
+    | ReasoningTextDelta
+    | ReasoningTextDone
+    | CompactionCompacting
     | FunctionCallArgumentsDelta
     | FunctionCallArgumentsDone
     | CustomToolCallInputDelta

@@ -155,13 +155,30 @@ class ReasoningText(msgspec.Struct, tag="reasoning_text", tag_field="type", froz
 
 
 class Reasoning(msgspec.Struct, tag="reasoning", tag_field="type", frozen=True):
-    """Reasoning a client replays; accepted as input and shown to no model that lacks it."""
+    """A thinking model's reasoning before its answer or calls: the text in ``content``,
+    sealed in ``encrypted_content`` when the request includes ``reasoning.encrypted_content``.
+    Replayed as input, it is shown again to a model that thinks and to no other."""
 
     summary: list[SummaryText] = []
     id: str | None = None
     content: list[ReasoningText] | None = None
     encrypted_content: str | None = None
     status: ItemStatus | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(part.text for part in self.content or ())
+
+
+class Compaction(msgspec.Struct, tag="compaction", tag_field="type", frozen=True):
+    """The conversation so far, summarized by the model and sealed: what
+    ``/v1/responses/compact`` (or compaction inside a response) returns for the client to send
+    back in place of the turns it replaces."""
+
+    encrypted_content: str
+    id: str | None = None
+    #: Kept when a client sends it back; omitted otherwise (OpenAI's schema types it a string).
+    created_by: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class SearchSource(msgspec.Struct, tag="url", tag_field="type", frozen=True):
@@ -286,6 +303,7 @@ Item: TypeAlias = (
     | McpCall
     | McpApprovalRequest
     | McpApprovalResponse
+    | Compaction
     | ItemReference
 )
 #: Items a response produces.
@@ -299,4 +317,6 @@ OutputItem: TypeAlias = (
     | McpListTools
     | McpCall
     | McpApprovalRequest
+    | Reasoning
+    | Compaction
 )

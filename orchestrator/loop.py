@@ -34,15 +34,23 @@ from typing import TypeAlias, assert_never
 
 import anyio
 
-from exloop.engine.protocol import Chat, ChatMessage, Engine, ToolCall, ToolSpec
+from exloop.engine.protocol import Chat, ChatMessage, Engine, Grammar, ToolCall, ToolSpec
 from exloop.engine.tool_calls.base import ToolCallFormat
 from exloop.engine.tool_calls.grammar import MAX_CALLS
 
 from .builtin import BuiltinCall, BuiltinRegistry, CallBudget
-from .conversation import drop_oldest_turn, to_messages
+from .compaction import (
+    DEFAULT_THRESHOLD_SHARE,
+    compactable,
+    compacted,
+    summary_limit,
+    summary_prompt,
+)
+from .conversation import ModelView, drop_oldest_turn, system_prompt, to_messages
 from .items import Item, new_id
 from .mcp import McpToolset, approved
 from .output import OutputWriter
+from .reasoning import thinking_plan
 from .record import ResponseRecord
 from .resource import IncompleteDetails
 from .spec import RunSpec
@@ -124,6 +132,7 @@ class ToolLoop:
         mcp: McpToolset,
         *,
         max_tool_rounds: int,
+        thinking_constraint: Grammar | None = None,
         catalog: ToolCatalog | None = None,
     ) -> None:
         self._engine = engine
@@ -131,21 +140,26 @@ class ToolLoop:
         self._builtins = builtins
         self._mcp = mcp
         self._max_rounds = max_tool_rounds
+        self._thinking_constraint = thinking_constraint
         self._catalog = catalog or ToolCatalog(())
 
-    async def run(self, record: ResponseRecord, writer: OutputWriter, history: list[Item]) -> None:
+    async def run(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
+        """Run ``record`` to its end over the conversation as the model reads it."""
         async with self._mcp as mcp:
             taken = {*self._catalog.names, *(tool.name for tool in self._builtins.specs)}
-            self._builtins.extend(await mcp.open(writer, history, taken))
-            await self._loop(record, writer, history)
+            self._builtins.extend(await mcp.open(writer, list(view.items), taken))
+            await self._loop(record, writer, view)
 
-    async def _loop(
-        self, record: ResponseRecord, writer: OutputWriter, history: list[Item]
-    ) -> None:
+    async def _loop(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
         spec = record.spec
-        messages = to_messages(history, spec.instructions)
+        history = list(view.items)
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        has_head = system_prompt(spec.instructions, view.summary) is not None
         step = ModelStep(self._engine, record, writer, self._format, self._builtins)
         budget = CallBudget(spec.tools.max_tool_calls)
+        thinking = thinking_plan(
+            self._engine.info.thinking, spec.reasoning, self._thinking_constraint
+        )
         rounds = 0
         first = True
         resumed = self._approved_calls(history, record.input_items, writer)
@@ -156,18 +170,24 @@ class ToolLoop:
             first = False
         while True:
             capped = rounds >= self._max_rounds and bool(self._builtins)
-            offered = self._catalog.offered([*history, *record.output])
+            # Tools loaded by turns a compaction replaced stay loaded: the catalog reads the
+            # whole conversation, not the model's view of it.
+            offered = self._catalog.offered([*record.context, *record.input_items, *record.output])
             builtins = () if budget.spent else self._builtins.specs
             shown = (*offered.specs, *builtins)
             mode = self._mode(spec, shown, builtins, first=first, capped=capped)
             if capped:
                 record.tool_rounds_capped = True
+            if await self._should_compact(messages, spec, shown, has_head=has_head):
+                messages, has_head = await self._compact(messages, has_head, spec, step, writer)
             await self._fit_context(messages, spec, offered_tools(mode, shown))
             sampling = replace(
                 spec.sampling,
                 max_tokens=_budget(spec.sampling.max_tokens, record.usage.output_tokens),
             )
-            result = await step.run(messages, mode, sampling, shown=shown, targets=offered.targets)
+            result = await step.run(
+                messages, mode, sampling, thinking, shown=shown, targets=offered.targets
+            )
             first = False
             outcome = decide(result, rounds_left=not capped)
             match outcome:
@@ -192,13 +212,68 @@ class ToolLoop:
                     return
                 case RunBuiltinTools(calls=calls, client_calls=client_calls):
                     writer.close_message()
-                    await self._round(record, calls, result.text, writer, messages, budget)
+                    await self._round(
+                        record, calls, result.text, writer, messages, budget, result.reasoning
+                    )
                     if client_calls:
                         record.complete()
                         return
                     rounds += 1
                 case _:
                     assert_never(outcome)
+
+    async def compact(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
+        """Compact the conversation into one compaction item (``/v1/responses/compact``)."""
+        spec = record.spec
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        step = ModelStep(self._engine, record, writer, self._format, self._builtins)
+        has_head = system_prompt(spec.instructions, view.summary) is not None
+        await self._compact(messages, has_head, spec, step, writer)
+        record.complete()
+
+    async def _should_compact(
+        self,
+        messages: list[ChatMessage],
+        spec: RunSpec,
+        tools: tuple[ToolSpec, ...],
+        *,
+        has_head: bool,
+    ) -> bool:
+        """Whether ``context_management`` asks to compact now: the prompt (with the ``tools``
+        the step shows) is over the threshold and compacting would drop something."""
+        if spec.compaction is None or not compactable(messages, has_head=has_head):
+            return False
+        threshold = spec.compaction.threshold or int(
+            self._engine.info.context_length * DEFAULT_THRESHOLD_SHARE
+        )
+        return await self._engine.count_tokens(Chat(tuple(messages), tools)) > threshold
+
+    async def _compact(
+        self,
+        messages: list[ChatMessage],
+        has_head: bool,
+        spec: RunSpec,
+        step: ModelStep,
+        writer: OutputWriter,
+    ) -> tuple[list[ChatMessage], bool]:
+        """Have the model summarize ``messages`` into a compaction item; the messages that
+        remain after it, and whether they start with a system prompt."""
+        index = writer.open_compaction()
+        prompt = summary_prompt(messages)
+        length = self._engine.info.context_length
+        limit = summary_limit(await self._engine.count_tokens(Chat(tuple(messages))), length)
+        # The summary sees as much of the conversation as fits beside it.
+        context = length - limit
+        while await self._engine.count_tokens(Chat(tuple(prompt))) > context:
+            if not drop_oldest_turn(prompt):
+                break
+        sampling = replace(spec.sampling, max_tokens=limit, logprobs=False)
+        summary = await step.summarize(prompt, sampling)
+        writer.close_compaction(index, summary)
+        remaining = compacted(
+            messages, has_head=has_head, instructions=spec.instructions, summary=summary
+        )
+        return remaining, system_prompt(spec.instructions, summary) is not None
 
     async def _round(
         self,
@@ -208,8 +283,10 @@ class ToolLoop:
         writer: OutputWriter,
         messages: list[ChatMessage],
         budget: CallBudget,
+        reasoning: str = "",
     ) -> None:
-        """Run a round of built-in calls and add the turn and its results to ``messages``."""
+        """Run a round of built-in calls and add the turn (with the ``reasoning`` that led to
+        it) and its results to ``messages``."""
         record.move(Transition.RUN_TOOLS)
         results = await self._run_builtins(calls, writer, budget)
         messages.append(
@@ -217,6 +294,7 @@ class ToolLoop:
                 role="assistant",
                 content=text,
                 tool_calls=tuple(ToolCall(c.call_id, c.name, c.arguments) for c in calls),
+                reasoning=reasoning,
             )
         )
         messages.extend(

@@ -9,8 +9,12 @@ A message: ``output_item.added`` → ``content_part.added`` → ``output_text.de
 ``mcp_call.in_progress`` → ``mcp_call_arguments.delta`` × N → ``.done`` (as the model writes
 the call) → ``mcp_call.completed`` or ``.failed`` (when it has run) → ``output_item.done``. An
 MCP tool listing: ``output_item.added`` → ``mcp_list_tools.in_progress`` → ``.completed`` or
-``.failed`` → ``output_item.done``. Items without events of their own (tool search calls and
-outputs, MCP approval requests): ``output_item.added`` → ``output_item.done``.
+``.failed`` → ``output_item.done``. Reasoning:
+``output_item.added`` → ``content_part.added`` (reasoning_text) → ``reasoning_text.delta`` × N
+→ ``.done`` → ``content_part.done`` → ``output_item.done`` (with ``encrypted_content`` when
+asked for). A compaction: ``output_item.added`` → ``compaction.compacting`` →
+``output_item.done``. Items without events of their own (tool search calls and outputs, MCP
+approval requests): ``output_item.added`` → ``output_item.done``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import msgspec
 
 from . import events as ev
 from .items import (
+    Compaction,
     CustomToolCall,
     FunctionCall,
     ItemStatus,
@@ -35,6 +40,8 @@ from .items import (
     Message,
     OutputItem,
     OutputText,
+    Reasoning,
+    ReasoningText,
     UrlCitation,
     WebSearchAction,
     WebSearchCall,
@@ -42,6 +49,7 @@ from .items import (
     new_id,
 )
 from .record import ResponseRecord
+from .sealing import Sealer
 
 
 @dataclass
@@ -68,15 +76,119 @@ class _OpenCall:
     custom: bool = False
 
 
-class OutputWriter:
-    """The one place output items are added to a record."""
+@dataclass
+class _OpenReasoning:
+    index: int
+    id: str
+    text: str = ""
 
-    def __init__(self, record: ResponseRecord) -> None:
+
+class OutputWriter:
+    """The one place output items are added to a record.
+
+    ``sealer`` seals compaction summaries, and the text of finished reasoning items into their
+    ``encrypted_content`` when ``seal_reasoning`` (the request includes
+    ``reasoning.encrypted_content``).
+    """
+
+    def __init__(
+        self, record: ResponseRecord, sealer: Sealer, *, seal_reasoning: bool = False
+    ) -> None:
         self._record = record
+        self._sealer = sealer
+        self._seal_reasoning = seal_reasoning
         self._message: _OpenMessage | None = None
         self._call: _OpenCall | None = None
         #: MCP calls whose arguments are complete, waiting to run, by call id.
         self._mcp_calls: dict[str, _OpenCall] = {}
+        self._reasoning: _OpenReasoning | None = None
+        self._compaction: int | None = None
+
+    # -- reasoning ------------------------------------------------------------------------
+
+    def reasoning(self, delta: str) -> None:
+        """Append thinking text to the open reasoning item, opening one first if needed."""
+        if not delta:
+            return
+        item = self._reasoning or self._open_reasoning()
+        item.text += delta
+        self._record.output[item.index] = self._reasoning_item(item, "in_progress")
+        self._record.emit(
+            lambda n: ev.ReasoningTextDelta(
+                sequence_number=n,
+                item_id=item.id,
+                output_index=item.index,
+                content_index=0,
+                delta=delta,
+            )
+        )
+
+    def close_reasoning(self, status: ItemStatus = "completed") -> Reasoning | None:
+        """Finish the open reasoning item (if any), sealing its text when asked to."""
+        item, self._reasoning = self._reasoning, None
+        if item is None:
+            return None
+        record = self._record
+        part = ReasoningText(item.text)
+        record.emit(
+            lambda n: ev.ReasoningTextDone(
+                sequence_number=n,
+                item_id=item.id,
+                output_index=item.index,
+                content_index=0,
+                text=item.text,
+            )
+        )
+        self._part_done(item.id, item.index, part)
+        sealed = self._sealer.seal("reasoning", item.text) if self._seal_reasoning else None
+        done = Reasoning(
+            id=item.id, content=[part], encrypted_content=sealed, status=status, summary=[]
+        )
+        record.output[item.index] = done
+        record.emit(
+            lambda n: ev.OutputItemDone(sequence_number=n, output_index=item.index, item=done)
+        )
+        return done
+
+    def _open_reasoning(self) -> _OpenReasoning:
+        record = self._record
+        item = _OpenReasoning(index=len(record.output), id=new_id("rs"))
+        self._reasoning = item
+        empty = Reasoning(id=item.id, content=[], status="in_progress", summary=[])
+        record.output.append(empty)
+        record.emit(
+            lambda n: ev.OutputItemAdded(sequence_number=n, output_index=item.index, item=empty)
+        )
+        self._part_added(item.id, item.index, ReasoningText(""))
+        return item
+
+    @staticmethod
+    def _reasoning_item(item: _OpenReasoning, status: ItemStatus) -> Reasoning:
+        return Reasoning(id=item.id, content=[ReasoningText(item.text)], status=status, summary=[])
+
+    # -- compaction -----------------------------------------------------------------------
+
+    def open_compaction(self) -> int:
+        """Add a compaction item whose summary is being written; returns its output index."""
+        record = self._record
+        item = Compaction(id=new_id("cmp"), encrypted_content="")
+        index = self.open_item(item)
+        self._compaction = index
+        record.emit(
+            lambda n: ev.CompactionCompacting(
+                sequence_number=n, item_id=item.id or "", output_index=index
+            )
+        )
+        return index
+
+    def close_compaction(self, index: int, summary: str) -> Compaction:
+        """Finish the compaction item at ``index``, sealing its ``summary``."""
+        record = self._record
+        self._compaction = None
+        sealed = self._sealer.seal("compaction", summary)
+        item = Compaction(id=record.output[index].id, encrypted_content=sealed)
+        self.close_item(index, item)
+        return item
 
     # -- assistant text -------------------------------------------------------------------
 
@@ -138,15 +250,7 @@ class OutputWriter:
                 logprobs=msg.logprobs,
             )
         )
-        record.emit(
-            lambda n: ev.ContentPartDone(
-                sequence_number=n,
-                item_id=where[0],
-                output_index=where[1],
-                content_index=0,
-                part=part,
-            )
-        )
+        self._part_done(msg.id, msg.index, part)
         item = Message(role="assistant", content=[part], id=msg.id, status=status)
         record.output[msg.index] = item
         record.emit(
@@ -163,21 +267,29 @@ class OutputWriter:
         record.emit(
             lambda n: ev.OutputItemAdded(sequence_number=n, output_index=msg.index, item=empty)
         )
-        record.emit(
-            lambda n: ev.ContentPartAdded(
-                sequence_number=n,
-                item_id=msg.id,
-                output_index=msg.index,
-                content_index=0,
-                part=OutputText(text=""),
-            )
-        )
+        self._part_added(msg.id, msg.index, OutputText(text=""))
         return msg
 
     @staticmethod
     def _message_item(msg: _OpenMessage, status: ItemStatus) -> Message:
         part = OutputText(text=msg.text, logprobs=msg.logprobs)
         return Message(role="assistant", content=[part], id=msg.id, status=status)
+
+    # -- the content part of messages and reasoning ----------------------------------------
+
+    def _part_added(self, item_id: str, index: int, part: OutputText | ReasoningText) -> None:
+        self._record.emit(
+            lambda n: ev.ContentPartAdded(
+                sequence_number=n, item_id=item_id, output_index=index, content_index=0, part=part
+            )
+        )
+
+    def _part_done(self, item_id: str, index: int, part: OutputText | ReasoningText) -> None:
+        self._record.emit(
+            lambda n: ev.ContentPartDone(
+                sequence_number=n, item_id=item_id, output_index=index, content_index=0, part=part
+            )
+        )
 
     # -- function, custom tool and MCP calls ----------------------------------------------
 
@@ -448,6 +560,10 @@ class OutputWriter:
 
     def close_all(self, status: ItemStatus) -> None:
         """Close whatever is open, e.g. when the output stops short."""
+        self.close_reasoning(status)
+        if self._compaction is not None:
+            # Cut off while summarizing: the item stays, with an empty summary.
+            self.close_compaction(self._compaction, "")
         self.close_message(status)
         if self._call is not None:
             self.close_call(self._call.arguments, status)

@@ -58,6 +58,8 @@ class UsageTotals:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    #: The part of ``output_tokens`` a thinking model spent reasoning.
+    reasoning_tokens: int = 0
 
     def add(self, usage: Usage) -> None:
         self.input_tokens += usage.prompt_tokens
@@ -70,7 +72,7 @@ class UsageTotals:
             output_tokens=self.output_tokens,
             total_tokens=self.input_tokens + self.output_tokens,
             input_tokens_details=InputTokensDetails(cached_tokens=self.cached_tokens),
-            output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=self.reasoning_tokens),
         )
 
 

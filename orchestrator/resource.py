@@ -70,9 +70,19 @@ class TextConfig(msgspec.Struct, frozen=True):
     verbosity: Verbosity | None = "medium"
 
 
+ReasoningEffort: TypeAlias = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+ReasoningContext: TypeAlias = Literal["auto", "current_turn", "all_turns"]
+SummaryMode: TypeAlias = Literal["auto", "concise", "detailed"]
+
+
 class ReasoningConfig(msgspec.Struct, frozen=True):
-    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
-    summary: Literal["auto", "concise", "detailed"] | None = None
+    """``reasoning`` as the client sent it (echoed on the response)."""
+
+    effort: ReasoningEffort | None = None
+    summary: SummaryMode | None = None
+    context: ReasoningContext | None = None
+    #: The deprecated spelling of ``summary``.
+    generate_summary: SummaryMode | None = None
 
 
 class Response(msgspec.Struct, frozen=True, omit_defaults=False):

@@ -15,9 +15,12 @@ that is gone are claimed at start and on every upkeep, and end ``failed`` with t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import TypeAlias
 
 import anyio
 import msgspec
@@ -31,17 +34,24 @@ from exloop.engine.errors import (
     InvalidGrammar,
 )
 from exloop.engine.grammar_sandbox import CompileBudget
-from exloop.engine.protocol import Chat, Engine, GenerationRequest, ModelInfo, ToolSpec
+from exloop.engine.protocol import Chat, Engine, GenerationRequest, Grammar, ModelInfo, ToolSpec
 from exloop.engine.tool_calls import get_format
 from exloop.engine.tool_calls.base import ToolCallFormat
 
 from .builtin import BuiltinFactory, BuiltinRegistry
 from .codec import RecordCodec
-from .conversation import last_user_text, resolve_references, to_messages
+from .conversation import (
+    ModelView,
+    last_user_text,
+    model_view,
+    resolve_references,
+    to_messages,
+)
 from .errors import InvalidRequest, InvalidState, ResponseNotFound, StoreError
 from .events import TERMINAL_EVENTS, StreamEvent
 from .items import (
     AdditionalTools,
+    Compaction,
     CustomToolCall,
     CustomToolCallOutput,
     FunctionCall,
@@ -61,7 +71,8 @@ from .output import OutputWriter
 from .persist import RecordWriter
 from .record import SERVER_RESTARTED, ResponseRecord
 from .resource import Response
-from .spec import RunSpec
+from .sealing import KEY_BYTES, Sealer
+from .spec import CompactionPolicy, RunSpec
 from .state import Phase, Transition
 from .store import ResponseStore, Stored
 from .tool_defs import ToolSearchTool
@@ -81,6 +92,7 @@ _ID_PREFIX: dict[type, str] = {
     AdditionalTools: "at",
     Reasoning: "rs",
     McpApprovalResponse: "mcpa",
+    Compaction: "cmp",
 }
 
 
@@ -117,6 +129,18 @@ async def _live_events(
         yield event
 
 
+@dataclass(frozen=True, slots=True)
+class CompactionRun:
+    """A compaction being run: its handle, and the user messages its item follows."""
+
+    handle: RunHandle
+    kept: tuple[Message, ...]
+
+
+#: What a run does with its record, writer and conversation: ToolLoop.run or .compact.
+_Work: TypeAlias = Callable[[ResponseRecord, OutputWriter, ModelView], Awaitable[None]]
+
+
 class Orchestrator:
     """Runs responses on one engine. Use as an async context manager, inside the store's
     (the caller opens and closes the store)."""
@@ -133,7 +157,12 @@ class Orchestrator:
         mcp: McpSettings | None = None,
         grammar_timeout: float | None = None,
         flush_interval: float = 0.05,
+        sealer: Sealer | None = None,
+        thinking_constraint: Grammar | None = None,
     ) -> None:
+        """``sealer`` seals reasoning and compaction for clients (a key of this process's own
+        when not given); ``thinking_constraint`` is a test hook: a grammar thinking models
+        think under."""
         self._engine = engine
         #: Seconds all of one request's grammars may take to compile (each one's own budget
         #: is the engine's).
@@ -144,6 +173,8 @@ class Orchestrator:
         self._builtins = builtins
         self._format = tool_format or get_format(engine.info.tool_call_format)
         self._mcp = mcp
+        self.sealer = sealer or Sealer(os.urandom(KEY_BYTES))
+        self._thinking_constraint = thinking_constraint
         self._codec = RecordCodec()
         #: Records of this process: runs in flight (stored or not, so a disconnect can abort
         #: an unstored run), and finished ones until the store has them.
@@ -261,6 +292,21 @@ class Orchestrator:
 
         Everything that can be refused is refused here, before any event exists.
         """
+        record, loop, view = await self._prepare(spec)
+        await self._start(record, loop.run, view)
+        return RunHandle(record)
+
+    async def compact(self, spec: RunSpec) -> CompactionRun:
+        """Validate ``spec`` and start compacting its conversation (``/v1/responses/compact``):
+        the run's output is the compaction item; the user messages it follows come along."""
+        record, loop, view = await self._prepare(replace(spec, compaction=CompactionPolicy()))
+        await self._start(record, loop.compact, view)
+        kept = tuple(
+            item for item in view.items if isinstance(item, Message) and item.role == "user"
+        )
+        return CompactionRun(RunHandle(record), kept)
+
+    async def _prepare(self, spec: RunSpec) -> tuple[ResponseRecord, ToolLoop, ModelView]:
         if self._tg is None:
             raise RuntimeError("the orchestrator is not running (use `async with`)")
         context: tuple[Item, ...] = ()
@@ -292,21 +338,10 @@ class Orchestrator:
         searching = [ToolSearch(search, catalog.deferred, question)] if search else []
         builtins = BuiltinRegistry([*web, *searching])
         self._check_mcp(spec, builtins, (*context, *inputs))
-        await self._check_context(spec, (*context, *inputs), catalog, builtins)
+        view = model_view(context, inputs, self.sealer)
+        await self._check_context(spec, view, catalog, builtins)
 
         record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
-        if not spec.background:
-            record.move(Transition.START)
-        record.announce()
-        self._local[record.id] = record
-        if spec.store:
-            try:
-                await self._writer.add(record)
-            except BaseException:
-                self._local.pop(record.id, None)
-                raise
-        else:
-            record.persisted.set()
         mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
         loop = ToolLoop(
             self._engine,
@@ -314,10 +349,26 @@ class Orchestrator:
             builtins,
             mcp,
             max_tool_rounds=self._max_tool_rounds,
+            thinking_constraint=self._thinking_constraint,
             catalog=catalog,
         )
-        self._tg.start_soon(self._run, record, loop)
-        return RunHandle(record)
+        return record, loop, view
+
+    async def _start(self, record: ResponseRecord, work: _Work, view: ModelView) -> None:
+        assert self._tg is not None
+        if not record.spec.background:
+            record.move(Transition.START)
+        record.announce()
+        self._local[record.id] = record
+        if record.spec.store:
+            try:
+                await self._writer.add(record)
+            except BaseException:
+                self._local.pop(record.id, None)
+                raise
+        else:
+            record.persisted.set()
+        self._tg.start_soon(self._run, record, work, view)
 
     def _check_mcp(
         self, spec: RunSpec, builtins: BuiltinRegistry, conversation: tuple[Item, ...]
@@ -395,18 +446,17 @@ class Orchestrator:
     async def _check_context(
         self,
         spec: RunSpec,
-        items: tuple[Item, ...],
+        view: ModelView,
         catalog: ToolCatalog,
         builtins: BuiltinRegistry,
     ) -> None:
         """The input, with the definitions of every tool the first step may show, must leave
         room for the output (the steps count the same way)."""
-        if spec.truncation == "auto":
-            return  # the loop drops the oldest turns as needed
-        tools = (*catalog.offered(items).specs, *builtins.specs)
-        tokens = await self._engine.count_tokens(
-            Chat(tuple(to_messages(items, spec.instructions)), tools)
-        )
+        if spec.truncation == "auto" or spec.compaction is not None:
+            return  # the loop drops the oldest turns, or compacts them, as needed
+        tools = (*catalog.offered(view.items).specs, *builtins.specs)
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        tokens = await self._engine.count_tokens(Chat(tuple(messages), tools))
         limit = self._engine.info.context_length
         if tokens + (spec.sampling.max_tokens or 1) > limit:
             raise ContextLengthExceeded(
@@ -416,15 +466,15 @@ class Orchestrator:
                 param="input",
             )
 
-    async def _run(self, record: ResponseRecord, loop: ToolLoop) -> None:
-        writer = OutputWriter(record)
+    async def _run(self, record: ResponseRecord, work: _Work, view: ModelView) -> None:
+        writer = OutputWriter(record, self.sealer, seal_reasoning=record.spec.reasoning.encrypted)
         try:
             with record.cancel_scope:
                 try:
                     if record.phase is Phase.QUEUED:
                         record.move(Transition.START)
                     record.emit_in_progress()
-                    await loop.run(record, writer, [*record.context, *record.input_items])
+                    await work(record, writer, view)
                 except (ConstraintFailed, InvalidGrammar) as exc:
                     # The client's grammar gave out while generating: its fault, not ours.
                     log.info("response %s failed: %s", record.id, exc)
@@ -586,7 +636,7 @@ def _item(record: ResponseRecord, item_id: str) -> Item | None:
 
 
 def _as_stored(item: Item) -> Item:
-    """Input items are stored with an id and (where the item has one) a status, as OpenAI
+    """Input items are stored with an id (and a status, where the item has one), as OpenAI
     lists them under ``input_items``; what the client gave is kept."""
     prefix = _ID_PREFIX.get(type(item))
     if prefix is None:

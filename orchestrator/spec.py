@@ -13,7 +13,7 @@ from exloop.engine.protocol import Grammar
 from exloop.engine.sampling import SamplingParams
 
 from .items import Item
-from .resource import ReasoningConfig, TextConfig
+from .resource import ReasoningConfig, ReasoningContext, ReasoningEffort, TextConfig
 from .tool_defs import ClientTool, Tool, ToolChoice, UserLocation
 
 SearchContextSize: TypeAlias = Literal["low", "medium", "high"]
@@ -133,6 +133,29 @@ class ToolPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ReasoningOptions:
+    """How a thinking model reasons for this request (ignored by models that do not think).
+
+    ``effort`` maps to the template's switch and a thinking budget
+    (:mod:`exloop.orchestrator.reasoning`); ``context`` picks the earlier reasoning the model
+    sees again (``current_turn``: only since the last user message); ``encrypted`` seals each
+    reasoning item into ``encrypted_content`` (``include: ["reasoning.encrypted_content"]``).
+    """
+
+    effort: ReasoningEffort | None = None
+    context: ReasoningContext = "auto"
+    encrypted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionPolicy:
+    """``context_management: [{"type": "compaction", "compact_threshold": N}]``."""
+
+    #: Prompt tokens past which the conversation is compacted; None: the server's default.
+    threshold: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Echo:
     """Request fields the response object reports back unchanged."""
 
@@ -166,5 +189,9 @@ class RunSpec:
     background: bool = False
     truncation: Literal["auto", "disabled"] = "disabled"
     metadata: dict[str, str] = field(default_factory=dict)
+    reasoning: ReasoningOptions = field(default_factory=ReasoningOptions)
+    #: ``context_management``: compact the conversation when the prompt grows past a
+    #: threshold (:mod:`exloop.orchestrator.compaction`).
+    compaction: CompactionPolicy | None = None
     #: Fields echoed on the response object as the client sent them.
     echo: Echo = field(default_factory=Echo)

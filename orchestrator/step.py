@@ -14,6 +14,12 @@ mode's tools (``allowed_tools`` may name fewer). Calls are routed by the tool's 
 they become: a function_call or custom_tool_call item streamed as it is written, a client
 tool search's ``tool_search_call`` item, an MCP tool's ``mcp_call`` (or, when it needs the
 client's approval, ``mcp_approval_request``) item, or a built-in call the loop runs.
+
+A model that thinks (:mod:`.reasoning`) first writes its think block: the step generates up to
+the close tag (or the thinking budget, after which it closes the block itself) into a
+reasoning item, then runs the mode as the continuation of the same assistant turn. With
+thinking off, the turn starts after an empty block. Jobs that continue one turn count their
+prompt as input once: only what the turn's earlier jobs had not already counted.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from exloop.engine.protocol import (
     GenerationRequest,
     Grammar,
     ToolSpec,
+    Usage,
 )
 from exloop.engine.sampling import SamplingParams
 from exloop.engine.tool_calls.base import (
@@ -52,6 +59,7 @@ from exloop.engine.tool_calls.grammar import MAX_CALLS
 from .builtin import BuiltinRegistry
 from .items import Logprob, ToolSearchCall, TopLogprob, new_id
 from .output import OutputWriter
+from .reasoning import ThinkingPlan, ThoughtSink
 from .record import ResponseRecord
 from .toolset import ToolTarget
 
@@ -101,6 +109,19 @@ class StepResult:
     calls: tuple[StepCall, ...]
     finish: FinishReason
     completion_tokens: int
+    #: What the model thought before ``text`` and ``calls`` (a model that thinks).
+    reasoning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Thought:
+    """The think block of a turn: the prefix the rest of the turn continues from."""
+
+    prefix: str
+    text: str = ""
+    #: Set when the turn ends in the think block (the token budget ran out, or a cancel).
+    finish: Finish | None = None
+    tokens: int = 0
 
 
 class ModelStep:
@@ -119,12 +140,15 @@ class ModelStep:
         self._writer = writer
         self._format = tool_format
         self._builtins = builtins
+        #: Prompt and output tokens the current turn's jobs have counted so far.
+        self._turn_tokens = 0
 
     async def run(
         self,
         messages: Sequence[ChatMessage],
         mode: StepMode,
         sampling: SamplingParams,
+        thinking: ThinkingPlan | None = None,
         *,
         shown: Sequence[ToolSpec] = (),
         targets: Mapping[str, ToolTarget] | None = None,
@@ -133,6 +157,15 @@ class ModelStep:
         ``targets`` maps each client tool's name to what its calls become (a name it lacks is
         a built-in tool's)."""
         chat = Chat(messages=tuple(messages), tools=offered_tools(mode, shown))
+        self._turn_tokens = 0
+        thought = _Thought(prefix="")
+        if thinking is not None:
+            chat = replace(chat, thinking=thinking.enabled)
+            thought = await self._think(chat, thinking, sampling)
+            if thought.finish is not None:
+                return StepResult("", (), thought.finish.reason, thought.tokens, thought.text)
+            chat = replace(chat, assistant_prefix=thought.prefix)
+            sampling = replace(sampling, max_tokens=_remaining(sampling.max_tokens, thought.tokens))
         callable_tools = () if isinstance(mode, AnswerMode) else mode.tools
         freeform = frozenset(t.name for t in callable_tools if t.freeform is not None)
         sink = _Sink(self._writer, targets or {}, self._builtins, self._format.parser(freeform))
@@ -151,7 +184,7 @@ class ModelStep:
                 if finish.reason == "stop" and finish.stop_sequence in self._format.triggers:
                     trigger = finish.stop_sequence or ""
                     sink.calls(trigger, [])
-                    chat = replace(chat, assistant_prefix=sink.raw_text + trigger)
+                    chat = replace(chat, assistant_prefix=thought.prefix + sink.raw_text + trigger)
                     grammar = self._format.call_grammar(
                         tools, include_trigger=False, max_calls=max_calls
                     )
@@ -169,8 +202,52 @@ class ModelStep:
             text=sink.raw_text,
             calls=tuple(sink.completed),
             finish=finish.reason,
-            completion_tokens=used,
+            completion_tokens=thought.tokens + used,
+            reasoning=thought.text,
         )
+
+    async def summarize(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> str:
+        """The model's answer to ``messages``, without thinking and written to no item (the
+        summary of a compaction)."""
+        self._turn_tokens = 0
+        chat = Chat(messages=tuple(messages))
+        syntax = self._engine.info.thinking
+        if syntax is not None:
+            chat = replace(chat, thinking=False)
+            off = await self._think(chat, ThinkingPlan(syntax, enabled=False, budget=0), sampling)
+            chat = replace(chat, assistant_prefix=off.prefix)
+        parts: list[str] = []
+        await self._generate(chat, sampling, None, lambda text, _: parts.append(text))
+        return "".join(parts).strip()
+
+    async def _think(self, chat: Chat, plan: ThinkingPlan, sampling: SamplingParams) -> _Thought:
+        """Write the turn's think block into a reasoning item (or skip it, thinking off)."""
+        syntax = plan.syntax
+        state = syntax.prompt_state(self._engine.render(chat))
+        if not plan.enabled or state == "closed":
+            # Off: start after an empty block, unless the template already wrote one.
+            empty = {"closed": "", "open": f"\n{syntax.close}\n\n"}
+            return _Thought(empty.get(state, f"{syntax.open}\n\n{syntax.close}\n\n"))
+        opening = "" if state == "open" else f"{syntax.open}\n"
+        limit = plan.budget
+        if sampling.max_tokens is not None:
+            limit = sampling.max_tokens if limit is None else min(limit, sampling.max_tokens)
+        thinking = replace(sampling, stop=(syntax.close,), max_tokens=limit, logprobs=False)
+        sink = ThoughtSink(self._writer.reasoning)
+        finish, used = await self._generate(
+            replace(chat, assistant_prefix=opening), thinking, plan.constraint, sink
+        )
+        self._record.usage.reasoning_tokens += used
+        text = sink.raw.strip()
+        out_of_tokens = sampling.max_tokens is not None and used >= sampling.max_tokens
+        if finish.reason == "cancelled" or (finish.reason == "length" and out_of_tokens):
+            self._writer.close_reasoning("incomplete")
+            return _Thought("", text, finish, used)
+        self._writer.close_reasoning()
+        # Closed by the model, or by us: its budget ran out, it ended its turn while thinking
+        # or its grammar was done. Either way the answer follows the closed block.
+        closing = "" if finish.reason == "stop" else "\n"
+        return _Thought(f"{opening}{sink.raw}{closing}{syntax.close}\n\n", text, None, used)
 
     async def _generate(
         self,
@@ -183,9 +260,11 @@ class ModelStep:
 
         Output tokens are counted as they arrive, and a cancelled job's prompt is counted on
         the way out, so a cancelled response reports what it used; the Finish event's usage
-        settles the figures of a job that ends.
+        settles the figures of a job that ends. A job that continues the step's turn counts
+        as input only the prompt tokens the turn's earlier jobs had not counted.
         """
         usage = self._record.usage
+        seen = self._turn_tokens
         job = await self._engine.submit(
             GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint)
         )
@@ -198,11 +277,20 @@ class ModelStep:
                     on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
                 else:
                     usage.output_tokens -= counted
-                    usage.add(event.usage)
-                    return event, event.usage.completion_tokens
+                    used = event.usage
+                    usage.add(
+                        Usage(
+                            prompt_tokens=max(0, used.prompt_tokens - seen),
+                            completion_tokens=used.completion_tokens,
+                            cached_tokens=max(0, used.cached_tokens - seen),
+                        )
+                    )
+                    self._turn_tokens = max(seen, used.prompt_tokens) + used.completion_tokens
+                    return event, used.completion_tokens
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                usage.input_tokens += await self._engine.count_tokens(chat)
+                prompt = await self._engine.count_tokens(chat)
+                usage.input_tokens += max(0, prompt - seen)
             raise
         raise RuntimeError("engine job ended without a Finish event")
 

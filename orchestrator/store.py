@@ -198,18 +198,6 @@ class SingleProcess:
         yield ""  # pragma: no cover (never reached; makes this an async generator)
 
 
-def default_store_path() -> Path:
-    """``$EXLOOP_DATA_DIR/responses.db``, else under ``$XDG_DATA_HOME`` (default
-    ``~/.local/share``) as ``exloop/responses.db``."""
-    import os
-
-    data = os.environ.get("EXLOOP_DATA_DIR")
-    if data:
-        return Path(data).expanduser() / "responses.db"
-    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(xdg).expanduser() / "exloop" / "responses.db"
-
-
 def open_store(
     url: str,
     retention: Retention,

@@ -24,18 +24,20 @@ from blacksheep.server.routing import Router
 from exloop.engine.errors import InvalidGrammar
 from exloop.engine.fingerprint import model_fingerprint
 from exloop.orchestrator.events import StreamEvent
-from exloop.orchestrator.items import Item
+from exloop.orchestrator.items import Compaction, Item
 from exloop.orchestrator.service import Orchestrator, RunHandle
 from exloop.orchestrator.spec import RunSpec
 
 from .body import read_json_body
 from .chat_request import parse_chat_request
 from .chat_response import ChunkStream, chat_completion
+from .compact_request import CompactedResponse, parse_compact_request
 from .errors import ApiError, invalid_request, to_api_error
 from .limits import Limits
 from .pagination import Page, PageQuery, item_id, paginate
 from .responses_request import parse_responses_request
 from .sse import DONE, encode_data, encode_event
+from .steering import steered
 from .streaming import check_disconnect_support, event_stream, unless_disconnected
 
 _encoder = msgspec.json.Encoder()
@@ -84,6 +86,8 @@ class AppSettings:
     #: Chat Completions' ``system_fingerprint``; by default one from the engine's model name,
     #: backend and versions (``exloop serve`` passes one made from the model's files too).
     system_fingerprint: str | None = None
+    #: Test-only: steer agent turns to call this function (see :mod:`.steering`).
+    steer_tool: str | None = None
 
 
 def json_response(payload: object, status: int = 200) -> Response:
@@ -108,6 +112,7 @@ def build_app(orchestrator: Orchestrator, settings: AppSettings) -> Application:
     api = _Api(orchestrator, settings)
     routes: list[tuple[str, str, Handler]] = [
         ("POST", "/v1/responses", api.create_response),
+        ("POST", "/v1/responses/compact", api.compact),
         ("GET", "/v1/responses/{response_id}", api.get_response),
         ("DELETE", "/v1/responses/{response_id}", api.delete_response),
         ("POST", "/v1/responses/{response_id}/cancel", api.cancel_response),
@@ -240,7 +245,8 @@ class _Api:
         call = await self._parse(
             request, partial(parse_responses_request, served_model=self._settings.served_model)
         )
-        handle = await self._start(call.spec, call.constraint_param)
+        spec = steered(call.spec, self._settings.steer_tool)
+        handle = await self._start(spec, call.constraint_param)
         if call.stream:
             # A background response outlives its stream; any other is aborted with it.
             on_disconnect = None if call.spec.background else self._abort(handle.id)
@@ -251,6 +257,26 @@ class _Api:
             return json_response(handle.response)
         final = await unless_disconnected(request, handle.wait, self._abort(handle.id))
         return json_response(final)
+
+    async def compact(self, request: Request) -> Response:
+        spec = await self._parse(
+            request, partial(parse_compact_request, served_model=self._settings.served_model)
+        )
+        run = await self._orchestrator.compact(spec)
+        handle = run.handle
+        final = await unless_disconnected(request, handle.wait, self._abort(handle.id))
+        if final.status != "completed":
+            message = final.error.message if final.error else f"The compaction {final.status}."
+            raise ApiError(500, message, "server_error")
+        compacted = [item for item in final.output if isinstance(item, Compaction)]
+        return json_response(
+            CompactedResponse(
+                id=final.id,
+                created_at=final.created_at,
+                output=[*run.kept, *compacted],
+                usage=final.usage,
+            )
+        )
 
     async def get_response(self, request: Request) -> Response:
         response_id = _response_id(request)

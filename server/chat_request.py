@@ -24,9 +24,12 @@ from exloop.orchestrator.items import (
     Item,
     Message,
     OutputText,
+    Reasoning,
+    ReasoningText,
     Refusal,
 )
-from exloop.orchestrator.spec import Echo, RunSpec
+from exloop.orchestrator.resource import ReasoningConfig, ReasoningEffort
+from exloop.orchestrator.spec import Echo, ReasoningOptions, RunSpec
 from exloop.orchestrator.tool_defs import ToolSearchTool
 
 from .decode import decode_json
@@ -92,6 +95,10 @@ class AssistantMessage(msgspec.Struct, tag="assistant", tag_field="role", frozen
     refusal: str | None = None
     tool_calls: list[ToolCallField] | None = None
     name: str | None = None
+    #: The turn's thinking, as vLLM and llama-server return it (``reasoning``: vLLM's newer
+    #: spelling); shown again to a model that thinks.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ToolMessage(msgspec.Struct, tag="tool", tag_field="role", frozen=True):
@@ -111,7 +118,7 @@ class ChatRequest(CommonFields, kw_only=True, frozen=True):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     store: bool | None = None
-    reasoning_effort: str | None = None
+    reasoning_effort: ReasoningEffort | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
@@ -187,6 +194,7 @@ def parse_chat_request(body: bytes, *, limits: Limits) -> ChatCall:
         constraint=constraint.grammar if constraint else None,
         store=False,
         metadata=dict(request.metadata or {}),
+        reasoning=ReasoningOptions(effort=request.reasoning_effort),
         echo=Echo(
             tools=echoed_tools,
             tool_choice=tool_choice,
@@ -195,6 +203,11 @@ def parse_chat_request(body: bytes, *, limits: Limits) -> ChatCall:
             user=request.user,
             safety_identifier=request.safety_identifier,
             prompt_cache_key=request.prompt_cache_key,
+            reasoning=(
+                ReasoningConfig(effort=request.reasoning_effort)
+                if request.reasoning_effort
+                else None
+            ),
         ),
     )
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -215,6 +228,9 @@ def _items(messages: list[ChatMessageField]) -> Iterator[Item]:
                 role = _ROLES[type(message)]
                 yield Message(role=role, content=[InputText(t) for t in _texts(message.content)])
             case AssistantMessage():
+                thought = message.reasoning_content or message.reasoning
+                if thought:
+                    yield Reasoning(content=[ReasoningText(thought)])
                 parts: list[OutputText | Refusal] = []
                 if isinstance(message.content, str):
                     parts.append(OutputText(message.content))

@@ -14,7 +14,14 @@ from typing import Literal, TypeAlias
 import msgspec
 
 from exloop.orchestrator import events as ev
-from exloop.orchestrator.items import CustomToolCall, FunctionCall, Logprob, Message, OutputText
+from exloop.orchestrator.items import (
+    CustomToolCall,
+    FunctionCall,
+    Logprob,
+    Message,
+    OutputText,
+    Reasoning,
+)
 from exloop.orchestrator.resource import Response
 from exloop.orchestrator.toolset import qualified
 
@@ -69,6 +76,8 @@ class AssistantMessage(msgspec.Struct, frozen=True, omit_defaults=False):
     tool_calls: list[ToolCall | CustomCall] | msgspec.UnsetType = msgspec.UNSET
     refusal: str | None = None
     role: Literal["assistant"] = "assistant"
+    #: A thinking model's reasoning, as vLLM and llama-server name it (absent otherwise).
+    reasoning_content: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class Choice(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -126,6 +135,7 @@ class ChunkToolCall(msgspec.Struct, frozen=True, omit_defaults=True):
 class ChoiceDelta(msgspec.Struct, frozen=True, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ChunkToolCall] | None = None
 
 
@@ -201,8 +211,11 @@ def chat_completion(response: Response, *, logprobs: bool, fingerprint: str) -> 
     annotations: list[Annotation] = []
     token_logprobs: list[Logprob] = []
     calls: list[ToolCall | CustomCall] = []
+    thoughts: list[str] = []
     for item in response.output:
-        if isinstance(item, Message):
+        if isinstance(item, Reasoning):
+            thoughts.append(item.text)
+        elif isinstance(item, Message):
             for part in item.content:
                 if not isinstance(part, OutputText):
                     continue
@@ -227,6 +240,7 @@ def chat_completion(response: Response, *, logprobs: bool, fingerprint: str) -> 
         content=content if content or not calls else None,
         annotations=annotations,
         tool_calls=calls or msgspec.UNSET,
+        reasoning_content="\n\n".join(thoughts) if thoughts else msgspec.UNSET,
     )
     return ChatCompletion(
         id=completion_id(response.id),
@@ -281,6 +295,8 @@ class ChunkStream:
                         ChoiceLogprobs(logprobs) if self._logprobs else None,
                     )
                 ]
+            case ev.ReasoningTextDelta(delta=delta):
+                return [self._delta(ChoiceDelta(reasoning_content=delta))]
             case ev.OutputItemAdded(item=FunctionCall() as call):
                 index = self._calls.setdefault(call.id or call.call_id, len(self._calls))
                 name = qualified(call.name, call.namespace)

@@ -34,13 +34,14 @@ from exloop.engine.backends import (
     open_engine,
     select_backend,
 )
+from exloop.engine.chat_template import ChatTemplate
 from exloop.engine.errors import EngineError, ModelNotFound
-from exloop.engine.tool_calls import FORMATS
+from exloop.engine.protocol import Grammar
+from exloop.engine.tool_calls import FORMATS, get_format
 from exloop.orchestrator.errors import StoreError
 from exloop.orchestrator.store import (
     ResponseStore,
     Retention,
-    default_store_path,
     open_store,
 )
 from exloop.tools.fetch import SafeFetcher
@@ -49,6 +50,7 @@ from exloop.tools.mcp_servers import ConfigError, ConfiguredServers, load_config
 from exloop.tools.research import WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchProvider, SearxngProvider
 
+from .keys import SealingKeyError, load_sealer
 from .limits import Limits, add_limit_flags, limits_from_args, positive_float, positive_int
 from .units import parse_duration, parse_size
 
@@ -88,11 +90,21 @@ class ServeSettings:
     mcp_config: Path | None = None
     mcp_call_timeout: float = 60.0
     limits: Limits = Limits()
+    #: A Jinja chat template replacing the model's own.
+    chat_template: Path | None = None
+    #: Where the server keeps state across restarts (the sealing key).
+    data_dir: Path = Path()
+    encryption_key: str | None = None
     #: Hidden test option: ddgs searches a stand-in of DuckDuckGo's HTML endpoint at this URL.
     ddgs_url: str | None = None
+    #: Hidden test option: thinking models think under this regex (deterministic reasoning).
+    thinking_regex: str | None = None
+    #: Hidden test option: agent turns call this function, then answer (server/steering.py).
+    steer_tool: str | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ServeSettings:
+        data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
         return cls(
             model=Path(args.model).expanduser() if args.model else None,
             backend=args.backend,
@@ -116,12 +128,17 @@ class ServeSettings:
             mcp_config=Path(args.mcp_config).expanduser() if args.mcp_config else None,
             mcp_call_timeout=args.mcp_call_timeout,
             limits=limits_from_args(args),
-            store=args.store,
+            store=args.store or f"sqlite:{data_dir / 'responses.db'}",
             store_ttl=args.store_ttl,
             store_max_responses=args.store_max_responses,
             store_max_bytes=args.store_max_bytes,
             shutdown_grace=args.shutdown_grace,
             replica_timeout=args.replica_timeout,
+            chat_template=Path(args.chat_template).expanduser() if args.chat_template else None,
+            data_dir=data_dir,
+            encryption_key=args.encryption_key or None,
+            thinking_regex=args.test_thinking_regex or None,
+            steer_tool=args.test_steer_tool or None,
         )
 
     @property
@@ -131,6 +148,13 @@ class ServeSettings:
             max_responses=self.store_max_responses,
             max_bytes=self.store_max_bytes,
         )
+
+
+def default_data_dir() -> Path:
+    """Where exloop keeps its data (the default response store, the sealing key):
+    ``$XDG_DATA_HOME/exloop``, else ``~/.local/share/exloop``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base).expanduser() / "exloop"
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -182,7 +206,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help = action.help or ""
-        secret = action.dest == "api_key"
+        secret = action.dest in ("api_key", "encryption_key")
         unset = action.default in (None, False, argparse.SUPPRESS)
         if action.option_strings and not secret and not unset:
             help += " (now: %(default)s)"
@@ -251,6 +275,35 @@ def build_parser() -> argparse.ArgumentParser:
         f"{', '.join(sorted(FORMATS))} (EXLOOP_TOOL_CALL_FORMAT); default: detected from the "
         "model's chat template",
     )
+    serve.add_argument(
+        "--chat-template",
+        default=_env("CHAT_TEMPLATE"),
+        metavar="FILE",
+        help="Jinja chat template to use instead of the model's own (EXLOOP_CHAT_TEMPLATE); the "
+        "tool-call format and thinking are detected from it",
+    )
+    serve.add_argument(
+        "--data-dir",
+        default=_env("DATA_DIR"),
+        metavar="DIR",
+        help="directory for state kept across restarts: the default response store "
+        "(responses.db) and the key that seals reasoning and compaction items "
+        "(EXLOOP_DATA_DIR); default: $XDG_DATA_HOME/exloop or ~/.local/share/exloop",
+    )
+    serve.add_argument(
+        "--encryption-key",
+        default=_env("ENCRYPTION_KEY"),
+        metavar="SECRET",
+        help="secret (32+ characters) the key sealing reasoning and compaction items is "
+        "derived from, shared by servers behind one load balancer (EXLOOP_ENCRYPTION_KEY); "
+        "default: a random key kept in the data directory",
+    )
+    # Tests make a thinking model's reasoning deterministic by generating it under a regex.
+    serve.add_argument(
+        "--test-thinking-regex", default=_env("TEST_THINKING_REGEX"), help=argparse.SUPPRESS
+    )
+    # Tests steer a tiny model through a real agent's turn (exloop/server/steering.py).
+    serve.add_argument("--test-steer-tool", default=_env("TEST_STEER_TOOL"), help=argparse.SUPPRESS)
     serve.add_argument(
         "--api-key",
         default=_env("API_KEY"),
@@ -345,11 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--store",
         type=_store_url,
-        default=_env("STORE") or f"sqlite:{default_store_path()}",
+        default=_env("STORE"),
         metavar="URL",
-        help="where responses are kept (EXLOOP_STORE): sqlite:PATH (durable, one process; the "
-        "default file is under $EXLOOP_DATA_DIR or $XDG_DATA_HOME/exloop), memory (lost on "
-        "restart), or redis://HOST:PORT/DB (shared by several replicas)",
+        help="where responses are kept (EXLOOP_STORE): sqlite:PATH (durable, one process; "
+        "default: sqlite:DATA_DIR/responses.db), memory (lost on restart), or "
+        "redis://HOST:PORT/DB (shared by several replicas)",
     )
     serve.add_argument(
         "--store-ttl",
@@ -422,6 +475,21 @@ def web_research(settings: ServeSettings) -> WebResearch:
     return WebResearch(provider, SafeFetcher(allow_private=settings.fetch_allow_private))
 
 
+def read_chat_template(path: Path | None) -> str | None:
+    """The text of ``--chat-template``, checked to compile (None: the model's own)."""
+    if path is None:
+        return None
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"exloop: cannot read --chat-template {path}: {exc}") from None
+    try:
+        ChatTemplate(source, bos_token="", eos_token="", tool_format=get_format("exloop"))
+    except ValueError as exc:
+        raise SystemExit(f"exloop: --chat-template {path}: {exc}") from None
+    return source
+
+
 async def serve(settings: ServeSettings) -> None:
     """Open the store, load the model, then serve until interrupted. On SIGTERM (or Ctrl-C)
     the server stops accepting, running responses get ``--shutdown-grace`` seconds to finish,
@@ -486,6 +554,8 @@ async def _serve_with(settings: ServeSettings, research: WebResearch, store: Res
     configured = ConfiguredServers(
         load_config(settings.mcp_config) if settings.mcp_config else {}, limits
     )
+    chat_template = read_chat_template(settings.chat_template)
+    thinking = Grammar("regex", settings.thinking_regex) if settings.thinking_regex else None
     backend = select_backend(str(settings.model) if settings.model else None, settings.backend)
     path = settings.model
     if path is None:
@@ -503,9 +573,16 @@ async def _serve_with(settings: ServeSettings, research: WebResearch, store: Res
             cache_mode=settings.cache_mode,  # type: ignore[arg-type]
             max_batch_size=settings.max_batch_size,
             grammar_budget=settings.limits.compile_budget,
+            chat_template=chat_template,
         ),
     )
     try:
+        try:
+            sealer = await anyio.to_thread.run_sync(
+                load_sealer, settings.encryption_key, settings.data_dir
+            )
+        except SealingKeyError as exc:
+            raise SystemExit(f"exloop: {exc}") from None
         served = settings.served_model_name or engine.info.name
         fingerprint = await anyio.to_thread.run_sync(
             model_fingerprint, engine.info.backend, engine.info.name, path
@@ -520,6 +597,8 @@ async def _serve_with(settings: ServeSettings, research: WebResearch, store: Res
                 builtins=web_search_builtins(research),
                 mcp=McpSettings(limits, settings.fetch_allow_private, configured),
                 grammar_timeout=settings.limits.grammar_timeout,
+                sealer=sealer,
+                thinking_constraint=thinking,
             ) as orchestrator,
         ):
             app = build_app(
@@ -529,6 +608,7 @@ async def _serve_with(settings: ServeSettings, research: WebResearch, store: Res
                     settings.api_key,
                     limits=settings.limits,
                     system_fingerprint=fingerprint,
+                    steer_tool=settings.steer_tool,
                 ),
             )
             server = _Server(
@@ -545,12 +625,13 @@ async def _serve_with(settings: ServeSettings, research: WebResearch, store: Res
                 )
             )
             log.info(
-                "serving %s (%s, %s, context %d, tool calls %s, fingerprint %s)",
+                "serving %s (%s, %s, context %d, tool calls %s, %s, fingerprint %s)",
                 served,
                 engine.info.backend,
                 path,
                 engine.info.context_length,
                 engine.info.tool_call_format,
+                "thinks" if engine.info.thinking else "no thinking",
                 fingerprint,
             )
             log.info("responses are stored in %s", settings.store)

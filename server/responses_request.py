@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from exloop.orchestrator.compaction import MIN_THRESHOLD
 from exloop.orchestrator.items import (
     AdditionalTools,
     InputText,
@@ -28,7 +29,8 @@ from exloop.orchestrator.resource import (
     TextFormat,
     Verbosity,
 )
-from exloop.orchestrator.spec import Echo, RunSpec
+from exloop.orchestrator.sealing import MAX_SEALED_CHARS
+from exloop.orchestrator.spec import CompactionPolicy, Echo, ReasoningOptions, RunSpec
 
 from .decode import convert, decode_json
 from .errors import invalid_request
@@ -73,6 +75,7 @@ _ITEM_TYPES = frozenset(
         "mcp_call",
         "mcp_approval_request",
         "mcp_approval_response",
+        "compaction",
         "item_reference",
     }
 )
@@ -80,6 +83,21 @@ _ITEM_TYPES = frozenset(
 _OUTPUT_ITEMS = frozenset({"function_call_output", "custom_tool_call_output"})
 #: Items carrying tool definitions, validated as a request's ``tools`` are.
 _TOOL_ITEMS = frozenset({"additional_tools", "tool_search_output"})
+#: Items whose ``encrypted_content`` the server sealed and opens again.
+_SEALED_ITEMS = frozenset({"reasoning", "compaction"})
+#: Bounds on ``client_metadata`` (Codex sends a handful of ids and one JSON string).
+MAX_CLIENT_METADATA_PAIRS = 32
+MAX_CLIENT_METADATA_KEY = 128
+MAX_CLIENT_METADATA_VALUE = 8192
+
+
+class ContextManagementField(msgspec.Struct, frozen=True):
+    """One ``context_management`` entry; only ``compaction`` exists."""
+
+    type: str
+    compact_threshold: int | None = None
+
+
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 
 
@@ -103,6 +121,9 @@ class ResponsesRequest(CommonFields, kw_only=True, frozen=True):
     include: list[str] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     previous_response_id: str | None = None
+    context_management: list[ContextManagementField] | None = None
+    #: Codex's per-turn ids; accepted (bounded) and not used.
+    client_metadata: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +157,9 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
     for i, value in enumerate(include):
         if value not in INCLUDABLE:
             raise invalid_request(f"Unknown include value {value!r}.", f"include[{i}]")
+    check_client_metadata(request.client_metadata)
+    compaction = compaction_policy(request.context_management)
+    reasoning = request.reasoning or ReasoningConfig()
 
     given = request.text or TextField()
     text = TextConfig(given.format, given.verbosity or "medium")
@@ -174,6 +198,12 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
         background=bool(request.background),
         truncation=request.truncation or "disabled",
         metadata=dict(request.metadata or {}),
+        reasoning=ReasoningOptions(
+            effort=reasoning.effort,
+            context=reasoning.context or "auto",
+            encrypted="reasoning.encrypted_content" in include,
+        ),
+        compaction=compaction,
         echo=Echo(
             tools=echoed_tools,
             tool_choice=tool_choice,
@@ -188,6 +218,49 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
         ),
     )
     return ResponsesCall(spec, bool(request.stream), constraint.param if constraint else None)
+
+
+def compaction_policy(entries: list[ContextManagementField] | None) -> CompactionPolicy | None:
+    """``context_management`` as the orchestrator's policy (None: no compaction)."""
+    policy = None
+    for i, entry in enumerate(entries or ()):
+        if entry.type != "compaction":
+            raise invalid_request(
+                f"Unknown context_management type {entry.type!r}; 'compaction' is supported.",
+                f"context_management[{i}].type",
+                "unsupported_value",
+            )
+        if policy is not None:
+            raise invalid_request(
+                "context_management may hold one compaction entry.", f"context_management[{i}]"
+            )
+        threshold = entry.compact_threshold
+        if threshold is not None and threshold < MIN_THRESHOLD:
+            raise invalid_request(
+                f"compact_threshold must be at least {MIN_THRESHOLD} tokens, got {threshold}.",
+                f"context_management[{i}].compact_threshold",
+                "invalid_value",
+            )
+        policy = CompactionPolicy(threshold)
+    return policy
+
+
+def check_client_metadata(metadata: dict[str, str] | None) -> None:
+    if not metadata:
+        return
+    if len(metadata) > MAX_CLIENT_METADATA_PAIRS:
+        raise invalid_request(
+            f"client_metadata may hold at most {MAX_CLIENT_METADATA_PAIRS} pairs, got "
+            f"{len(metadata)}.",
+            "client_metadata",
+        )
+    for key, value in metadata.items():
+        if len(key) > MAX_CLIENT_METADATA_KEY or len(value) > MAX_CLIENT_METADATA_VALUE:
+            raise invalid_request(
+                f"client_metadata keys may have at most {MAX_CLIENT_METADATA_KEY} characters "
+                f"and values {MAX_CLIENT_METADATA_VALUE}; {key[:20]!r} is longer.",
+                "client_metadata",
+            )
 
 
 def input_items(value: str | list[Any], budget: SchemaBudget) -> tuple[Item, ...]:
@@ -216,6 +289,14 @@ def _item(raw: Any, param: str, budget: SchemaBudget) -> Item:
             f"{param}.type",
             "unsupported_value",
         )
+    if kind in _SEALED_ITEMS:
+        sealed = raw.get("encrypted_content")
+        if isinstance(sealed, str) and len(sealed) > MAX_SEALED_CHARS:
+            raise invalid_request(
+                f"encrypted_content may have at most {MAX_SEALED_CHARS} characters, got "
+                f"{len(sealed)}.",
+                f"{param}.encrypted_content",
+            )
     if kind == "message":
         raw = {**raw, "content": _content(raw.get("content"), raw.get("role"), param)}
     elif kind in _OUTPUT_ITEMS and isinstance(raw.get("output"), list):

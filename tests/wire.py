@@ -35,7 +35,8 @@ def _open_responses_events() -> dict[str, type[pydantic.BaseModel]]:
     return models
 
 
-_OPEN_RESPONSES_EVENTS = _open_responses_events()
+#: Open Responses' streaming event models by ``type``.
+OPEN_RESPONSES_EVENTS = _open_responses_events()
 
 
 #: Types (of tools, items, events) that Open Responses does not define, by prefix.
@@ -76,10 +77,14 @@ def check_response(response: dict[str, Any]) -> None:
 def check_event(event: dict[str, Any]) -> None:
     """A Responses streaming event."""
     _SDK_EVENT.validate_python(event)
-    model = _OPEN_RESPONSES_EVENTS.get(str(event["type"]))
+    model = OPEN_RESPONSES_EVENTS.get(str(event["type"]))
     if model is not None and event["type"] != "error" and not _hosted_tools_in(event):
         model.model_validate(event)
     problems = event_errors(event)
+    if problems == [f"(root): OpenAI defines no streaming event {event['type']!r}"]:
+        # Newer than the pinned document (e.g. response.compaction.compacting): the SDK's
+        # own type, checked above, is the reference then.
+        return
     assert not problems, (event["type"], problems)
 
 

@@ -51,7 +51,7 @@ PATTERN_BOMB = {
     },
 }
 RECURSIVE = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
-CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
 
 
 @dataclass

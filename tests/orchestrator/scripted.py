@@ -25,6 +25,7 @@ from exloop.engine.protocol import (
     ModelInfo,
     Usage,
 )
+from exloop.engine.reasoning import ThinkingSyntax
 
 Script = Callable[[GenerationRequest], str]
 
@@ -46,6 +47,8 @@ class ScriptedJob:
     first_token: anyio.Event = field(default_factory=anyio.Event)
     cancelled_event: anyio.Event = field(default_factory=anyio.Event)
     ended: anyio.Event = field(default_factory=anyio.Event)
+    #: The prompt tokens its Finish reports.
+    prompt_tokens: int = 0
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -54,7 +57,7 @@ class ScriptedJob:
     async def events(self) -> AsyncIterator[JobEvent]:
         sampling = self.request.sampling
         chunks = [self.text[i : i + 3] for i in range(0, len(self.text), 3)]
-        prompt_tokens = len(_prompt_text(self.request)) // 4 + 1
+        prompt_tokens = self.prompt_tokens = len(_prompt_text(self.request)) // 4 + 1
         out = ""
         sent = 0
         reason = "eos"
@@ -120,6 +123,8 @@ class ScriptedEngine:
     tool_call_format: str = "exloop"
     #: When given, every job stops after its first token until it is set.
     hold: anyio.Event | None = None
+    #: Set to play a model that thinks (its scripts then write the think block too).
+    thinking: ThinkingSyntax | None = None
     jobs: list[ScriptedJob] = field(default_factory=list)
     submitted: int = 0
     _new_job: anyio.Event | None = None
@@ -139,6 +144,7 @@ class ScriptedEngine:
             context_length=self.context_length,
             chat_template="",
             tool_call_format=self.tool_call_format,
+            thinking=self.thinking,
         )
 
     def render(self, chat: Chat) -> str:

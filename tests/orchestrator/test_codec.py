@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import msgspec
@@ -15,6 +16,7 @@ from exloop.orchestrator.errors import StoreError
 from exloop.orchestrator.items import InputText, Message
 from exloop.orchestrator.output import OutputWriter
 from exloop.orchestrator.record import SCHEMA_VERSION, ResponseRecord
+from exloop.orchestrator.sealing import KEY_BYTES, Sealer
 from exloop.orchestrator.spec import McpServerSpec, RunSpec
 from exloop.orchestrator.state import Transition
 
@@ -37,7 +39,7 @@ def finished_record(text: str = "hello") -> ResponseRecord:
     record.announce()
     record.move(Transition.START)
     record.emit_in_progress()
-    writer = OutputWriter(record)
+    writer = OutputWriter(record, Sealer(os.urandom(KEY_BYTES)))
     writer.text("Hi ")
     writer.text("there.")
     writer.close_message()

@@ -14,6 +14,8 @@ from exloop.orchestrator.items import (
     Message,
     OutputItem,
     OutputText,
+    Reasoning,
+    ReasoningText,
     TopLogprob,
     UrlCitation,
 )
@@ -242,3 +244,38 @@ def test_completions_match_openais_schema() -> None:
         chat_completion(response(output=shapes["cited"]), logprobs=False, fingerprint=FINGERPRINT)
     )
     assert len(cited["choices"][0]["message"]["annotations"]) == 1
+
+
+def test_reasoning_comes_back_as_reasoning_content() -> None:
+    thought = Reasoning(id="rs_1", content=[ReasoningText("Think first.")], status="completed")
+    done = response(output=[thought, message(OutputText("Hello."))])
+    completion = roundtrip(
+        chat_completion(done, logprobs=False, fingerprint=FINGERPRINT), ChatCompletion
+    )
+    assert completion.choices[0].message.content == "Hello."
+    assert completion.choices[0].message.reasoning_content == "Think first."
+    plain = msgspec.json.decode(
+        msgspec.json.encode(
+            chat_completion(
+                response(output=[message(OutputText("Hi."))]),
+                logprobs=False,
+                fingerprint=FINGERPRINT,
+            )
+        )
+    )
+    assert "reasoning_content" not in plain["choices"][0]["message"]
+    stream = ChunkStream(
+        "resp_abc",
+        1700000000,
+        "asked",
+        logprobs=False,
+        include_usage=False,
+        fingerprint=FINGERPRINT,
+    )
+    delta = ev.ReasoningTextDelta(
+        sequence_number=3, item_id="rs_1", output_index=0, content_index=0, delta="Think"
+    )
+    [chunk] = stream.chunks(delta)
+    parsed = roundtrip(chunk, ChatCompletionChunk)
+    assert parsed.choices[0].delta.reasoning_content == "Think"
+    assert parsed.choices[0].delta.content is None

@@ -33,6 +33,9 @@ FLAGS = [
     "--store-max-bytes",
     "--shutdown-grace",
     "--replica-timeout",
+    "--chat-template",
+    "--data-dir",
+    "--encryption-key",
 ]
 
 
@@ -40,9 +43,11 @@ def settings(*argv: str) -> ServeSettings:
     return ServeSettings.from_args(build_parser().parse_args(["serve", *argv]))
 
 
-def test_defaults(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for flag in FLAGS:
         monkeypatch.delenv("EXLOOP_" + flag[2:].upper().replace("-", "_"), raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    data_dir = tmp_path / "exloop"
     assert settings() == ServeSettings(
         model=None,
         backend="auto",
@@ -68,6 +73,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
         store_max_bytes=1 << 30,
         shutdown_grace=10,
         replica_timeout=10,
+        data_dir=data_dir,
     )
 
 
@@ -108,6 +114,9 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         "STORE_MAX_BYTES": "512M",
         "SHUTDOWN_GRACE": "2.5",
         "REPLICA_TIMEOUT": "30s",
+        "CHAT_TEMPLATE": "/t.jinja",
+        "DATA_DIR": "/var/lib/exloop",
+        "ENCRYPTION_KEY": "s" * 32,
     }
     assert {f"--{name.lower().replace('_', '-')}" for name in env} == set(FLAGS)
     for name, value in env.items():
@@ -137,6 +146,9 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         store_max_bytes=512 << 20,
         shutdown_grace=2.5,
         replica_timeout=30,
+        chat_template=Path("/t.jinja"),
+        data_dir=Path("/var/lib/exloop"),
+        encryption_key="s" * 32,
     )
     # A flag on the command line wins over its variable.
     assert settings("--port", "9000", "--max-tool-rounds", "1").port == 9000
@@ -210,3 +222,18 @@ def test_an_unknown_tool_call_format_is_a_usage_error(
     assert "--tool-call-format" in error and "'bogus'" in error
     assert "hermes" in error and "llama3" in error  # the known names
     assert "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "cannot read --chat-template"), ("{% for m in messages %}", "does not compile")],
+)
+def test_a_bad_chat_template_stops_start_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    template = tmp_path / "template.jinja"
+    if content is not None:
+        template.write_text(content)
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--chat-template", str(template), "--log-level", "error"])
+    assert message in str(info.value.code)

@@ -9,6 +9,7 @@ import pytest
 
 from exloop.engine.protocol import Grammar
 from exloop.orchestrator.items import (
+    Compaction,
     FunctionCall,
     FunctionCallOutput,
     InputText,
@@ -19,6 +20,8 @@ from exloop.orchestrator.items import (
     WebSearchCall,
 )
 from exloop.orchestrator.resource import FormatJsonSchema
+from exloop.orchestrator.sealing import MAX_SEALED_CHARS
+from exloop.orchestrator.spec import CompactionPolicy, ReasoningOptions
 from exloop.orchestrator.tool_defs import (
     FunctionTool,
     ToolChoiceFunction,
@@ -498,3 +501,65 @@ def test_tool_call_limits() -> None:
         {"input": "x", "tools": [{"type": "web_search"}], "max_tool_calls": 0}
     ).spec.tools
     assert searching.max_tool_calls == 0  # the model may not search; nothing forces it to
+
+
+def test_reasoning_include_and_context_management_become_options() -> None:
+    spec = parse(
+        {
+            "input": "hi",
+            "store": False,
+            "reasoning": {"effort": "low", "summary": "auto", "context": "current_turn"},
+            "include": ["reasoning.encrypted_content"],
+            "context_management": [{"type": "compaction", "compact_threshold": 2000}],
+            "client_metadata": {"session_id": "abc", "x-codex-turn-metadata": "{}" * 300},
+            "prompt_cache_key": "abc",
+            "text": {"verbosity": "low"},
+        }
+    ).spec
+    assert spec.reasoning == ReasoningOptions(effort="low", context="current_turn", encrypted=True)
+    assert spec.compaction == CompactionPolicy(2000)
+    assert spec.echo.reasoning is not None and spec.echo.reasoning.summary == "auto"
+    assert parse({"input": "hi"}).spec.reasoning == ReasoningOptions()
+    assert parse({"input": "hi"}).spec.compaction is None
+    default = parse({"input": "hi", "context_management": [{"type": "compaction"}]}).spec
+    assert default.compaction == CompactionPolicy(None)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+        ({"reasoning": {"context": "yesterday"}}, "reasoning.context"),
+        ({"context_management": [{"type": "forget"}]}, "context_management[0].type"),
+        (
+            {"context_management": [{"type": "compaction", "compact_threshold": 10}]},
+            "context_management[0].compact_threshold",
+        ),
+        (
+            {"context_management": [{"type": "compaction"}, {"type": "compaction"}]},
+            "context_management[1]",
+        ),
+        ({"client_metadata": {f"k{i}": "v" for i in range(33)}}, "client_metadata"),
+        ({"client_metadata": {"k": "v" * 8193}}, "client_metadata"),
+    ],
+)
+def test_new_fields_are_bounded(body: dict[str, Any], param: str) -> None:
+    assert refused({"input": "hi", **body}).param == param
+
+
+def test_sealed_items_are_read_and_bounded() -> None:
+    items = parse(
+        {
+            "input": [
+                {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "exl1.x"},
+                {"type": "compaction", "id": "cmp_1", "encrypted_content": "exl1.y"},
+                {"role": "user", "content": "go on"},
+            ]
+        }
+    ).spec.input
+    assert items[0] == Reasoning(id="rs_1", encrypted_content="exl1.x")
+    assert items[1] == Compaction(id="cmp_1", encrypted_content="exl1.y")
+    huge = {"type": "compaction", "encrypted_content": "x" * (MAX_SEALED_CHARS + 1)}
+    assert refused({"input": [huge]}).param == "input[0].encrypted_content"
+    missing = refused({"input": [{"type": "compaction"}]})
+    assert missing.param == "input[0].encrypted_content"

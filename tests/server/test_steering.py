@@ -1,0 +1,36 @@
+"""The test-only steering of agent turns (``--test-steer-tool``)."""
+
+from __future__ import annotations
+
+from exloop.orchestrator.items import FunctionCall, FunctionCallOutput, InputText, Message
+from exloop.orchestrator.spec import RunSpec, ToolPolicy
+from exloop.orchestrator.tool_defs import FunctionTool
+from exloop.server.steering import steered
+
+TOOLS = ToolPolicy(
+    tools=(
+        FunctionTool("exec_command", None, None, None),
+        FunctionTool("view_image", None, None, None),
+    )
+)
+USER = Message(role="user", content=[InputText("Run echo hello.")])
+CALL = FunctionCall("call_1", "exec_command", '{"cmd": "echo hello"}')
+OUTPUT = FunctionCallOutput("call_1", "hello")
+
+
+def spec(*items: object, tools: ToolPolicy = TOOLS) -> RunSpec:
+    return RunSpec(input=items, model="m", tools=tools)  # type: ignore[arg-type]
+
+
+def test_a_new_turn_must_call_the_tool_and_its_result_is_answered() -> None:
+    opening = steered(spec(USER), "exec_command").tools
+    assert opening.forced == "exec_command" and opening.mode == "auto"
+    answering = steered(spec(USER, CALL, OUTPUT), "exec_command").tools
+    assert answering.mode == "none" and answering.forced is None
+
+
+def test_nothing_changes_without_the_option_or_the_tool() -> None:
+    plain = spec(USER)
+    assert steered(plain, None) is plain
+    assert steered(plain, "apply_patch") is plain
+    assert steered(spec(USER, tools=ToolPolicy()), "exec_command").tools == ToolPolicy()
