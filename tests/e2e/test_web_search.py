@@ -121,7 +121,14 @@ def test_without_external_web_access_only_search_results_are_read(
         model="default",
         input=QUESTION,
         include=["web_search_call.action.sources"],
-        tools=[{"type": "web_search", "search_context_size": "low", "external_web_access": False}],
+        tools=[
+            {
+                "type": "web_search",
+                "search_context_size": "low",
+                "external_web_access": False,
+                "search_content_types": ["text", "image"],  # accepted; results are text
+            }
+        ],
         # The SDK types no {"type": "web_search"} choice; LiteLLM sends it, and it is echoed as
         # the SDK's web_search_preview.
         extra_body={"tool_choice": {"type": "web_search"}},
@@ -131,6 +138,8 @@ def test_without_external_web_access_only_search_results_are_read(
     assert response.tool_choice.type == "web_search_preview"
     assert isinstance(response.tools[0], WebSearchTool)
     assert response.tools[0].external_web_access is False
+    # The SDK types search_content_types on web_search_preview only: here it is an extra field.
+    assert response.tools[0].to_dict()["search_content_types"] == ["text", "image"]
     search = response.output[0]
     assert search.type == "web_search_call" and search.status == "completed"
     assert web.article_url("tides") in [s.url for s in search.action.sources or []]
