@@ -105,13 +105,8 @@ class WebSearchTool(
     search_content_types: list[SearchContentType] | None = None
 
 
-class WebSearchPreviewTool(
-    msgspec.Struct, tag="web_search_preview", tag_field="type", frozen=True, omit_defaults=True
-):
-    search_context_size: ContextSize
-    user_location: UserLocation | None
-    external_web_access: bool | None = None
-    search_content_types: list[SearchContentType] | None = None
+class WebSearchPreviewTool(WebSearchTool, tag="web_search_preview", frozen=True):
+    """The same tool under its preview name, echoed as the request named it."""
 
 
 class McpFilterEcho(msgspec.Struct, frozen=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -101,6 +102,13 @@ def create(client: openai.OpenAI, **body: Any) -> Response:
     return response
 
 
+def sampled(client: openai.OpenAI, seeds: int, **body: Any) -> Iterator[tuple[int, Response]]:
+    """The same request sampled at temperature 1 under ``seeds`` different seeds: what a
+    grammar guarantees must hold for every one of them."""
+    for seed in range(seeds):
+        yield seed, create(client, temperature=1.0, extra_body={"seed": seed}, **body)
+
+
 def chat(client: openai.OpenAI, **body: Any) -> ChatCompletion:
     completion: ChatCompletion = client.chat.completions.create(model="default", **body)
     return completion
@@ -135,16 +143,14 @@ def sse(http: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_custom_tool_input_always_parses_under_its_lark_grammar(client: openai.OpenAI) -> None:
-    for seed in range(5):
-        response = create(
-            client,
-            input="Add three and four.",
-            tools=[CALC],
-            tool_choice={"type": "custom", "name": "calc"},
-            temperature=1.0,
-            max_output_tokens=100,
-            extra_body={"seed": seed},
-        )
+    for seed, response in sampled(
+        client,
+        5,
+        input="Add three and four.",
+        tools=[CALC],
+        tool_choice={"type": "custom", "name": "calc"},
+        max_output_tokens=100,
+    ):
         (call,) = custom_calls(response)
         assert call.name == "calc" and status(call) == "completed", seed
         assert SUM.fullmatch(call.input), (seed, call.input)
@@ -270,16 +276,14 @@ def test_allowed_tools_restrict_calls_to_a_namespace(client: openai.OpenAI) -> N
         "mode": "required",
         "tools": [{"type": "namespace", "name": "crm"}],
     }
-    for seed in range(3):
-        response = create(
-            client,
-            input="Do something.",
-            tools=[other, CRM],
-            tool_choice=allowed,
-            temperature=1.0,
-            max_output_tokens=60,
-            extra_body={"seed": seed},
-        )
+    for seed, response in sampled(
+        client,
+        3,
+        input="Do something.",
+        tools=[other, CRM],
+        tool_choice=allowed,
+        max_output_tokens=60,
+    ):
         calls: list[ResponseFunctionToolCall | ResponseCustomToolCall] = [
             *function_calls(response),
             *custom_calls(response),
@@ -411,16 +415,14 @@ def test_non_strict_functions_follow_their_schema(client: openai.OpenAI) -> None
         },
         "strict": False,
     }
-    for seed in range(5):
-        response = create(
-            client,
-            input="Say hello with the shell.",
-            tools=[shell],
-            tool_choice={"type": "function", "name": "shell"},
-            temperature=1.0,
-            max_output_tokens=60,
-            extra_body={"seed": seed},
-        )
+    for _, response in sampled(
+        client,
+        5,
+        input="Say hello with the shell.",
+        tools=[shell],
+        tool_choice={"type": "function", "name": "shell"},
+        max_output_tokens=60,
+    ):
         (call,) = function_calls(response)
         jsonschema.validate(json.loads(call.arguments), shell["parameters"])
 
