@@ -29,6 +29,7 @@ generation and tool runs alike; a job cancelled that way never reaches :func:`de
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TypeAlias, assert_never
 
@@ -142,6 +143,21 @@ class ToolLoop:
         self._max_rounds = max_tool_rounds
         self._thinking_constraint = thinking_constraint
         self._catalog = catalog or ToolCatalog(())
+
+    def first_chat(self, spec: RunSpec, view: ModelView, conversation: Sequence[Item]) -> Chat:
+        """The chat of the run's first step (its messages, the tools it offers and the
+        thinking switch), as the model's template will render it: what a run's input costs
+        in tokens. ``conversation`` is the whole of it (earlier turns and the input), whose
+        items add and load client tools."""
+        messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
+        builtins = () if CallBudget(spec.tools.max_tool_calls).spent else self._builtins.specs
+        shown = (*self._catalog.offered(conversation).specs, *builtins)
+        mode = self._mode(spec, shown, builtins, first=True, capped=False)
+        chat = Chat(tuple(messages), offered_tools(mode, shown))
+        thinking = thinking_plan(
+            self._engine.info.thinking, spec.reasoning, self._thinking_constraint
+        )
+        return chat if thinking is None else replace(chat, thinking=thinking.enabled)
 
     async def run(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
         """Run ``record`` to its end over the conversation as the model reads it."""

@@ -114,6 +114,9 @@ class MemoryStore(SingleProcess):
     async def response_of_item(self, item_id: str) -> str | None:
         return self._items.get(item_id)
 
+    async def count(self) -> int:
+        return len(self._entries)
+
     async def upkeep(self) -> None:
         self._evict()
 

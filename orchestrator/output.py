@@ -42,6 +42,7 @@ from .items import (
     OutputText,
     Reasoning,
     ReasoningText,
+    SearchAction,
     UrlCitation,
     WebSearchAction,
     WebSearchCall,
@@ -50,6 +51,7 @@ from .items import (
 )
 from .record import ResponseRecord
 from .sealing import Sealer
+from .telemetry import NoTelemetry, RunMeter
 
 
 @dataclass
@@ -89,14 +91,24 @@ class OutputWriter:
     ``sealer`` seals compaction summaries, and the text of finished reasoning items into their
     ``encrypted_content`` when ``seal_reasoning`` (the request includes
     ``reasoning.encrypted_content``).
+
+    ``meter`` is the run's :class:`~.telemetry.RunMeter`: the steps and tools that write
+    through this writer report their timing to it, and the writer reports each tool call item
+    that ends (by tool and final status).
     """
 
     def __init__(
-        self, record: ResponseRecord, sealer: Sealer, *, seal_reasoning: bool = False
+        self,
+        record: ResponseRecord,
+        sealer: Sealer,
+        *,
+        seal_reasoning: bool = False,
+        meter: RunMeter | None = None,
     ) -> None:
         self._record = record
         self._sealer = sealer
         self._seal_reasoning = seal_reasoning
+        self.meter = meter if meter is not None else RunMeter(NoTelemetry())
         self._message: _OpenMessage | None = None
         self._call: _OpenCall | None = None
         #: MCP calls whose arguments are complete, waiting to run, by call id.
@@ -399,6 +411,7 @@ class OutputWriter:
         record.emit(
             lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item)
         )
+        self.meter.telemetry.tool_call("custom" if call.custom else "function", status)
 
     @staticmethod
     def _call_item(call: _OpenCall, status: ItemStatus) -> FunctionCall | CustomToolCall | McpCall:
@@ -508,6 +521,7 @@ class OutputWriter:
         record.emit(
             lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item)
         )
+        self.meter.telemetry.tool_call("mcp", status)
 
     def abandon_call(self, call_id: str, message: str) -> None:
         """A ready call that cannot run (its tool is gone, its arguments unreadable): an MCP
@@ -604,3 +618,5 @@ class OutputWriter:
                 )
             )
         self.close_item(index, item)
+        tool = "web_search" if isinstance(action, SearchAction) else "open_page"
+        self.meter.telemetry.tool_call(tool, status)

@@ -101,6 +101,9 @@ class ResponseRecord:
     error: ResponseError | None = None
     #: Set when the run stopped because --max-tool-rounds was reached.
     tool_rounds_capped: bool = False
+    #: Who created it: an id of the API key (a hash, never the key itself), or None on a
+    #: server without keys. Only the same owner may read, follow, cancel or delete it.
+    owner: str | None = None
     schema_version: int = SCHEMA_VERSION
     log: EventLog = live(EventLog)
     cancel_scope: anyio.CancelScope = live(anyio.CancelScope)

@@ -311,6 +311,14 @@ class RedisStore:
             found = await self._redis.hget(f"{self._p}item", item_id)
         return _text(found) or None
 
+    async def count(self) -> int:
+        with _failures():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zcard(f"{self._p}finished")
+                pipe.hlen(f"{self._p}running")
+                finished, running = await pipe.execute()
+        return int(finished) + int(running)
+
     # -- replicas -------------------------------------------------------------------------
 
     async def upkeep(self) -> None:

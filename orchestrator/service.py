@@ -10,6 +10,10 @@ replicas (Redis), a response another replica runs is followed live through the s
 cancel or delete reaches it as a signal to that replica. Responses left running by a process
 that is gone are claimed at start and on every upkeep, and end ``failed`` with the code
 ``server_restarted``.
+
+A response belongs to the API key that created it (its ``owner``): to any other key it is as
+unknown as a missing one, whether asked for by id, as ``previous_response_id`` or through an
+``item_reference`` to one of its items.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ from .sealing import KEY_BYTES, Sealer
 from .spec import CompactionPolicy, RunSpec
 from .state import Phase, Transition
 from .store import ResponseStore, Stored
+from .telemetry import NoTelemetry, RunMeter, Telemetry
 from .tool_defs import ToolSearchTool
 from .tool_search import ToolSearch
 from .toolset import TOOL_SEARCH, Entry, ToolCatalog, entries, loaded_entries
@@ -130,6 +135,29 @@ async def _live_events(
 
 
 @dataclass(frozen=True, slots=True)
+class RunCounts:
+    """How many runs wait to start and run now, and how many responses are stored."""
+
+    queued: int
+    running: int
+    stored: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A request checked against the current state (all but its length), ready to run."""
+
+    context: tuple[Item, ...]
+    inputs: tuple[Item, ...]
+    builtins: BuiltinRegistry
+    #: The conversation as the model will read it.
+    view: ModelView
+    loop: ToolLoop
+    #: The client tools the conversation defines, loaded or deferred.
+    catalog: ToolCatalog
+
+
+@dataclass(frozen=True, slots=True)
 class CompactionRun:
     """A compaction being run: its handle, and the user messages its item follows."""
 
@@ -159,10 +187,11 @@ class Orchestrator:
         flush_interval: float = 0.05,
         sealer: Sealer | None = None,
         thinking_constraint: Grammar | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         """``sealer`` seals reasoning and compaction for clients (a key of this process's own
         when not given); ``thinking_constraint`` is a test hook: a grammar thinking models
-        think under."""
+        think under; ``telemetry`` hears of every run's tokens, tool calls and end."""
         self._engine = engine
         #: Seconds all of one request's grammars may take to compile (each one's own budget
         #: is the engine's).
@@ -176,6 +205,9 @@ class Orchestrator:
         self.sealer = sealer or Sealer(os.urandom(KEY_BYTES))
         self._thinking_constraint = thinking_constraint
         self._codec = RecordCodec()
+        self._telemetry: Telemetry = telemetry if telemetry is not None else NoTelemetry()
+        #: Responses in the store when last counted (see :meth:`count_stored`).
+        self._stored_count = 0
         #: Records of this process: runs in flight (stored or not, so a disconnect can abort
         #: an unstored run), and finished ones until the store has them.
         self._local: dict[str, ResponseRecord] = {}
@@ -246,6 +278,7 @@ class Orchestrator:
             try:
                 await self._store.upkeep()
                 await self._end_orphans()
+                await self.count_stored()
             except StoreError as exc:
                 log.warning("store upkeep failed: %s", exc.message)
 
@@ -287,46 +320,86 @@ class Orchestrator:
 
     # -- create ---------------------------------------------------------------------------
 
-    async def create(self, spec: RunSpec) -> RunHandle:
-        """Validate ``spec`` against the current state and start running it.
+    def counts(self) -> RunCounts:
+        """Runs queued and running now, and the responses stored when last counted (read at
+        each metrics scrape, which must not wait on the store)."""
+        running = [record for record in self._local.values() if not record.done]
+        queued = sum(1 for record in running if record.phase is Phase.QUEUED)
+        return RunCounts(queued, len(running) - queued, self._stored_count)
+
+    async def count_stored(self) -> int:
+        """Count the responses in the store now (:meth:`counts` reports the last count)."""
+        self._stored_count = await self._store.count()
+        return self._stored_count
+
+    async def create(self, spec: RunSpec, *, owner: str | None = None) -> RunHandle:
+        """Validate ``spec`` against the current state and start running it for ``owner``
+        (an API key's id, or None on a server without keys).
 
         Everything that can be refused is refused here, before any event exists.
         """
-        record, loop, view = await self._prepare(spec)
-        await self._start(record, loop.run, view)
+        meter = RunMeter(self._telemetry)
+        record, loop, view = await self._prepare(spec, owner)
+        await self._start(record, loop.run, view, meter)
         return RunHandle(record)
 
-    async def compact(self, spec: RunSpec) -> CompactionRun:
-        """Validate ``spec`` and start compacting its conversation (``/v1/responses/compact``):
-        the run's output is the compaction item; the user messages it follows come along."""
-        record, loop, view = await self._prepare(replace(spec, compaction=CompactionPolicy()))
-        await self._start(record, loop.compact, view)
+    async def compact(self, spec: RunSpec, *, owner: str | None = None) -> CompactionRun:
+        """Validate ``spec`` and start compacting its conversation (``/v1/responses/compact``)
+        for ``owner``: the run's output is the compaction item; the user messages it follows
+        come along."""
+        meter = RunMeter(self._telemetry)
+        compacting = replace(spec, compaction=CompactionPolicy())
+        record, loop, view = await self._prepare(compacting, owner)
+        await self._start(record, loop.compact, view, meter)
         kept = tuple(
             item for item in view.items if isinstance(item, Message) and item.role == "user"
         )
         return CompactionRun(RunHandle(record), kept)
 
-    async def _prepare(self, spec: RunSpec) -> tuple[ResponseRecord, ToolLoop, ModelView]:
+    async def count_input_tokens(self, spec: RunSpec, *, owner: str | None = None) -> int:
+        """The tokens the first step of ``spec``'s run would prompt the model with (earlier
+        turns, instructions, input and the tools offered), as its template renders them;
+        refuses what :meth:`create` refuses, except a prompt too long for the context."""
+        checked = await self._check(spec, owner)
+        conversation = (*checked.context, *checked.inputs)
+        chat = checked.loop.first_chat(spec, checked.view, conversation)
+        return await self._engine.count_tokens(chat)
+
+    async def _prepare(
+        self, spec: RunSpec, owner: str | None
+    ) -> tuple[ResponseRecord, ToolLoop, ModelView]:
         if self._tg is None:
             raise RuntimeError("the orchestrator is not running (use `async with`)")
+        checked = await self._check(spec, owner)
+        await self._check_context(spec, checked.view, checked.catalog, checked.builtins)
+        record = ResponseRecord(
+            id=new_id("resp"),
+            spec=spec,
+            context=checked.context,
+            input_items=checked.inputs,
+            owner=owner,
+        )
+        return record, checked.loop, checked.view
+
+    async def _check(self, spec: RunSpec, owner: str | None) -> _Checked:
+        """Every check of ``spec`` that needs no tokenizing, for ``owner``: what it chains on
+        and refers to must be ``owner``'s."""
         context: tuple[Item, ...] = ()
         if spec.previous_response_id is not None:
-            found = await self._find(spec.previous_response_id)
-            previous = found[0] if found else None
-            if previous is None:
-                raise ResponseNotFound(
-                    f"Previous response with id '{spec.previous_response_id}' not found.",
-                    param="previous_response_id",
-                )
+            previous, _ = await self._stored(
+                spec.previous_response_id, owner, "Previous response", "previous_response_id"
+            )
             if not previous.done:
                 raise InvalidRequest(
                     f"Previous response '{previous.id}' is still {previous.status}.",
                     param="previous_response_id",
                 )
             context = previous.conversation()
-        inputs = tuple(
-            _as_stored(item) for item in await resolve_references(spec.input, self._find_item)
-        )
+
+        async def find(item_id: str) -> Item | None:
+            return await self._find_item(item_id, owner)
+
+        inputs = tuple(_as_stored(item) for item in await resolve_references(spec.input, find))
         web = self._builtins(spec) if self._builtins else []
         if spec.tools.web_search is not None and not web:
             raise InvalidRequest("Web search is not enabled on this server.", param="tools")
@@ -339,9 +412,6 @@ class Orchestrator:
         builtins = BuiltinRegistry([*web, *searching])
         self._check_mcp(spec, builtins, (*context, *inputs))
         view = model_view(context, inputs, self.sealer)
-        await self._check_context(spec, view, catalog, builtins)
-
-        record = ResponseRecord(id=new_id("resp"), spec=spec, context=context, input_items=inputs)
         mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
         loop = ToolLoop(
             self._engine,
@@ -352,9 +422,11 @@ class Orchestrator:
             thinking_constraint=self._thinking_constraint,
             catalog=catalog,
         )
-        return record, loop, view
+        return _Checked(context, inputs, builtins, view, loop, catalog)
 
-    async def _start(self, record: ResponseRecord, work: _Work, view: ModelView) -> None:
+    async def _start(
+        self, record: ResponseRecord, work: _Work, view: ModelView, meter: RunMeter
+    ) -> None:
         assert self._tg is not None
         if not record.spec.background:
             record.move(Transition.START)
@@ -368,7 +440,7 @@ class Orchestrator:
                 raise
         else:
             record.persisted.set()
-        self._tg.start_soon(self._run, record, work, view)
+        self._tg.start_soon(self._run, record, work, view, meter)
 
     def _check_mcp(
         self, spec: RunSpec, builtins: BuiltinRegistry, conversation: tuple[Item, ...]
@@ -466,8 +538,12 @@ class Orchestrator:
                 param="input",
             )
 
-    async def _run(self, record: ResponseRecord, work: _Work, view: ModelView) -> None:
-        writer = OutputWriter(record, self.sealer, seal_reasoning=record.spec.reasoning.encrypted)
+    async def _run(
+        self, record: ResponseRecord, work: _Work, view: ModelView, meter: RunMeter
+    ) -> None:
+        writer = OutputWriter(
+            record, self.sealer, seal_reasoning=record.spec.reasoning.encrypted, meter=meter
+        )
         try:
             with record.cancel_scope:
                 try:
@@ -494,6 +570,7 @@ class Orchestrator:
                 # shutting down.
                 writer.close_all("incomplete")
                 record.cancel()
+            self._telemetry.run_finished(record, meter.elapsed)
             if record.spec.store:
                 self._writer.finished()  # the writer releases it once stored
             else:
@@ -514,30 +591,44 @@ class Orchestrator:
     def _decode(self, stored: Stored) -> ResponseRecord:
         return self._codec.decode(stored.record, stored.fixed, events=stored.events)
 
-    async def _stored(self, response_id: str) -> tuple[ResponseRecord, Stored | None]:
+    async def _stored(
+        self,
+        response_id: str,
+        owner: str | None,
+        what: str = "Response",
+        param: str = "response_id",
+    ) -> tuple[ResponseRecord, Stored | None]:
+        """The stored response, if ``owner`` created it: another key's response is as unknown
+        as a missing one (404), so ids cannot be probed across keys."""
         found = await self._find(response_id)
-        if found is None:
-            raise ResponseNotFound(
-                f"Response with id '{response_id}' not found.", param="response_id"
-            )
+        if found is None or found[0].owner != owner:
+            raise ResponseNotFound(f"{what} with id '{response_id}' not found.", param=param)
         return found
 
-    async def _find_item(self, item_id: str) -> Item | None:
+    async def _find_item(self, item_id: str, owner: str | None) -> Item | None:
+        """An item of a stored response that ``owner`` created."""
         for record in self._local.values():
-            if record.spec.store and (item := _item(record, item_id)) is not None:
+            mine = record.spec.store and record.owner == owner
+            if mine and (item := _item(record, item_id)) is not None:
                 return item
         response_id = await self._store.response_of_item(item_id)
         found = await self._find(response_id) if response_id else None
-        return _item(found[0], item_id) if found else None
+        if found is None or found[0].owner != owner:
+            return None
+        return _item(found[0], item_id)
 
-    async def retrieve(self, response_id: str) -> Response:
-        record, _ = await self._stored(response_id)
+    async def retrieve(self, response_id: str, *, owner: str | None = None) -> Response:
+        record, _ = await self._stored(response_id, owner)
         return record.snapshot()
 
     async def subscribe(
-        self, response_id: str, *, starting_after: int | None = None
+        self,
+        response_id: str,
+        *,
+        starting_after: int | None = None,
+        owner: str | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        record, stored = await self._stored(response_id)
+        record, stored = await self._stored(response_id, owner)
         if stored is None or stored.replica is None:
             # Here, or finished: the events there are all there will be.
             count = record.log.next_sequence_number
@@ -562,13 +653,13 @@ class Orchestrator:
             if isinstance(event, TERMINAL_EVENTS):
                 return
 
-    async def input_items(self, response_id: str) -> list[Item]:
-        record, _ = await self._stored(response_id)
+    async def input_items(self, response_id: str, *, owner: str | None = None) -> list[Item]:
+        record, _ = await self._stored(response_id, owner)
         return list(record.input_items)
 
-    async def cancel(self, response_id: str) -> Response:
+    async def cancel(self, response_id: str, *, owner: str | None = None) -> Response:
         """Cancel a background response; a cancelled one is returned as it is."""
-        record, stored = await self._stored(response_id)
+        record, stored = await self._stored(response_id, owner)
         if not record.spec.background:
             raise InvalidState(
                 "Only responses created with background=true can be cancelled.", param="response_id"
@@ -583,9 +674,11 @@ class Orchestrator:
         if stored is None:
             await self._stop(record)
             return record.snapshot()
-        return await self._cancel_elsewhere(response_id, stored)
+        return await self._cancel_elsewhere(response_id, stored, owner)
 
-    async def _cancel_elsewhere(self, response_id: str, stored: Stored) -> Response:
+    async def _cancel_elsewhere(
+        self, response_id: str, stored: Stored, owner: str | None
+    ) -> Response:
         """Cancel a response another replica runs: signal it and follow the response to its
         end; when that replica is gone, end the response here."""
         replica = stored.replica or ""
@@ -599,7 +692,7 @@ class Orchestrator:
         await self._store.signal(replica, response_id)
         async for _ in self._stored_events(response_id, stored.events - 1):
             pass
-        record, _ = await self._stored(response_id)
+        record, _ = await self._stored(response_id, owner)
         return record.snapshot()
 
     async def abort(self, response_id: str) -> None:
@@ -608,10 +701,10 @@ class Orchestrator:
         if record is not None and not record.done:
             await self._stop(record)
 
-    async def delete(self, response_id: str) -> None:
+    async def delete(self, response_id: str, *, owner: str | None = None) -> None:
         """Delete a stored response, cancelling it first if it still runs (here or on
         another replica)."""
-        record, stored = await self._stored(response_id)
+        record, stored = await self._stored(response_id, owner)
         if stored is None:
             await self._writer.forget(response_id)
             await self._store.delete(response_id)

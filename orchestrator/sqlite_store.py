@@ -308,6 +308,9 @@ class SqliteStore(SingleProcess):
         )
         return str(row[0]) if row else None
 
+    async def count(self) -> int:
+        return self._count  # kept in step with the file, which this process alone holds
+
     # -- replicas: the lock proves any other replica is gone ------------------------------
 
     async def upkeep(self) -> None:

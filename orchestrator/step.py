@@ -268,10 +268,13 @@ class ModelStep:
         job = await self._engine.submit(
             GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint)
         )
+        meter = self._writer.meter
+        meter.job_started()
         counted = 0
         try:
             async for event in job.events():
                 if isinstance(event, Delta):
+                    meter.tokens(len(event.token_ids))
                     counted += len(event.token_ids)
                     usage.output_tokens += len(event.token_ids)
                     on_delta(event.text, _logprobs(event) if sampling.logprobs else [])
@@ -430,6 +433,7 @@ class _Sink:
                     json.loads(arguments), "client", call_id, new_id("tsc"), status="completed"
                 )
             )
+            self._writer.meter.telemetry.tool_call("tool_search", "completed")
         else:
             self._writer.close_call(arguments)
         return target.kind

@@ -149,6 +149,10 @@ class ResponseStore(Protocol):
         """The id of the stored response holding an item."""
         ...
 
+    async def count(self) -> int:
+        """How many responses are stored, running ones included."""
+        ...
+
     async def upkeep(self) -> None:
         """Periodic work: announce this replica alive, evict what retention says."""
         ...

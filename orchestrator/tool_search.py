@@ -70,6 +70,7 @@ class ToolSearch:
             index, ToolSearchCall(arguments, "server", call.call_id, pending.id, "completed")
         )
         writer.add_item(ToolSearchOutput(tools, "server", call.call_id, new_id("tso"), "completed"))
+        writer.meter.telemetry.tool_call("tool_search", "completed")
         return describe_loaded(tools)
 
     def search(self, query: str) -> list[LoadedTool]:

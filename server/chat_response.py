@@ -33,10 +33,10 @@ class CalledFunction(msgspec.Struct, frozen=True):
     arguments: str
 
 
-class ToolCall(msgspec.Struct, frozen=True):
+# Tagged by ``type``: the message's ``tool_calls`` mixes both, and its schema says which is which.
+class ToolCall(msgspec.Struct, frozen=True, tag="function", tag_field="type"):
     id: str
     function: CalledFunction
-    type: Literal["function"] = "function"
 
 
 class CalledCustom(msgspec.Struct, frozen=True):
@@ -44,10 +44,9 @@ class CalledCustom(msgspec.Struct, frozen=True):
     input: str
 
 
-class CustomCall(msgspec.Struct, frozen=True):
+class CustomCall(msgspec.Struct, frozen=True, tag="custom", tag_field="type"):
     id: str
     custom: CalledCustom
-    type: Literal["custom"] = "custom"
 
 
 class UrlCitationBody(msgspec.Struct, frozen=True):

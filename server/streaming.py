@@ -11,6 +11,10 @@ request's task, so the generator's ``yield`` must never sit where another task c
 it: the writer runs as a child task feeding a memory stream, the generator only reads that
 stream, and the children never raise into the group (so only the generator's own code ever
 cancels its scope).
+
+While the writer has nothing to send for ``keepalive`` seconds (prefill, a queue, a web
+search), the stream sends an SSE comment line, ``: keep-alive``, which clients ignore but
+which keeps proxies and load balancers from cutting an idle connection.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TypeVar
 
 import anyio
 from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 from blacksheep import Request, Response, StreamedContent
 from blacksheep.contents import ASGIContent
 
@@ -32,6 +37,8 @@ OnDisconnect = Callable[[], Awaitable[None]]
 
 #: Chunks the writer may run ahead of the socket.
 _BUFFER = 64
+#: An SSE comment: clients skip it, proxies see traffic.
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def check_disconnect_support() -> None:
@@ -68,10 +75,12 @@ def event_stream(
     chunks: AsyncGenerator[bytes, None],
     *,
     on_disconnect: OnDisconnect | None = None,
+    keepalive: float | None = None,
     media_type: bytes = b"text/event-stream",
 ) -> Response:
     """A streamed response of ``chunks``; a client disconnect calls ``on_disconnect`` (if
-    given) and stops the stream."""
+    given) and stops the stream. With ``keepalive``, a :data:`KEEPALIVE` comment goes out
+    whenever that many seconds pass without a chunk."""
 
     async def body() -> AsyncIterator[bytes]:
         send, receive = anyio.create_memory_object_stream[bytes](_BUFFER)
@@ -80,7 +89,7 @@ def event_stream(
             tg.start_soon(_write, chunks, send, writer_scope)
             tg.start_soon(_watch, request, on_disconnect, writer_scope)
             async with receive:
-                async for chunk in receive:
+                while (chunk := await _next(receive, keepalive)) is not None:
                     yield chunk
             tg.cancel_scope.cancel()
 
@@ -88,6 +97,22 @@ def event_stream(
     response.add_header(b"Cache-Control", b"no-cache")
     response.add_header(b"X-Accel-Buffering", b"no")
     return response
+
+
+async def _next(receive: MemoryObjectReceiveStream[bytes], keepalive: float | None) -> bytes | None:
+    """The next chunk, :data:`KEEPALIVE` after ``keepalive`` idle seconds, None at the end."""
+    try:
+        try:
+            return receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        if keepalive is None:
+            return await receive.receive()
+        with anyio.move_on_after(keepalive):
+            return await receive.receive()
+        return KEEPALIVE
+    except anyio.EndOfStream:
+        return None
 
 
 async def _write(

@@ -28,6 +28,7 @@ import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 import httpx
@@ -161,6 +162,12 @@ def _parse_url(url: str | httpx.URL) -> httpx.URL:
     if parsed.userinfo:
         raise InvalidUrl(f"URLs with credentials are not fetched: {str(url)!r}.", str(url))
     return parsed.copy_with(fragment=None)
+
+
+class PageFetcher(Protocol):
+    """Fetches a page by URL (``SafeFetcher``, or one wrapped to measure it)."""
+
+    async def fetch(self, url: str) -> FetchedPage: ...
 
 
 class SafeFetcher:

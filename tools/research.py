@@ -23,7 +23,7 @@ import anyio
 
 from .errors import FetchError
 from .extract import ExtractedPage, extract
-from .fetch import SafeFetcher
+from .fetch import PageFetcher
 from .rank import (
     CONTEXT_BUDGETS,
     Chunk,
@@ -124,7 +124,8 @@ class PageOutcome:
 
 
 class WebResearch:
-    """Search and page reading with budgets, over a provider and a ``SafeFetcher``.
+    """Search and page reading with budgets, over a provider and a page fetcher (a
+    ``SafeFetcher``).
 
     ``count_tokens`` measures text against the budgets (default: about four characters per
     token; pass the model's tokenizer for exact figures; it is called from worker threads);
@@ -134,7 +135,7 @@ class WebResearch:
     def __init__(
         self,
         provider: SearchProvider,
-        fetcher: SafeFetcher,
+        fetcher: PageFetcher,
         *,
         max_results: int = 8,
         count_tokens: TokenCounter = approx_tokens,

@@ -45,8 +45,14 @@ class ServerProcess:
     base_url: str
 
     def __init__(
-        self, *flags: str, env: dict[str, str] | None = None, memory_limit: int | None = None
+        self,
+        *flags: str,
+        env: dict[str, str] | None = None,
+        memory_limit: int | None = None,
+        wait_ready: bool = True,
     ) -> None:
+        """Start the server; return once ``/health`` says it is ready, or with ``wait_ready``
+        False once it answers at all (the model may still be loading)."""
         self.data_dir = Path(tempfile.mkdtemp(prefix="exloop-e2e-data-"))
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in stop())
             prefix="exloop-e2e-", suffix=".log", delete=False
@@ -73,9 +79,9 @@ class ServerProcess:
             env={**os.environ, "EXLOOP_DATA_DIR": str(self.data_dir), **(env or {})},
             preexec_fn=None if memory_limit is None else partial(_limit_memory, memory_limit),
         )
-        self._wait_ready()
+        self._wait(ready=wait_ready)
 
-    def _wait_ready(self) -> None:
+    def _wait(self, *, ready: bool) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -86,7 +92,8 @@ class ServerProcess:
                 self.port = int(listening[1])
                 self.base_url = f"http://127.0.0.1:{self.port}"
                 with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{self.base_url}/health", timeout=10.0).status_code == 200:
+                    status = httpx.get(f"{self.base_url}/health", timeout=10.0).status_code
+                    if status == 200 or not ready:
                         return
             time.sleep(0.2)
         self.stop()
@@ -153,8 +160,10 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     when the test ends."""
     with contextlib.ExitStack() as started:
 
-        def start(*flags: str, env: dict[str, str] | None = None) -> ServerProcess:
-            return started.enter_context(ServerProcess(*flags, env=env))
+        def start(
+            *flags: str, env: dict[str, str] | None = None, wait_ready: bool = True
+        ) -> ServerProcess:
+            return started.enter_context(ServerProcess(*flags, env=env, wait_ready=wait_ready))
 
         yield start
 

@@ -109,6 +109,18 @@ async def test_delete_removes_everything_and_refuses_later_writes(make_store: Ma
         assert await store.load("r1") is None
 
 
+async def test_count_is_running_and_finished_responses(make_store: MakeStore) -> None:
+    async with make_store(Retention(max_responses=2)) as store:
+        assert await store.count() == 0
+        await store.save([write("r1", [b"e0"]), write("r2", [b"e0"], done=True)])
+        assert await store.count() == 2
+        # Retention keeps the count at its cap, and a delete lowers it.
+        await store.save([write("r3", [b"e0"], done=True)])
+        assert await store.count() == 2
+        await store.delete("r1")
+        assert await store.count() == 1
+
+
 async def test_a_finished_response_takes_no_more_writes(make_store: MakeStore) -> None:
     async with make_store() as store:
         await store.save([write("r1", [b"e0"], done=True)])

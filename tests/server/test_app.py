@@ -16,6 +16,7 @@ from exloop.engine.errors import GenerationFailed
 from exloop.engine.protocol import GenerationRequest
 from exloop.orchestrator.builtin import BuiltinFactory
 from exloop.orchestrator.service import Orchestrator
+from exloop.server.api_keys import ApiKeys
 from exloop.server.app import AppSettings, build_app
 from exloop.server.limits import Limits
 from tests.orchestrator.scripted import ScriptedEngine, say
@@ -33,7 +34,10 @@ async def running_app(
     builtins: BuiltinFactory | None = None,
 ) -> AsyncIterator[Application]:
     async with Orchestrator(engine, model_name="served", builtins=builtins) as orchestrator:
-        app = build_app(orchestrator, AppSettings("served", api_key, limits or Limits()))
+        keys = ApiKeys([api_key] if api_key else [])
+        app = build_app(
+            orchestrator, AppSettings("served", api_keys=keys, limits=limits or Limits())
+        )
         await app.start()
         try:
             yield app

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import re
 from pathlib import Path
 
 import pytest
 
-from exloop.server.cli import ServeSettings, build_parser, main
+from exloop.server.cli import ServeSettings, build_parser, main, parse_serve
+from exloop.server.config import settings_actions
 
 FLAGS = [
     "--model",
@@ -20,6 +24,13 @@ FLAGS = [
     "--served-model-name",
     "--tool-call-format",
     "--api-key",
+    "--api-key-file",
+    "--metrics-public",
+    "--cors-origins",
+    "--sse-keepalive",
+    "--log-format",
+    "--log-requests",
+    "--config",
     "--search-provider",
     "--searxng-url",
     "--fetch-allow-private",
@@ -56,7 +67,13 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         max_tool_rounds=8,
         served_model_name=None,
         tool_call_format=None,
-        api_key=None,
+        api_keys=(),
+        api_key_file=None,
+        metrics_public=False,
+        log_format="text",
+        log_requests=False,
+        cors_origins=(),
+        sse_keepalive=15.0,
         search_provider="ddgs",
         searxng_url=None,
         fetch_allow_private=False,
@@ -96,7 +113,13 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         "MAX_TOOL_ROUNDS": "3",
         "SERVED_MODEL_NAME": "smol",
         "TOOL_CALL_FORMAT": "hermes",
-        "API_KEY": "k",
+        "API_KEY": "k,l",
+        "API_KEY_FILE": "/keys",
+        "METRICS_PUBLIC": "1",
+        "CORS_ORIGINS": "https://a.example, https://b.example",
+        "SSE_KEEPALIVE": "2.5",
+        "LOG_FORMAT": "json",
+        "LOG_REQUESTS": "true",
         "SEARCH_PROVIDER": "searxng",
         "SEARXNG_URL": "http://searx",
         "FETCH_ALLOW_PRIVATE": "1",
@@ -118,7 +141,7 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         "DATA_DIR": "/var/lib/exloop",
         "ENCRYPTION_KEY": "s" * 32,
     }
-    assert {f"--{name.lower().replace('_', '-')}" for name in env} == set(FLAGS)
+    assert {f"--{name.lower().replace('_', '-')}" for name in env} == set(FLAGS) - {"--config"}
     for name, value in env.items():
         monkeypatch.setenv(f"EXLOOP_{name}", value)
     assert settings() == ServeSettings(
@@ -129,7 +152,13 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         max_tool_rounds=3,
         served_model_name="smol",
         tool_call_format="hermes",
-        api_key="k",
+        api_keys=("k", "l"),
+        api_key_file=Path("/keys"),
+        metrics_public=True,
+        log_format="json",
+        log_requests=True,
+        cors_origins=("https://a.example", "https://b.example"),
+        sse_keepalive=2.5,
         search_provider="searxng",
         searxng_url="http://searx",
         fetch_allow_private=True,
@@ -150,8 +179,9 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         data_dir=Path("/var/lib/exloop"),
         encryption_key="s" * 32,
     )
-    # A flag on the command line wins over its variable.
+    # A flag on the command line wins over its variable; a repeated one replaces its list.
     assert settings("--port", "9000", "--max-tool-rounds", "1").port == 9000
+    assert settings("--api-key", "x", "--api-key", "y").api_keys == ("x", "y")
 
 
 def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -181,6 +211,9 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         ["--store-max-responses", "0"],
         ["--shutdown-grace", "-1"],
         ["--replica-timeout", "0.1"],
+        ["--log-format", "xml"],
+        ["--sse-keepalive", "-1"],
+        ["--port8080"],
     ],
 )
 def test_bad_values_are_refused(argv: list[str]) -> None:
@@ -222,6 +255,103 @@ def test_an_unknown_tool_call_format_is_a_usage_error(
     assert "--tool-call-format" in error and "'bogus'" in error
     assert "hermes" in error and "llama3" in error  # the known names
     assert "Traceback" not in error
+
+
+# -- the configuration file -----------------------------------------------------------------
+
+
+def clear_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for flag in FLAGS:
+        monkeypatch.delenv("EXLOOP_" + flag[2:].upper().replace("-", "_"), raising=False)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_config_precedence_is_flags_then_environment_then_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clear_environment(monkeypatch)
+    config = write(
+        tmp_path / "exloop.toml",
+        'port = 1111\nhost = "0.0.0.0"\nmax-tool-rounds = 3\nlog_format = "json"\n'
+        'api-key = ["a", "b"]\nfetch-allow-private = true\nsse-keepalive = 0.5\n',
+    )
+    base = ["--config", str(config)]
+    from_file = parse_serve(base, environ={})
+    assert (from_file.port, from_file.host, from_file.max_tool_rounds) == (1111, "0.0.0.0", 3)
+    assert from_file.log_format == "json" and from_file.api_keys == ("a", "b")
+    assert from_file.fetch_allow_private and from_file.sse_keepalive == 0.5
+    # The environment beats the file, a flag beats both; unset ones keep their defaults.
+    monkeypatch.setenv("EXLOOP_PORT", "2222")
+    monkeypatch.setenv("EXLOOP_API_KEY", "env-key")
+    from_env = parse_serve(base)
+    assert from_env.port == 2222 and from_env.api_keys == ("env-key",)
+    assert from_env.host == "0.0.0.0"
+    flagged = parse_serve([*base, "--port", "3333", "--api-key", "flag-key"])
+    assert flagged.port == 3333 and flagged.api_keys == ("flag-key",)
+    assert parse_serve(["--port=4444", *base]).port == 4444
+    assert flagged.cache_mode == "fp16"  # default: set nowhere
+
+
+def test_config_file_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clear_environment(monkeypatch)
+    monkeypatch.setenv("EXLOOP_CONFIG", str(write(tmp_path / "c.toml", "port = 5555\n")))
+    assert parse_serve([]).port == 5555
+
+
+def test_every_flag_is_a_config_key() -> None:
+    """The keys come from the parser itself, so a flag added later is covered."""
+    parser = build_parser()
+    serve = next(
+        action.choices["serve"]
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    keys = set(settings_actions(serve))
+    assert {flag[2:] for flag in FLAGS} - {"config"} <= keys
+    # Exactly the flags `exloop serve --help` documents (flags added later included).
+    documented = set(re.findall(r"--([a-z][a-z0-9-]+)", serve.format_help()))
+    assert keys == documented - {"help", "config"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prot = 8080\n", "unknown setting 'prot'"),
+        ("[server]\nport = 8080\n", "unknown setting 'server'"),
+        ("fetch-allow-private = 1\n", "'fetch-allow-private'"),
+        ("port = [1, 2]\n", "'port'"),
+        ("port = 70000\n", "must be a TCP port"),
+        ("port = \n", "not valid TOML"),
+    ],
+)
+def test_bad_config_files_are_refused_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    config = write(tmp_path / "bad.toml", text)
+    with contextlib.suppress(SystemExit):  # argparse exits 2 for a bad value
+        assert main(["serve", "--config", str(config)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_config_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--config", str(tmp_path / "absent.toml")]) == 2
+    assert "cannot read the configuration file" in capsys.readouterr().err
+
+
+def test_api_key_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    keys = write(tmp_path / "keys", "# team keys\nalpha\n\n  beta  \n")
+    loaded = parse_serve(["--api-key", "gamma", "--api-key-file", str(keys)], environ={}).keys()
+    assert len(loaded) == 3 and loaded.identify(b"beta") and not loaded.identify(b"delta")
+    assert "alpha" not in repr(loaded) and "gamma" not in repr(parse_serve(["--api-key", "gamma"]))
+    empty = write(tmp_path / "empty", "# nothing\n")
+    assert main(["serve", "--api-key-file", str(empty)]) == 2
+    assert "holds no key" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
