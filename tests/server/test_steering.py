@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from exloop.orchestrator.items import FunctionCall, FunctionCallOutput, InputText, Message
 from exloop.orchestrator.spec import RunSpec, ToolPolicy
-from exloop.orchestrator.tool_defs import FunctionTool
+from exloop.orchestrator.tool_defs import FunctionTool, NamespaceTool
 from exloop.server.steering import steered
 
 TOOLS = ToolPolicy(
@@ -34,3 +34,27 @@ def test_nothing_changes_without_the_option_or_the_tool() -> None:
     assert steered(plain, None) is plain
     assert steered(plain, "apply_patch") is plain
     assert steered(spec(USER, tools=ToolPolicy()), "exec_command").tools == ToolPolicy()
+
+
+def test_the_steered_call_writes_only_required_arguments() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"cmd": {"type": "string"}, "yield_time_ms": {"type": "number"}},
+        "required": ["cmd"],
+    }
+    exec_command = FunctionTool("exec_command", schema, False, None)
+    inner = NamespaceTool("shell", "Shell tools.", [FunctionTool("run", schema, False, None)])
+    tools = ToolPolicy(tools=(exec_command, inner))
+    narrowed = {
+        "type": "object",
+        "properties": {"cmd": {"type": "string"}},
+        "required": ["cmd"],
+        "additionalProperties": False,
+    }
+    (top, space) = steered(spec(USER, tools=tools), "exec_command").tools.tools
+    assert isinstance(top, FunctionTool) and top.parameters == narrowed
+    assert space == inner  # not the steered tool
+    (_, space) = steered(spec(USER, tools=tools), "shell.run").tools.tools
+    assert isinstance(space, NamespaceTool)
+    assert [t.parameters for t in space.tools] == [narrowed]
+    assert exec_command.parameters == schema  # the request's own definition is untouched
