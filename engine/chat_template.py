@@ -63,6 +63,7 @@ from .errors import InvalidParameter
 from .protocol import Chat, ChatMessage, ToolCall, ToolSpec
 from .reasoning import ThinkingSyntax, detect_thinking
 from .tool_calls.base import ToolCallFormat
+from .tool_calls.prompt import freeform_note
 
 #: The template used when a model ships none.
 CHATML = (
@@ -256,18 +257,26 @@ def _one_call_per_turn(history: Sequence[ChatMessage]) -> list[ChatMessage]:
 
 
 def _tool(spec: ToolSpec) -> dict[str, Any]:
+    """A tool as templates list it; a freeform tool is a function without parameters whose
+    description says what its raw input is."""
     function: dict[str, Any] = {"name": spec.name}
-    if spec.description is not None:
-        function["description"] = spec.description
-    function["parameters"] = dict(spec.parameters) or {"type": "object", "properties": {}}
+    description = spec.description
+    if spec.freeform is not None:
+        note = freeform_note(spec.freeform)
+        description = f"{description}\n{note}" if description else note
+    if description is not None:
+        function["description"] = description
+    parameters = spec.parameters if spec.freeform is None else {}
+    function["parameters"] = dict(parameters) or {"type": "object", "properties": {}}
     return {"type": "function", "function": function}
 
 
 def _call(call: ToolCall) -> dict[str, Any]:
+    arguments = call.arguments if call.freeform else _arguments(call.arguments)
     return {
         "id": call.call_id,
         "type": "function",
-        "function": {"name": call.name, "arguments": _arguments(call.arguments)},
+        "function": {"name": call.name, "arguments": arguments},
     }
 
 

@@ -28,23 +28,47 @@ Role: TypeAlias = Literal["system", "developer", "user", "assistant", "tool"]
 FinishReason: TypeAlias = Literal["stop", "length", "eos", "cancelled"]
 
 
+FreeformSyntax: TypeAlias = Literal["text", "lark", "regex"]
+
+
+@dataclass(frozen=True, slots=True)
+class FreeformInput:
+    """What a freeform tool takes: any text (``text``), or text that a Lark grammar (in
+    llguidance's dialect) or a regular expression accepts whole, given as ``definition``."""
+
+    syntax: FreeformSyntax = "text"
+    definition: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class ToolSpec:
-    """A function tool the model may call, as the client defined it."""
+    """A tool the model may call, as it is shown to the model.
+
+    A function tool takes JSON arguments; a freeform tool (``freeform`` set: OpenAI's custom
+    tools) takes raw text instead. ``name`` is the name the model writes (a namespaced tool's
+    is ``namespace.name``).
+    """
 
     name: str
     description: str | None = None
     parameters: JsonSchema = field(default_factory=dict)
     strict: bool = False
+    #: Whether the arguments are generated under ``parameters``. Strict tools always are; a
+    #: non-strict tool is too unless its schema does not compile, and then its arguments are
+    #: any JSON object.
+    guided: bool = True
+    freeform: FreeformInput | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:
-    """A call the model made: ``arguments`` is the JSON text it generated."""
+    """A call the model made: ``arguments`` is the JSON text it generated, or a freeform
+    tool's raw input (``freeform``)."""
 
     call_id: str
     name: str
     arguments: str
+    freeform: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ user, system and developer messages stay, and its summary joins the system promp
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
@@ -16,7 +17,10 @@ from exloop.engine.protocol import ChatMessage, ToolCall
 
 from .errors import InvalidRequest
 from .items import (
+    AdditionalTools,
     Compaction,
+    CustomToolCall,
+    CustomToolCallOutput,
     FunctionCall,
     FunctionCallOutput,
     Item,
@@ -32,10 +36,13 @@ from .items import (
     Message,
     Reasoning,
     ReasoningText,
+    ToolSearchCall,
+    ToolSearchOutput,
     WebSearchCall,
 )
 from .resource import ReasoningContext
 from .sealing import Sealer, Unsealable
+from .toolset import TOOL_SEARCH, describe_loaded, qualified
 
 #: How a compaction summary is introduced in the system prompt.
 SUMMARY_HEADING = "Summary of the earlier conversation (written by you when it was compacted):"
@@ -117,15 +124,17 @@ def to_messages(
     """Chat messages for ``items`` (a :func:`model_view`), with ``instructions`` and a
     compaction ``summary`` as the first system message.
 
-    Consecutive function calls join the assistant turn before them (one turn may hold text
-    and several calls); their outputs become ``tool`` messages named after the call. An MCP
-    call is a call and its result; a refused approval is the call and the refusal, so the
-    model learns it may not run it (an approved one is the ``mcp_call`` that follows). A
-    reasoning item starts an assistant turn and becomes its ``reasoning`` (with
-    ``reasoning_context`` ``current_turn``, only after the last user message; otherwise all
-    of it, for the template to keep what its model was trained to see). Web-search and
-    tool-listing items carry nothing the model can re-read and are left out, as are approval
-    requests still waiting.
+    Consecutive calls (of functions, custom tools, a client-run tool search) join the assistant
+    turn before them (one turn may hold text and several calls), named as the model wrote them
+    (``namespace.tool``); their outputs become ``tool`` messages named after the call, a tool
+    search's output the list of tools it loaded. An MCP call is a call and its result; a
+    refused approval is the call and the refusal, so the model learns it may not run it (an
+    approved one is the ``mcp_call`` that follows). A reasoning item starts an assistant turn
+    and becomes its ``reasoning`` (with ``reasoning_context`` ``current_turn``, only after the
+    last user message; otherwise all of it, for the template to keep what its model was
+    trained to see). Web-search, tool-listing and ``additional_tools`` items carry nothing the
+    model can re-read as a turn (added tools join the tool list) and are left out, as are
+    approval requests still waiting.
     """
     head = system_prompt(instructions, summary)
     messages: list[ChatMessage] = [head] if head is not None else []
@@ -147,14 +156,36 @@ def to_messages(
             case Message(role=role):
                 messages.append(ChatMessage(role=role, content=item.text))
                 thought = None
-            case FunctionCall(call_id=call_id, name=name, arguments=arguments):
-                names[call_id] = name
+            case FunctionCall(call_id=call_id, arguments=arguments):
+                name = names[call_id] = qualified(item.name, item.namespace)
                 _add_call(messages, ToolCall(call_id, name, arguments), thought)
                 thought = None
-            case FunctionCallOutput(call_id=call_id, output=output):
+            case CustomToolCall(call_id=call_id, input=text):
+                name = names[call_id] = qualified(item.name, item.namespace)
+                _add_call(messages, ToolCall(call_id, name, text, freeform=True), thought)
+                thought = None
+            case ToolSearchCall(arguments=arguments):
+                call_id = item.call_id or item.id or ""
+                names[call_id] = TOOL_SEARCH
+                _add_call(messages, ToolCall(call_id, TOOL_SEARCH, json.dumps(arguments)), thought)
+                thought = None
+            case (
+                FunctionCallOutput(call_id=call_id, output=output)
+                | CustomToolCallOutput(call_id=call_id, output=output)
+            ):
                 messages.append(
                     ChatMessage(
                         role="tool", content=output, tool_call_id=call_id, name=names.get(call_id)
+                    )
+                )
+                thought = None
+            case ToolSearchOutput(tools=tools):
+                messages.append(
+                    ChatMessage(
+                        role="tool",
+                        content=describe_loaded(tools),
+                        tool_call_id=item.call_id,
+                        name=TOOL_SEARCH,
                     )
                 )
                 thought = None
@@ -195,6 +226,7 @@ def to_messages(
                 | McpApprovalResponse()
                 | ItemReference()
                 | Compaction()
+                | AdditionalTools()
             ):
                 continue
     return messages
@@ -216,6 +248,14 @@ def _add_call(messages: list[ChatMessage], call: ToolCall, thought: str | None) 
         messages[-1] = replace(last, tool_calls=(*last.tool_calls, call))
     else:
         messages.append(ChatMessage(role="assistant", tool_calls=(call,), reasoning=thought or ""))
+
+
+def last_user_text(items: Sequence[Item]) -> str | None:
+    """The text of the last user message, the fallback for a search query that finds nothing."""
+    for item in reversed(items):
+        if isinstance(item, Message) and item.role == "user" and item.text.strip():
+            return item.text.strip()
+    return None
 
 
 def _error_text(error: McpCallError) -> str:

@@ -123,6 +123,18 @@ class FunctionCallArgumentsDone(
     arguments: str
 
 
+class CustomToolCallInputDelta(
+    _ItemEvent, frozen=True, kw_only=True, tag="response.custom_tool_call_input.delta"
+):
+    delta: str
+
+
+class CustomToolCallInputDone(
+    _ItemEvent, frozen=True, kw_only=True, tag="response.custom_tool_call_input.done"
+):
+    input: str
+
+
 class WebSearchCallInProgress(
     _ItemEvent, frozen=True, kw_only=True, tag="response.web_search_call.in_progress"
 ):
@@ -215,6 +227,8 @@ StreamEvent: TypeAlias = (
     | CompactionCompacting
     | FunctionCallArgumentsDelta
     | FunctionCallArgumentsDone
+    | CustomToolCallInputDelta
+    | CustomToolCallInputDone
     | WebSearchCallInProgress
     | WebSearchCallSearching
     | WebSearchCallCompleted

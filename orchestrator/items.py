@@ -12,6 +12,8 @@ from typing import Any, Literal, TypeAlias
 
 import msgspec
 
+from .tool_defs import LoadedTool, ToolSearchExecution
+
 ItemStatus: TypeAlias = Literal["in_progress", "completed", "incomplete"]
 MessageRole: TypeAlias = Literal["user", "assistant", "system", "developer"]
 
@@ -74,12 +76,16 @@ class Message(msgspec.Struct, tag="message", tag_field="type", frozen=True):
         )
 
 
-class FunctionCall(msgspec.Struct, tag="function_call", tag_field="type", frozen=True):
+class FunctionCall(
+    msgspec.Struct, tag="function_call", tag_field="type", frozen=True, omit_defaults=True
+):
     call_id: str
     name: str
     arguments: str
     id: str | None = None
     status: ItemStatus | None = None
+    #: The namespace of a namespaced function (``name`` is then the function's own name).
+    namespace: str | None = None
 
 
 class FunctionCallOutput(msgspec.Struct, tag="function_call_output", tag_field="type", frozen=True):
@@ -87,6 +93,57 @@ class FunctionCallOutput(msgspec.Struct, tag="function_call_output", tag_field="
     output: str
     id: str | None = None
     status: ItemStatus | None = None
+
+
+class CustomToolCall(
+    msgspec.Struct, tag="custom_tool_call", tag_field="type", frozen=True, omit_defaults=True
+):
+    """A call of a custom (freeform) tool: ``input`` is the raw text the model wrote."""
+
+    call_id: str
+    name: str
+    input: str
+    id: str | None = None
+    status: ItemStatus | None = None
+    namespace: str | None = None
+
+
+class CustomToolCallOutput(
+    msgspec.Struct, tag="custom_tool_call_output", tag_field="type", frozen=True
+):
+    call_id: str
+    output: str
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class ToolSearchCall(msgspec.Struct, tag="tool_search_call", tag_field="type", frozen=True):
+    """The model searched the deferred tools, with ``arguments`` (``{"query": ...}`` unless a
+    client-run search defines its own parameters)."""
+
+    arguments: dict[str, Any]
+    execution: ToolSearchExecution = "client"
+    call_id: str | None = None
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class ToolSearchOutput(msgspec.Struct, tag="tool_search_output", tag_field="type", frozen=True):
+    """The tools a search loaded: from here on the model sees and may call them."""
+
+    tools: list[LoadedTool]
+    execution: ToolSearchExecution = "client"
+    call_id: str | None = None
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class AdditionalTools(msgspec.Struct, tag="additional_tools", tag_field="type", frozen=True):
+    """Tools a developer makes available from this point of the conversation on."""
+
+    tools: list[LoadedTool]
+    role: Literal["developer"] = "developer"
+    id: str | None = None
 
 
 class SummaryText(msgspec.Struct, tag="summary_text", tag_field="type", frozen=True):
@@ -235,6 +292,11 @@ Item: TypeAlias = (
     Message
     | FunctionCall
     | FunctionCallOutput
+    | CustomToolCall
+    | CustomToolCallOutput
+    | ToolSearchCall
+    | ToolSearchOutput
+    | AdditionalTools
     | Reasoning
     | WebSearchCall
     | McpListTools
@@ -248,6 +310,9 @@ Item: TypeAlias = (
 OutputItem: TypeAlias = (
     Message
     | FunctionCall
+    | CustomToolCall
+    | ToolSearchCall
+    | ToolSearchOutput
     | WebSearchCall
     | McpListTools
     | McpCall

@@ -6,12 +6,15 @@ and what the model wrote, in this priority order:
 1. :class:`EngineStopped`: the engine cancelled the job itself (it is closing): the
    response fails, since the answer was cut off by the server, not the client;
 2. :class:`Incomplete`: the token budget ran out;
-3. :class:`RunBuiltinTools`: the model called built-in tools (MCP tools included) and rounds
-   remain;
-4. :class:`AwaitClientTools`: the model called client functions, or MCP tools that need the
-   client's approval: the response completes with its function_call / mcp_approval_request
-   items and the client answers them;
+3. :class:`RunBuiltinTools`: the model called built-in tools (web search, MCP tools, a
+   server-side tool search) and rounds remain;
+4. :class:`AwaitClientTools`: the model called client tools (functions, custom tools, a
+   client-run tool search), or MCP tools that need the client's approval: the response
+   completes with their items and the client answers them;
 5. :class:`FinalMessage`: an answer (the model ended its turn, or a stop sequence matched).
+
+The client tools offered are worked out again at every step (:class:`~.toolset.ToolCatalog`):
+a tool search run in this response loads tools for the steps after it.
 
 Before the first step, the response's MCP servers are listed (:mod:`.mcp`), and calls the
 input approves (``mcp_approval_response``) run as the first round. ``--max-tool-rounds`` caps
@@ -26,6 +29,7 @@ generation and tool runs alike; a job cancelled that way never reaches :func:`de
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TypeAlias, assert_never
 
@@ -62,6 +66,7 @@ from .step import (
     StepResult,
     offered_tools,
 )
+from .toolset import ToolCatalog
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,7 @@ class ToolLoop:
         *,
         max_tool_rounds: int,
         thinking_constraint: Grammar | None = None,
+        catalog: ToolCatalog | None = None,
     ) -> None:
         self._engine = engine
         self._format = tool_format
@@ -136,15 +142,18 @@ class ToolLoop:
         self._mcp = mcp
         self._max_rounds = max_tool_rounds
         self._thinking_constraint = thinking_constraint
+        self._catalog = catalog or ToolCatalog(())
 
-    def first_chat(self, spec: RunSpec, view: ModelView) -> Chat:
+    def first_chat(self, spec: RunSpec, view: ModelView, conversation: Sequence[Item]) -> Chat:
         """The chat of the run's first step (its messages, the tools it offers and the
         thinking switch), as the model's template will render it: what a run's input costs
-        in tokens."""
+        in tokens. ``conversation`` is the whole of it (earlier turns and the input), whose
+        items add and load client tools."""
         messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
-        budget = CallBudget(spec.tools.max_tool_calls)
-        mode = self._mode(spec, first=True, capped=False, budget=budget)
-        chat = Chat(tuple(messages), offered_tools(mode))
+        builtins = () if CallBudget(spec.tools.max_tool_calls).spent else self._builtins.specs
+        shown = (*self._catalog.offered(conversation).specs, *builtins)
+        mode = self._mode(spec, shown, builtins, first=True, capped=False)
+        chat = Chat(tuple(messages), offered_tools(mode, shown))
         thinking = thinking_plan(
             self._engine.info.thinking, spec.reasoning, self._thinking_constraint
         )
@@ -153,8 +162,7 @@ class ToolLoop:
     async def run(self, record: ResponseRecord, writer: OutputWriter, view: ModelView) -> None:
         """Run ``record`` to its end over the conversation as the model reads it."""
         async with self._mcp as mcp:
-            spec = record.spec
-            taken = {tool.name for tool in (*spec.tools.functions, *self._builtins.specs)}
+            taken = {*self._catalog.names, *(tool.name for tool in self._builtins.specs)}
             self._builtins.extend(await mcp.open(writer, list(view.items), taken))
             await self._loop(record, writer, view)
 
@@ -178,17 +186,24 @@ class ToolLoop:
             first = False
         while True:
             capped = rounds >= self._max_rounds and bool(self._builtins)
-            mode = self._mode(spec, first=first, capped=capped, budget=budget)
+            # Tools loaded by turns a compaction replaced stay loaded: the catalog reads the
+            # whole conversation, not the model's view of it.
+            offered = self._catalog.offered([*record.context, *record.input_items, *record.output])
+            builtins = () if budget.spent else self._builtins.specs
+            shown = (*offered.specs, *builtins)
+            mode = self._mode(spec, shown, builtins, first=first, capped=capped)
             if capped:
                 record.tool_rounds_capped = True
-            if await self._should_compact(messages, spec, has_head=has_head):
+            if await self._should_compact(messages, spec, shown, has_head=has_head):
                 messages, has_head = await self._compact(messages, has_head, spec, step, writer)
-            await self._fit_context(messages, spec, offered_tools(mode))
+            await self._fit_context(messages, spec, offered_tools(mode, shown))
             sampling = replace(
                 spec.sampling,
                 max_tokens=_budget(spec.sampling.max_tokens, record.usage.output_tokens),
             )
-            result = await step.run(messages, mode, sampling, thinking)
+            result = await step.run(
+                messages, mode, sampling, thinking, shown=shown, targets=offered.targets
+            )
             first = False
             outcome = decide(result, rounds_left=not capped)
             match outcome:
@@ -233,16 +248,20 @@ class ToolLoop:
         record.complete()
 
     async def _should_compact(
-        self, messages: list[ChatMessage], spec: RunSpec, *, has_head: bool
+        self,
+        messages: list[ChatMessage],
+        spec: RunSpec,
+        tools: tuple[ToolSpec, ...],
+        *,
+        has_head: bool,
     ) -> bool:
-        """Whether ``context_management`` asks to compact now: the prompt is over the
-        threshold and compacting would drop something."""
+        """Whether ``context_management`` asks to compact now: the prompt (with the ``tools``
+        the step shows) is over the threshold and compacting would drop something."""
         if spec.compaction is None or not compactable(messages, has_head=has_head):
             return False
         threshold = spec.compaction.threshold or int(
             self._engine.info.context_length * DEFAULT_THRESHOLD_SHARE
         )
-        tools = (*spec.tools.functions, *self._builtins.specs)
         return await self._engine.count_tokens(Chat(tuple(messages), tools)) > threshold
 
     async def _compact(
@@ -319,11 +338,19 @@ class ToolLoop:
             calls.append(StepCall(call_id, name, request.arguments, "builtin"))
         return tuple(calls)
 
-    def _mode(self, spec: RunSpec, *, first: bool, capped: bool, budget: CallBudget) -> StepMode:
+    def _mode(
+        self,
+        spec: RunSpec,
+        shown: tuple[ToolSpec, ...],
+        builtins: tuple[ToolSpec, ...],
+        *,
+        first: bool,
+        capped: bool,
+    ) -> StepMode:
+        """The step's mode: ``shown`` are the tools offered (client and ``builtins``)."""
         policy = spec.tools
-        builtins = () if budget.spent else self._builtins.specs
-        offered = (*policy.functions, *builtins)
-        if capped or policy.mode == "none" or not offered:
+        allowed = tuple(t for t in shown if self._allows(spec, t.name))
+        if capped or policy.mode == "none" or not shown:
             return AnswerMode(spec.constraint)
         per_turn = MAX_CALLS if policy.parallel_tool_calls else 1
         if first and builtins and policy.web_search is not None and policy.web_search.forced:
@@ -334,14 +361,22 @@ class ToolLoop:
             # A server that could not list its tools (or lacks the tool) forces nothing.
             if forced:
                 return CallMode(forced, max_calls=1 if choice.name else per_turn)
-        if first and policy.forced_name is not None:
-            return CallMode(tuple(t for t in offered if t.name == policy.forced_name), max_calls=1)
-        if first and policy.mode == "required":
-            return CallMode(offered, max_calls=per_turn)
-        if spec.constraint is not None:
+        if first and policy.forced is not None:
+            named = next((t for t in shown if t.name == policy.forced), None)
+            named = named or self._catalog.find(policy.forced)
+            if named is not None:
+                return CallMode((named,), max_calls=1)
+        if first and policy.mode == "required" and allowed:
+            return CallMode(allowed, max_calls=per_turn)
+        if spec.constraint is not None or not allowed:
             # A structured-output constraint leaves no room for call syntax.
             return AnswerMode(spec.constraint)
-        return AutoMode(offered, max_calls=per_turn)
+        return AutoMode(allowed, max_calls=per_turn)
+
+    def _allows(self, spec: RunSpec, name: str) -> bool:
+        """Whether ``allowed_tools`` lets the model call the tool it knows as ``name``."""
+        route = self._builtins.route(name)
+        return spec.tools.allows(name, route.server_label if route is not None else None)
 
     async def _run_builtins(
         self, calls: tuple[StepCall, ...], writer: OutputWriter, budget: CallBudget

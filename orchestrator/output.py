@@ -3,7 +3,8 @@
 A message: ``output_item.added`` → ``content_part.added`` → ``output_text.delta`` × N →
 ``output_text.done`` → ``content_part.done`` → ``output_item.done``. A function call:
 ``output_item.added`` → ``function_call_arguments.delta`` × N → ``.done`` →
-``output_item.done``. A web search: ``output_item.added`` → ``web_search_call.in_progress`` →
+``output_item.done``; a custom tool call the same with ``custom_tool_call_input.delta`` /
+``.done``. A web search: ``output_item.added`` → ``web_search_call.in_progress`` →
 ``.searching`` → ``.completed`` → ``output_item.done``. An MCP call: ``output_item.added`` →
 ``mcp_call.in_progress`` → ``mcp_call_arguments.delta`` × N → ``.done`` (as the model writes
 the call) → ``mcp_call.completed`` or ``.failed`` (when it has run) → ``output_item.done``. An
@@ -12,7 +13,8 @@ MCP tool listing: ``output_item.added`` → ``mcp_list_tools.in_progress`` → `
 ``output_item.added`` → ``content_part.added`` (reasoning_text) → ``reasoning_text.delta`` × N
 → ``.done`` → ``content_part.done`` → ``output_item.done`` (with ``encrypted_content`` when
 asked for). A compaction: ``output_item.added`` → ``compaction.compacting`` →
-``output_item.done``.
+``output_item.done``. Items without events of their own (tool search calls and outputs, MCP
+approval requests): ``output_item.added`` → ``output_item.done``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import msgspec
 from . import events as ev
 from .items import (
     Compaction,
+    CustomToolCall,
     FunctionCall,
     ItemStatus,
     Logprob,
@@ -35,6 +38,7 @@ from .items import (
     McpListToolsTool,
     McpProtocolError,
     Message,
+    OutputItem,
     OutputText,
     Reasoning,
     ReasoningText,
@@ -68,6 +72,10 @@ class _OpenCall:
     #: Set for an MCP call (an ``mcp_call`` item rather than a ``function_call``).
     server_label: str | None = None
     approval_request_id: str | None = None
+    #: A namespaced function's or custom tool's namespace.
+    namespace: str | None = None
+    #: A custom tool's call: ``arguments`` is its raw input (a ``custom_tool_call`` item).
+    custom: bool = False
 
 
 @dataclass
@@ -174,13 +182,10 @@ class OutputWriter:
 
     def open_compaction(self) -> int:
         """Add a compaction item whose summary is being written; returns its output index."""
-        self.close_message()
         record = self._record
-        index = len(record.output)
         item = Compaction(id=new_id("cmp"), encrypted_content="")
+        index = self.open_item(item)
         self._compaction = index
-        record.add_output(item)
-        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
         record.emit(
             lambda n: ev.CompactionCompacting(
                 sequence_number=n, item_id=item.id or "", output_index=index
@@ -194,8 +199,7 @@ class OutputWriter:
         self._compaction = None
         sealed = self._sealer.seal("compaction", summary)
         item = Compaction(id=record.output[index].id, encrypted_content=sealed)
-        record.output[index] = item
-        record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
+        self.close_item(index, item)
         return item
 
     # -- assistant text -------------------------------------------------------------------
@@ -299,15 +303,33 @@ class OutputWriter:
             )
         )
 
-    # -- function calls -------------------------------------------------------------------
+    # -- function, custom tool and MCP calls ----------------------------------------------
 
-    def open_call(self, name: str, call_id: str, server_label: str | None = None) -> None:
+    def open_call(
+        self,
+        name: str,
+        call_id: str,
+        *,
+        server_label: str | None = None,
+        namespace: str | None = None,
+        custom: bool = False,
+    ) -> None:
         """Start a call item as the model starts writing the call (closing any open message
-        first): a ``function_call``, or an ``mcp_call`` when ``server_label`` is given."""
+        first): a ``function_call``, a ``custom_tool_call`` (``custom``), or an ``mcp_call``
+        when ``server_label`` is given."""
         self.close_message()
         record = self._record
-        prefix = "fc" if server_label is None else "mcp"
-        call = _OpenCall(len(record.output), new_id(prefix), call_id, name, "", server_label)
+        prefix = "mcp" if server_label is not None else "ctc" if custom else "fc"
+        call = _OpenCall(
+            len(record.output),
+            new_id(prefix),
+            call_id,
+            name,
+            "",
+            server_label,
+            namespace=namespace,
+            custom=custom,
+        )
         self._open(call)
 
     def _open(self, call: _OpenCall) -> None:
@@ -326,14 +348,21 @@ class OutputWriter:
             )
 
     def call_arguments(self, delta: str) -> None:
+        """More of the open call's arguments (a custom tool's input)."""
         call = self._call
         if call is None or not delta:
             return
         call.arguments += delta
         self._record.output[call.index] = self._call_item(call, "in_progress")
-        kind = (
-            ev.FunctionCallArgumentsDelta if call.server_label is None else ev.McpCallArgumentsDelta
-        )
+        kind: type[
+            ev.FunctionCallArgumentsDelta | ev.CustomToolCallInputDelta | ev.McpCallArgumentsDelta
+        ]
+        if call.server_label is not None:
+            kind = ev.McpCallArgumentsDelta
+        elif call.custom:
+            kind = ev.CustomToolCallInputDelta
+        else:
+            kind = ev.FunctionCallArgumentsDelta
         self._record.emit(
             lambda n: kind(sequence_number=n, item_id=call.id, output_index=call.index, delta=delta)
         )
@@ -361,24 +390,40 @@ class OutputWriter:
             record.output[call.index] = self._call_item(call, "in_progress")
             self._mcp_calls[call.call_id] = call
             return
-        record.emit(
-            lambda n: ev.FunctionCallArgumentsDone(
-                sequence_number=n,
-                item_id=where[0],
-                output_index=where[1],
-                name=call.name,
-                arguments=arguments,
+        if call.custom:
+            record.emit(
+                lambda n: ev.CustomToolCallInputDone(
+                    sequence_number=n, item_id=where[0], output_index=where[1], input=arguments
+                )
             )
-        )
+        else:
+            record.emit(
+                lambda n: ev.FunctionCallArgumentsDone(
+                    sequence_number=n,
+                    item_id=where[0],
+                    output_index=where[1],
+                    name=call.name,
+                    arguments=arguments,
+                )
+            )
         item = self._call_item(call, status)
         record.output[call.index] = item
         record.emit(
             lambda n: ev.OutputItemDone(sequence_number=n, output_index=call.index, item=item)
         )
-        self.meter.telemetry.tool_call("function", status)
+        self.meter.telemetry.tool_call("custom" if call.custom else "function", status)
 
     @staticmethod
-    def _call_item(call: _OpenCall, status: ItemStatus) -> FunctionCall | McpCall:
+    def _call_item(call: _OpenCall, status: ItemStatus) -> FunctionCall | CustomToolCall | McpCall:
+        if call.custom:
+            return CustomToolCall(
+                call_id=call.call_id,
+                name=call.name,
+                input=call.arguments,
+                id=call.id,
+                status=status,
+                namespace=call.namespace,
+            )
         if call.server_label is not None:
             return McpCall(
                 id=call.id,
@@ -394,7 +439,30 @@ class OutputWriter:
             arguments=call.arguments,
             id=call.id,
             status=status,
+            namespace=call.namespace,
         )
+
+    # -- items without events of their own ------------------------------------------------
+
+    def open_item(self, item: OutputItem) -> int:
+        """Add an item in progress (closing any open message first); returns its index."""
+        self.close_message()
+        record = self._record
+        index = len(record.output)
+        record.add_output(item)
+        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
+        return index
+
+    def close_item(self, index: int, item: OutputItem) -> None:
+        """Replace the item at ``index`` by its final state."""
+        self._record.output[index] = item
+        self._record.emit(
+            lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item)
+        )
+
+    def add_item(self, item: OutputItem) -> None:
+        """Add an item that is complete as it arrives."""
+        self.close_item(self.open_item(item), item)
 
     # -- MCP ------------------------------------------------------------------------------
 
@@ -464,24 +532,17 @@ class OutputWriter:
 
     def approval_request(self, server_label: str, name: str, arguments: str) -> None:
         """Add an ``mcp_approval_request``: a call that waits for the client's approval."""
-        self.close_message()
-        record = self._record
-        index = len(record.output)
-        item = McpApprovalRequest(
-            id=new_id("mcpr"), server_label=server_label, name=name, arguments=arguments
+        self.add_item(
+            McpApprovalRequest(
+                id=new_id("mcpr"), server_label=server_label, name=name, arguments=arguments
+            )
         )
-        record.add_output(item)
-        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
-        record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
 
     def open_mcp_list_tools(self, server_label: str) -> int:
         """Add an ``mcp_list_tools`` item in progress; returns its output index."""
-        self.close_message()
         record = self._record
-        index = len(record.output)
         item = McpListTools(id=new_id("mcpl"), server_label=server_label, tools=[])
-        record.add_output(item)
-        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
+        index = self.open_item(item)
         record.emit(
             lambda n: ev.McpListToolsInProgress(
                 sequence_number=n, item_id=item.id, output_index=index
@@ -497,7 +558,6 @@ class OutputWriter:
         current = record.output[index]
         assert isinstance(current, McpListTools)
         item = msgspec.structs.replace(current, tools=tools, error=error)
-        record.output[index] = item
         if error is None:
             record.emit(
                 lambda n: ev.McpListToolsCompleted(
@@ -510,7 +570,7 @@ class OutputWriter:
                     sequence_number=n, item_id=item.id, output_index=index
                 )
             )
-        record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
+        self.close_item(index, item)
 
     def close_all(self, status: ItemStatus) -> None:
         """Close whatever is open, e.g. when the output stops short."""
@@ -528,12 +588,9 @@ class OutputWriter:
 
     def open_web_search(self, action: WebSearchAction) -> int:
         """Add a web_search_call item in progress; returns its output index."""
-        self.close_message()
         record = self._record
-        index = len(record.output)
         item = WebSearchCall(id=new_id("ws"), status="in_progress", action=action)
-        record.add_output(item)
-        record.emit(lambda n: ev.OutputItemAdded(sequence_number=n, output_index=index, item=item))
+        index = self.open_item(item)
         record.emit(
             lambda n: ev.WebSearchCallInProgress(
                 sequence_number=n, item_id=item.id, output_index=index
@@ -552,16 +609,14 @@ class OutputWriter:
     ) -> None:
         """Finish a web_search_call item: ``completed``, ``failed`` (the tool raised) or
         ``incomplete`` (the response was cancelled while it ran)."""
-        record = self._record
-        current = record.output[index]
+        current = self._record.output[index]
         item = WebSearchCall(id=current.id or "", status=status, action=action)
-        record.output[index] = item
         if status == "completed":
-            record.emit(
+            self._record.emit(
                 lambda n: ev.WebSearchCallCompleted(
                     sequence_number=n, item_id=item.id, output_index=index
                 )
             )
-        record.emit(lambda n: ev.OutputItemDone(sequence_number=n, output_index=index, item=item))
+        self.close_item(index, item)
         tool = "web_search" if isinstance(action, SearchAction) else "open_page"
         self.meter.telemetry.tool_call(tool, status)

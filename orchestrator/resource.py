@@ -8,6 +8,7 @@ from typing import Any, Literal, TypeAlias
 import msgspec
 
 from .items import OutputItem
+from .tool_defs import Tool, ToolChoice
 
 ResponseStatus: TypeAlias = Literal[
     "queued", "in_progress", "completed", "incomplete", "cancelled", "failed"
@@ -82,76 +83,6 @@ class ReasoningConfig(msgspec.Struct, frozen=True):
     context: ReasoningContext | None = None
     #: The deprecated spelling of ``summary``.
     generate_summary: SummaryMode | None = None
-
-
-class FunctionTool(msgspec.Struct, tag="function", tag_field="type", frozen=True):
-    """A client function tool, echoed with ``description`` and ``strict`` even when null."""
-
-    name: str
-    parameters: dict[str, Any] | None
-    strict: bool | None
-    description: str | None
-
-
-class UserLocation(msgspec.Struct, tag="approximate", tag_field="type", frozen=True):
-    city: str | None = None
-    country: str | None = None
-    region: str | None = None
-    timezone: str | None = None
-
-
-class WebSearchTool(msgspec.Struct, tag="web_search", tag_field="type", frozen=True):
-    search_context_size: Literal["low", "medium", "high"] = "medium"
-    user_location: UserLocation | None = None
-
-
-class WebSearchPreviewTool(msgspec.Struct, tag="web_search_preview", tag_field="type", frozen=True):
-    search_context_size: Literal["low", "medium", "high"] = "medium"
-    user_location: UserLocation | None = None
-
-
-class McpFilterEcho(msgspec.Struct, frozen=True):
-    tool_names: list[str] | None = None
-    read_only: bool | None = None
-
-
-class McpApprovalFilterEcho(msgspec.Struct, frozen=True):
-    always: McpFilterEcho | None = None
-    never: McpFilterEcho | None = None
-
-
-class McpTool(msgspec.Struct, tag="mcp", tag_field="type", frozen=True):
-    """A remote MCP server as the response echoes it; ``headers`` and ``authorization`` are
-    secrets and come back null."""
-
-    server_label: str
-    server_url: str
-    allowed_tools: list[str] | McpFilterEcho | None = None
-    require_approval: Literal["always", "never"] | McpApprovalFilterEcho = "always"
-    server_description: str | None = None
-    headers: None = None
-    authorization: None = None
-
-
-Tool: TypeAlias = FunctionTool | WebSearchTool | WebSearchPreviewTool | McpTool
-
-
-class ToolChoiceFunction(msgspec.Struct, tag="function", tag_field="type", frozen=True):
-    name: str
-
-
-class ToolChoiceWebSearch(msgspec.Struct, tag="web_search", tag_field="type", frozen=True):
-    pass
-
-
-class ToolChoiceMcp(msgspec.Struct, tag="mcp", tag_field="type", frozen=True):
-    server_label: str
-    name: str | None = None
-
-
-ToolChoice: TypeAlias = (
-    Literal["none", "auto", "required"] | ToolChoiceFunction | ToolChoiceWebSearch | ToolChoiceMcp
-)
 
 
 class Response(msgspec.Struct, frozen=True, omit_defaults=False):

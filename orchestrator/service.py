@@ -52,17 +52,28 @@ from exloop.engine.tool_calls.base import ToolCallFormat
 
 from .builtin import BuiltinFactory, BuiltinRegistry
 from .codec import RecordCodec
-from .conversation import ModelView, model_view, resolve_references, to_messages
+from .conversation import (
+    ModelView,
+    last_user_text,
+    model_view,
+    resolve_references,
+    to_messages,
+)
 from .errors import InvalidRequest, InvalidState, ResponseNotFound, StoreError
 from .events import TERMINAL_EVENTS, StreamEvent
 from .items import (
+    AdditionalTools,
     Compaction,
+    CustomToolCall,
+    CustomToolCallOutput,
     FunctionCall,
     FunctionCallOutput,
     Item,
     McpApprovalResponse,
     Message,
     Reasoning,
+    ToolSearchCall,
+    ToolSearchOutput,
     new_id,
 )
 from .loop import ToolLoop
@@ -71,12 +82,15 @@ from .memory_store import MemoryStore
 from .output import OutputWriter
 from .persist import RecordWriter
 from .record import SERVER_RESTARTED, ResponseRecord
-from .resource import FunctionTool, Response
+from .resource import Response
 from .sealing import KEY_BYTES, Sealer
 from .spec import CompactionPolicy, RunSpec
 from .state import Phase, Transition
 from .store import ResponseStore, Stored
 from .telemetry import NoTelemetry, RunMeter, Telemetry
+from .tool_defs import ToolSearchTool
+from .tool_search import ToolSearch
+from .toolset import TOOL_SEARCH, Entry, ToolCatalog, entries, loaded_entries
 
 log = logging.getLogger("exloop.orchestrator")
 
@@ -84,6 +98,11 @@ _ID_PREFIX: dict[type, str] = {
     Message: "msg",
     FunctionCall: "fc",
     FunctionCallOutput: "fco",
+    CustomToolCall: "ctc",
+    CustomToolCallOutput: "ctco",
+    ToolSearchCall: "tsc",
+    ToolSearchOutput: "tso",
+    AdditionalTools: "at",
     Reasoning: "rs",
     McpApprovalResponse: "mcpa",
     Compaction: "cmp",
@@ -142,6 +161,8 @@ class _Checked:
     #: The conversation as the model will read it.
     view: ModelView
     loop: ToolLoop
+    #: The client tools the conversation defines, loaded or deferred.
+    catalog: ToolCatalog
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +373,9 @@ class Orchestrator:
         turns, instructions, input and the tools offered), as its template renders them;
         refuses what :meth:`create` refuses, except a prompt too long for the context."""
         checked = await self._check(spec, owner)
-        return await self._engine.count_tokens(checked.loop.first_chat(spec, checked.view))
+        conversation = (*checked.context, *checked.inputs)
+        chat = checked.loop.first_chat(spec, checked.view, conversation)
+        return await self._engine.count_tokens(chat)
 
     async def _prepare(
         self, spec: RunSpec, owner: str | None
@@ -360,7 +383,7 @@ class Orchestrator:
         if self._tg is None:
             raise RuntimeError("the orchestrator is not running (use `async with`)")
         checked = await self._check(spec, owner)
-        await self._check_context(spec, checked.view, checked.builtins)
+        await self._check_context(spec, checked.view, checked.catalog, checked.builtins)
         record = ResponseRecord(
             id=new_id("resp"),
             spec=spec,
@@ -389,18 +412,17 @@ class Orchestrator:
             return await self._find_item(item_id, owner)
 
         inputs = tuple(_as_stored(item) for item in await resolve_references(spec.input, find))
-        builtins = BuiltinRegistry(self._builtins(spec) if self._builtins else [])
-        if spec.tools.web_search is not None and not builtins:
+        web = self._builtins(spec) if self._builtins else []
+        if spec.tools.web_search is not None and not web:
             raise InvalidRequest("Web search is not enabled on this server.", param="tools")
-        for tool in spec.tools.functions:
-            if tool.name in builtins:
-                raise InvalidRequest(
-                    f"The function name '{tool.name}' is taken by a built-in tool of this "
-                    "request (web search); rename the function.",
-                    param="tools",
-                )
+        search = _server_search(spec)
+        taken = {tool.spec.name for tool in web} | ({TOOL_SEARCH} if search else set())
+        _check_names(spec, inputs, taken)
+        catalog = await self._check_grammars(spec, context, inputs)
+        question = last_user_text(inputs)
+        searching = [ToolSearch(search, catalog.deferred, question)] if search else []
+        builtins = BuiltinRegistry([*web, *searching])
         self._check_mcp(spec, builtins, (*context, *inputs))
-        await self._check_grammars(spec)
         view = model_view(context, inputs, self.sealer)
         mcp = McpToolset(self._mcp, spec.tools.mcp, self._enforceable)
         loop = ToolLoop(
@@ -410,8 +432,9 @@ class Orchestrator:
             mcp,
             max_tool_rounds=self._max_tool_rounds,
             thinking_constraint=self._thinking_constraint,
+            catalog=catalog,
         )
-        return _Checked(context, inputs, builtins, view, loop)
+        return _Checked(context, inputs, builtins, view, loop, catalog)
 
     async def _start(
         self, record: ResponseRecord, work: _Work, view: ModelView, meter: RunMeter
@@ -458,7 +481,7 @@ class Orchestrator:
                     "is not among this request's tools; send its mcp tool again.",
                     param="tools",
                 )
-        offered = spec.tools.functions or builtins or spec.tools.mcp or bool(configured)
+        offered = spec.tools.tools or builtins or spec.tools.mcp or bool(configured)
         if spec.tools.mode == "required" and not offered and spec.tools.web_search is None:
             raise InvalidRequest(
                 "tool_choice 'required' needs at least one tool.", param="tool_choice"
@@ -466,17 +489,17 @@ class Orchestrator:
 
     async def _enforceable(self, tool: ToolSpec) -> bool:
         """Whether the call grammar can enforce ``tool``'s schema (else it is not strict)."""
-        try:
-            await self._check_call_grammar((tool,))
-        except InvalidGrammar:
-            return False
-        return True
+        return await self._call_grammar_error((tool,)) is None
 
-    async def _check_grammars(self, spec: RunSpec) -> None:
-        """Check the sampling settings and compile the output constraint and the functions'
-        call grammar now, so a schema llguidance cannot use is a 400 naming its field rather
-        than a failed response later. All of a request's grammars share one deadline."""
+    async def _check_grammars(
+        self, spec: RunSpec, context: tuple[Item, ...], inputs: tuple[Item, ...]
+    ) -> ToolCatalog:
+        """Check the sampling settings and compile the output constraint and the client
+        tools' call grammar now, so a schema or grammar llguidance cannot use is a 400 naming
+        its field rather than a failed response later; returns the response's tool catalog.
+        All of a request's grammars share one deadline."""
         stage = "grammar"  # the engine's name for the output constraint
+        catalog: ToolCatalog | None = None
         with anyio.move_on_after(self._grammar_timeout) as deadline:
             await self._engine.check(
                 GenerationRequest(
@@ -484,54 +507,38 @@ class Orchestrator:
                 )
             )
             stage = "tools"
-            await self._check_tool_grammars(spec)
-        if deadline.cancelled_caught:
+            conversation = [*loaded_entries(context, None), *loaded_entries(inputs)]
+            checking = self._call_grammar_error if spec.tools.mode != "none" else None
+            catalog = await ToolCatalog.build(spec.tools.tools, conversation, checking)
+        if deadline.cancelled_caught or catalog is None:
             raise GrammarTooComplex(
                 f"The request's schemas are too complex: compiling them took longer than "
                 f"{self._grammar_timeout:g} s. Simplify them or send fewer tools.",
                 param=stage,
             )
+        return catalog
 
-    async def _check_tool_grammars(self, spec: RunSpec) -> None:
-        """All functions' call grammar, compiled once; when it fails, each function's own
-        names the one at fault."""
-        functions = spec.tools.functions
-        if spec.tools.mode == "none" or not functions:
-            return
-        try:
-            await self._check_call_grammar(functions)
-        except GrammarTooComplex as exc:
-            raise GrammarTooComplex(
-                f"The tools' parameters are too complex to enforce: {exc.message}", param="tools"
-            ) from exc
-        except InvalidGrammar as exc:
-            names = [tool.name for tool in spec.echo.tools if isinstance(tool, FunctionTool)]
-            for tool in functions:
-                try:
-                    await self._check_call_grammar((tool,))
-                except InvalidGrammar as culprit:
-                    index = names.index(tool.name) if tool.name in names else 0
-                    raise InvalidGrammar(
-                        f"The parameters of tool '{tool.name}' cannot be enforced: "
-                        f"{culprit.message}",
-                        param=f"tools[{index}].parameters",
-                    ) from culprit
-            raise InvalidGrammar(
-                f"The tools' parameters cannot be enforced together: {exc.message}", param="tools"
-            ) from exc
-
-    async def _check_call_grammar(self, tools: tuple[ToolSpec, ...]) -> None:
+    async def _call_grammar_error(self, tools: tuple[ToolSpec, ...]) -> InvalidGrammar | None:
+        """Why the call grammar of ``tools`` does not compile (None when it does)."""
         grammar = self._format.call_grammar(tools, include_trigger=True)
-        await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
+        try:
+            await self._engine.check(GenerationRequest(prompt=Chat(()), constraint=grammar))
+        except InvalidGrammar as exc:
+            return exc
+        return None
 
     async def _check_context(
-        self, spec: RunSpec, view: ModelView, builtins: BuiltinRegistry
+        self,
+        spec: RunSpec,
+        view: ModelView,
+        catalog: ToolCatalog,
+        builtins: BuiltinRegistry,
     ) -> None:
         """The input, with the definitions of every tool the first step may show, must leave
         room for the output (the steps count the same way)."""
         if spec.truncation == "auto" or spec.compaction is not None:
             return  # the loop drops the oldest turns, or compacts them, as needed
-        tools = (*spec.tools.functions, *builtins.specs)
+        tools = (*catalog.offered(view.items).specs, *builtins.specs)
         messages = to_messages(view.items, spec.instructions, spec.reasoning.context, view.summary)
         tokens = await self._engine.count_tokens(Chat(tuple(messages), tools))
         limit = self._engine.info.context_length
@@ -740,7 +747,27 @@ def _as_stored(item: Item) -> Item:
     prefix = _ID_PREFIX.get(type(item))
     if prefix is None:
         return item
-    item = msgspec.structs.replace(item, id=getattr(item, "id", None) or new_id(prefix))
-    if "status" not in item.__struct_fields__:
-        return item
-    return msgspec.structs.replace(item, status=getattr(item, "status", None) or "completed")
+    changes: dict[str, object] = {"id": getattr(item, "id", None) or new_id(prefix)}
+    if "status" in item.__struct_fields__:
+        changes["status"] = getattr(item, "status", None) or "completed"
+    return msgspec.structs.replace(item, **changes)
+
+
+def _server_search(spec: RunSpec) -> ToolSearchTool | None:
+    """The request's ``tool_search`` tool when the server runs the search."""
+    for tool in spec.tools.tools:
+        if isinstance(tool, ToolSearchTool) and tool.execution != "client":
+            return tool
+    return None
+
+
+def _check_names(spec: RunSpec, inputs: tuple[Item, ...], taken: set[str]) -> None:
+    """Refuse client tools named like a built-in tool of this request."""
+    defined: list[Entry] = [*entries(spec.tools.tools, "tools"), *loaded_entries(inputs)]
+    for entry in defined:
+        if entry.target.kind != "tool_search" and entry.spec.name in taken:
+            raise InvalidRequest(
+                f"The tool name '{entry.spec.name}' is taken by a built-in tool of this "
+                "request (web search or tool search); rename the tool.",
+                param=f"{entry.param}.name" if entry.param else "tools",
+            )

@@ -9,19 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from exloop.engine.protocol import Grammar, ToolSpec
+from exloop.engine.protocol import Grammar
 from exloop.engine.sampling import SamplingParams
 
 from .items import Item
-from .resource import (
-    ReasoningConfig,
-    ReasoningContext,
-    ReasoningEffort,
-    TextConfig,
-    Tool,
-    ToolChoice,
-    UserLocation,
-)
+from .resource import ReasoningConfig, ReasoningContext, ReasoningEffort, TextConfig
+from .tool_defs import ClientTool, Tool, ToolChoice, UserLocation
 
 SearchContextSize: TypeAlias = Literal["low", "medium", "high"]
 
@@ -40,6 +33,9 @@ class WebSearchOptions:
     #: The seed schema's descriptions of the search and extract tools shown to the model.
     search_description: str | None = None
     extract_description: str | None = None
+    #: ``external_web_access``: False reads the provider's results (titles, URLs, snippets)
+    #: and fetches no page.
+    live: bool = True
 
 
 ToolChoiceMode: TypeAlias = Literal["none", "auto", "required"]
@@ -103,20 +99,37 @@ class McpChoice:
 class ToolPolicy:
     """Which tools the model sees and must use, and how many calls it may make.
 
-    ``forced_name`` set means the model must call that one function (``tool_choice`` naming a
-    function); ``mode == "required"`` means it must call one of ``functions``.
-    ``parallel_tool_calls`` false allows one call per model turn; ``max_tool_calls`` caps the
-    built-in tool calls of the whole response (None: only ``--max-tool-rounds`` applies).
+    ``tools`` are the client's tool definitions (functions, custom tools, namespaces, a
+    ``tool_search`` tool), in request order. Tools are named as the model writes them
+    (``namespace.tool`` inside a namespace). ``forced`` set means the model must call that one
+    tool (``tool_choice`` naming a function or custom tool); ``mode == "required"`` means it
+    must call one of the tools it may call. ``allowed`` (``allowed_tools``) limits the tools it
+    may call to those names, to every tool of a namespace given as ``"namespace."``, or to
+    every tool of an MCP server given as ``"mcp:server_label"``; the others stay in the
+    prompt. ``parallel_tool_calls`` false allows one call per model turn; ``max_tool_calls``
+    caps the built-in tool calls of the whole response (None: only ``--max-tool-rounds``
+    applies).
     """
 
-    functions: tuple[ToolSpec, ...] = ()
+    tools: tuple[ClientTool, ...] = ()
     mode: ToolChoiceMode = "auto"
-    forced_name: str | None = None
+    forced: str | None = None
+    allowed: frozenset[str] | None = None
     web_search: WebSearchOptions | None = None
     mcp: tuple[McpServerSpec, ...] = ()
     forced_mcp: McpChoice | None = None
     parallel_tool_calls: bool = True
     max_tool_calls: int | None = None
+
+    def allows(self, name: str, server_label: str | None = None) -> bool:
+        """Whether ``allowed_tools`` lets the model call the tool it knows as ``name`` (an MCP
+        tool of ``server_label``'s)."""
+        if self.allowed is None or name in self.allowed:
+            return True
+        if server_label is not None and f"mcp:{server_label}" in self.allowed:
+            return True
+        namespace, dot, _ = name.rpartition(".")
+        return bool(dot) and f"{namespace}." in self.allowed
 
 
 @dataclass(frozen=True, slots=True)

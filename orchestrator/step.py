@@ -7,7 +7,13 @@ A step runs in one of three modes:
   it, the step continues the same assistant turn under a grammar of calls to the offered
   tools, so strict arguments are valid by construction and nothing is repaired afterwards.
 * :class:`CallMode`: the whole turn is generated under the call grammar (``tool_choice``
-  required or naming a function, and the forced first search of ``web_search_options``).
+  required or naming a tool, and the forced first search of ``web_search_options``).
+
+The prompt shows every tool offered (``shown``); the grammar lets the model call only the
+mode's tools (``allowed_tools`` may name fewer). Calls are routed by the tool's name to what
+they become: a function_call or custom_tool_call item streamed as it is written, a client
+tool search's ``tool_search_call`` item, an MCP tool's ``mcp_call`` (or, when it needs the
+client's approval, ``mcp_approval_request``) item, or a built-in call the loop runs.
 
 A model that thinks (:mod:`.reasoning`) first writes its think block: the step generates up to
 the close tag (or the thinking budget, after which it closes the block itself) into a
@@ -18,7 +24,8 @@ prompt as input once: only what the turn's earlier jobs had not already counted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias, assert_never
 
@@ -51,10 +58,11 @@ from exloop.engine.tool_calls.base import (
 from exloop.engine.tool_calls.grammar import MAX_CALLS
 
 from .builtin import BuiltinRegistry
-from .items import Logprob, TopLogprob, new_id
+from .items import Logprob, ToolSearchCall, TopLogprob, new_id
 from .output import OutputWriter
 from .reasoning import ThinkingPlan, ThoughtSink
 from .record import ResponseRecord
+from .toolset import ToolTarget
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +80,7 @@ class AutoMode:
 @dataclass(frozen=True, slots=True)
 class CallMode:
     tools: tuple[ToolSpec, ...]
-    #: One when ``tool_choice`` names a function (or for the forced first search), or with
+    #: One when ``tool_choice`` names a tool (or for the forced first search), or with
     #: ``parallel_tool_calls: false``.
     max_calls: int = MAX_CALLS
 
@@ -80,9 +88,10 @@ class CallMode:
 StepMode: TypeAlias = AnswerMode | AutoMode | CallMode
 
 
-#: Who answers a call: the client (a function), the server (a built-in tool, MCP included),
-#: or the client's approval first (an MCP call that needs it).
-CallKind: TypeAlias = Literal["client", "builtin", "approval"]
+#: What a call is: a client function, custom tool or tool search (the client runs these), a
+#: built-in tool the server runs (MCP tools included), or an MCP call that waits for the
+#: client's approval.
+CallKind: TypeAlias = Literal["function", "custom", "tool_search", "builtin", "approval"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +150,14 @@ class ModelStep:
         mode: StepMode,
         sampling: SamplingParams,
         thinking: ThinkingPlan | None = None,
+        *,
+        shown: Sequence[ToolSpec] = (),
+        targets: Mapping[str, ToolTarget] | None = None,
     ) -> StepResult:
-        chat = Chat(messages=tuple(messages), tools=offered_tools(mode))
+        """One step. ``shown`` are the tools the prompt lists (the mode's, when empty);
+        ``targets`` maps each client tool's name to what its calls become (a name it lacks is
+        a built-in tool's)."""
+        chat = Chat(messages=tuple(messages), tools=offered_tools(mode, shown))
         self._turn_tokens = 0
         thought = _Thought(prefix="")
         if thinking is not None:
@@ -152,7 +167,9 @@ class ModelStep:
                 return StepResult("", (), thought.finish.reason, thought.tokens, thought.text)
             chat = replace(chat, assistant_prefix=thought.prefix)
             sampling = replace(sampling, max_tokens=_remaining(sampling.max_tokens, thought.tokens))
-        sink = _Sink(self._writer, self._builtins, self._format)
+        callable_tools = () if isinstance(mode, AnswerMode) else mode.tools
+        freeform = frozenset(t.name for t in callable_tools if t.freeform is not None)
+        sink = _Sink(self._writer, targets or {}, self._builtins, self._format.parser(freeform))
         match mode:
             case AnswerMode(constraint=constraint):
                 finish, used = await self._generate(chat, sampling, constraint, sink.text)
@@ -176,7 +193,7 @@ class ModelStep:
                     finish, more = await self._generate(chat, rest, grammar, sink.calls)
                     used += more
         try:
-            sink.finish()
+            sink.finish(cut=finish.reason in ("length", "stop"))
         except ToolCallParseError:
             # Calls are generated under their grammar, so only a cut-off (the token budget, or
             # the engine stopping the job) can leave one open.
@@ -287,9 +304,12 @@ class ModelStep:
         raise RuntimeError("engine job ended without a Finish event")
 
 
-def offered_tools(mode: StepMode) -> tuple[ToolSpec, ...]:
-    """The tools a step in ``mode`` shows the model."""
-    return () if isinstance(mode, AnswerMode) else mode.tools
+def offered_tools(mode: StepMode, shown: Sequence[ToolSpec] = ()) -> tuple[ToolSpec, ...]:
+    """The tools a step in ``mode`` lists in its prompt: every tool offered (``shown``; the
+    mode's own when none are given), and none when it answers."""
+    if isinstance(mode, AnswerMode) or not mode.tools:
+        return ()
+    return tuple(shown) or mode.tools
 
 
 def _remaining(budget: int | None, used: int) -> int | None:
@@ -312,20 +332,27 @@ def _logprobs(delta: Delta) -> list[Logprob]:
 
 class _Sink:
     """Routes a step's generated text: plain text to the message, call syntax through the
-    format's parser to function_call items (client tools), mcp_call or mcp_approval_request
-    items (MCP tools), or the built-in call list."""
+    format's parser to function_call / custom_tool_call items, a client tool search's item,
+    mcp_call or mcp_approval_request items (MCP tools), or the built-in call list."""
 
     def __init__(
-        self, writer: OutputWriter, builtins: BuiltinRegistry, tool_format: ToolCallFormat
+        self,
+        writer: OutputWriter,
+        targets: Mapping[str, ToolTarget],
+        builtins: BuiltinRegistry,
+        parser: ToolCallParser,
     ) -> None:
         self._writer = writer
+        self._targets = targets
         self._builtins = builtins
-        self._format = tool_format
-        self._parser: ToolCallParser | None = None
+        self._parser = parser
+        self._parsing = False
+        self._cut = False
         self.raw_text = ""
         self._pending_space = ""
         self.completed: list[StepCall] = []
-        self._open: dict[int, tuple[str, str]] = {}
+        #: The open calls by index: call id, name, and what they become (None: built-in).
+        self._open: dict[int, tuple[str, str, ToolTarget | None]] = {}
 
     def text(self, text: str, logprobs: list[Logprob]) -> None:
         self.raw_text += text
@@ -340,18 +367,22 @@ class _Sink:
         self._writer.text(text, logprobs)
 
     def calls(self, text: str, logprobs: list[Logprob]) -> None:
-        if self._parser is None:
-            self._parser = self._format.parser()
+        self._parsing = True
         self._route(self._parser.feed(text))
 
-    def finish(self) -> None:
-        if self._parser is not None:
+    def finish(self, *, cut: bool = False) -> None:
+        """Flush the parser. With ``cut`` (the token budget ran out, or a stop sequence
+        ended the output) a freeform call the output ended inside is closed ``incomplete``:
+        its input may not be whole, so it is no call to run."""
+        self._cut = cut
+        if self._parsing:
             self._route(self._parser.finish())
 
-    def _streamed(self, name: str) -> bool:
-        """Whether the call's item is written as the model generates it."""
-        if name not in self._builtins:
-            return True
+    def _streamed(self, name: str, target: ToolTarget | None) -> bool:
+        """Whether the call's item is written as the model generates it: a client function's
+        or custom tool's, or an MCP call's that needs no approval."""
+        if target is not None:
+            return target.kind != "tool_search"
         route = self._builtins.route(name)
         return route is not None and not route.needs_approval
 
@@ -363,31 +394,52 @@ class _Sink:
                         self.text(text, [])
                 case CallStart(index=index, name=name):
                     call_id = new_id("call")
-                    self._open[index] = (call_id, name)
-                    if self._streamed(name):
-                        route = self._builtins.route(name)
-                        if route is None:
-                            self._writer.open_call(name, call_id)
-                        else:
-                            self._writer.open_call(route.tool_name, call_id, route.server_label)
+                    target = self._targets.get(name)
+                    self._open[index] = (call_id, name, target)
+                    if not self._streamed(name, target):
+                        continue
+                    route = self._builtins.route(name) if target is None else None
+                    if route is not None:
+                        self._writer.open_call(
+                            route.tool_name, call_id, server_label=route.server_label
+                        )
+                    elif target is not None:
+                        self._writer.open_call(
+                            target.name,
+                            call_id,
+                            namespace=target.namespace,
+                            custom=target.kind == "custom",
+                        )
                 case ArgumentsDelta(index=index, delta=delta):
-                    if self._streamed(self._open[index][1]):
+                    _, name, target = self._open[index]
+                    if self._streamed(name, target):
                         self._writer.call_arguments(delta)
                 case CallEnd(index=index, name=name, arguments=arguments):
-                    call_id, _ = self._open.pop(index)
-                    self.completed.append(
-                        StepCall(call_id, name, arguments, self._end(name, arguments))
-                    )
+                    call_id, _, target = self._open.pop(index)
+                    if target is not None and target.kind == "custom" and self._cut:
+                        self._writer.close_call(arguments, "incomplete")
+                        continue
+                    kind = self._end(call_id, name, arguments, target)
+                    self.completed.append(StepCall(call_id, name, arguments, kind))
 
-    def _end(self, name: str, arguments: str) -> CallKind:
-        if name not in self._builtins:
+    def _end(self, call_id: str, name: str, arguments: str, target: ToolTarget | None) -> CallKind:
+        """Finish the call's item, if it has one; returns what the call is."""
+        if target is None:
+            route = self._builtins.route(name)
+            if route is None:
+                return "builtin"
+            if route.needs_approval:
+                self._writer.approval_request(route.server_label, route.tool_name, arguments)
+                return "approval"
             self._writer.close_call(arguments)
-            return "client"
-        route = self._builtins.route(name)
-        if route is None:
             return "builtin"
-        if route.needs_approval:
-            self._writer.approval_request(route.server_label, route.tool_name, arguments)
-            return "approval"
-        self._writer.close_call(arguments)
-        return "builtin"
+        if target.kind == "tool_search":
+            self._writer.add_item(
+                ToolSearchCall(
+                    json.loads(arguments), "client", call_id, new_id("tsc"), status="completed"
+                )
+            )
+            self._writer.meter.telemetry.tool_call("tool_search", "completed")
+        else:
+            self._writer.close_call(arguments)
+        return target.kind

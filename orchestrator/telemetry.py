@@ -31,8 +31,9 @@ class Telemetry(Protocol):
         """``tokens`` more output tokens arrived, ``seconds`` apart each (on average)."""
 
     def tool_call(self, tool: str, outcome: str) -> None:
-        """A tool call item ended: ``tool`` is a built-in tool's name or ``function`` (a
-        client function), ``outcome`` the item's final status."""
+        """A tool call item ended: ``tool`` is a built-in tool's name, ``function`` or
+        ``custom`` (a client function or custom tool) or ``tool_search`` (client or server
+        run), ``outcome`` the item's final status."""
 
     def run_finished(self, record: ResponseRecord, seconds: float) -> None:
         """A run ended (any terminal status) after ``seconds``; its usage is final."""

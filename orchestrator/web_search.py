@@ -12,6 +12,10 @@ search tool answers from the ledger (see :mod:`.citations` for the rule).
 
 ``action.sources`` is filled only when the request includes ``web_search_call.action.sources``,
 as OpenAI does.
+
+With ``external_web_access: false`` nothing is fetched live: the search tool reads the search
+provider's own results (each result's title, URL and snippet, numbered and citable as usual)
+and no page is opened, so ``open_page`` is not offered.
 """
 
 from __future__ import annotations
@@ -30,9 +34,8 @@ from exloop.tools.research import UserLocation as ResearchLocation
 
 from .builtin import BuiltinCall, BuiltinFactory, BuiltinTool
 from .citations import SourceLedger, content_words
+from .conversation import last_user_text
 from .items import (
-    Item,
-    Message,
     OpenPageAction,
     SearchAction,
     SearchSource,
@@ -50,6 +53,11 @@ SEARCH_DESCRIPTION = (
     "Search the web. Returns numbered sources with the passages of their pages that match the "
     "query; cite a source by its number, like [1]."
 )
+#: Without live web access the results are the provider's snippets.
+SNIPPETS_DESCRIPTION = (
+    "Search the web. Returns numbered results with their titles, URLs and snippets; cite a "
+    "result by its number, like [1]."
+)
 OPEN_PAGE_DESCRIPTION = (
     "Open a web page by its URL, for example one from the search results, and read its text."
 )
@@ -58,6 +66,8 @@ OPEN_PAGE_DESCRIPTION = (
 #: otherwise run on until the token budget ends.
 MAX_QUERY_CHARS = 160
 MAX_URL_CHARS = 2048
+#: Result pages a live search reads.
+_MAX_PAGES = 5
 
 # The header `WebResearch` writes for each source: "[n] title\nURL: url".
 _SOURCE_HEADER = re.compile(r"^\[(\d+)\] (?=.*\nURL: )", re.MULTILINE)
@@ -80,17 +90,11 @@ def web_search_builtins(research: WebResearch) -> BuiltinFactory:
             include_sources=INCLUDE_SOURCES in spec.echo.include,
         )
         # Search first: a forced first step calls the registry's first tool.
+        if not options.live:
+            return [SearchTool(session)]
         return [SearchTool(session), OpenPageTool(session)]
 
     return make
-
-
-def last_user_text(items: tuple[Item, ...]) -> str | None:
-    """The text of the last user message, the fallback for an empty search query."""
-    for item in reversed(items):
-        if isinstance(item, Message) and item.role == "user" and item.text.strip():
-            return item.text.strip()
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,8 @@ class SearchTool:
     def spec(self) -> ToolSpec:
         return ToolSpec(
             name=SEARCH_TOOL,
-            description=self._session.options.search_description or SEARCH_DESCRIPTION,
+            description=self._session.options.search_description
+            or (SEARCH_DESCRIPTION if self._session.options.live else SNIPPETS_DESCRIPTION),
             parameters=_schema("query", "What to search for.", MAX_QUERY_CHARS),
             strict=True,
         )
@@ -145,6 +150,8 @@ class SearchTool:
                     query,
                     context_size=session.options.search_context_size,
                     location=session.location,
+                    # Without live access, the provider's snippets stand in for the pages.
+                    max_pages=_MAX_PAGES if session.options.live else 0,
                 )
                 if session.include_sources:
                     sources = [SearchSource(url=s.url) for s in outcome.sources]

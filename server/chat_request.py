@@ -1,9 +1,10 @@
 """``POST /v1/chat/completions``: the request body, validated into a RunSpec.
 
 Chat messages become conversation items (system/developer/user turns → messages, an
-assistant's ``tool_calls`` → ``function_call`` items, ``tool`` turns → ``function_call_output``)
-and run through the same orchestrator as ``/v1/responses``, unstored. The non-OpenAI fields
-of the seed schema are accepted here too.
+assistant's ``tool_calls`` → ``function_call`` items, or ``custom_tool_call`` items for calls of
+type ``custom``; ``tool`` turns → ``function_call_output`` or ``custom_tool_call_output``, after
+the call they answer) and run through the same orchestrator as ``/v1/responses``, unstored. The
+non-OpenAI fields of the seed schema are accepted here too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Literal, TypeAlias
 import msgspec
 
 from exloop.orchestrator.items import (
+    CustomToolCall,
+    CustomToolCallOutput,
     FunctionCall,
     FunctionCallOutput,
     InputText,
@@ -27,6 +30,7 @@ from exloop.orchestrator.items import (
 )
 from exloop.orchestrator.resource import ReasoningConfig, ReasoningEffort
 from exloop.orchestrator.spec import Echo, ReasoningOptions, RunSpec
+from exloop.orchestrator.tool_defs import ToolSearchTool
 
 from .decode import decode_json
 from .errors import invalid_request
@@ -72,10 +76,18 @@ class CalledFunction(msgspec.Struct, frozen=True):
     arguments: str
 
 
+class CalledCustom(msgspec.Struct, frozen=True):
+    name: str
+    input: str
+
+
 class ToolCallField(msgspec.Struct, frozen=True):
+    """A call in an assistant message: ``function`` (the default type) or ``custom``."""
+
     id: str
-    function: CalledFunction
-    type: Literal["function"] = "function"
+    type: Literal["function", "custom"] = "function"
+    function: CalledFunction | None = None
+    custom: CalledCustom | None = None
 
 
 class AssistantMessage(msgspec.Struct, tag="assistant", tag_field="role", frozen=True):
@@ -158,6 +170,15 @@ def parse_chat_request(body: bytes, *, limits: Limits) -> ChatCall:
             "tools",
             "unsupported_value",
         )
+    for i, tool in enumerate(policy.tools):
+        if isinstance(tool, ToolSearchTool) and tool.execution == "client":
+            # Chat has no item to return the search in, nor one to answer it with.
+            raise invalid_request(
+                "A client-run tool_search is not available on Chat Completions; use "
+                "/v1/responses, or let the server run the search.",
+                f"tools[{i}].execution",
+                "unsupported_value",
+            )
     sampling = sampling_params(
         request,
         max_tokens=max_tokens,
@@ -200,7 +221,8 @@ def parse_chat_request(body: bytes, *, limits: Limits) -> ChatCall:
 
 
 def _items(messages: list[ChatMessageField]) -> Iterator[Item]:
-    for message in messages:
+    custom_calls: set[str] = set()
+    for m, message in enumerate(messages):
         match message:
             case SystemMessage() | DeveloperMessage() | UserMessage():
                 role = _ROLES[type(message)]
@@ -221,10 +243,31 @@ def _items(messages: list[ChatMessageField]) -> Iterator[Item]:
                     parts.append(Refusal(message.refusal))
                 if parts or not message.tool_calls:
                     yield Message(role="assistant", content=list(parts))
-                for call in message.tool_calls or ():
-                    yield FunctionCall(call.id, call.function.name, call.function.arguments)
+                for c, call in enumerate(message.tool_calls or ()):
+                    param = f"messages[{m}].tool_calls[{c}]"
+                    if call.type == "custom":
+                        if call.custom is None:
+                            raise invalid_request(
+                                "A custom tool call needs its custom object.",
+                                f"{param}.custom",
+                                "missing_required_parameter",
+                            )
+                        custom_calls.add(call.id)
+                        yield CustomToolCall(call.id, call.custom.name, call.custom.input)
+                    elif call.function is None:
+                        raise invalid_request(
+                            "A function tool call needs its function object.",
+                            f"{param}.function",
+                            "missing_required_parameter",
+                        )
+                    else:
+                        yield FunctionCall(call.id, call.function.name, call.function.arguments)
             case ToolMessage():
-                yield FunctionCallOutput(message.tool_call_id, "".join(_texts(message.content)))
+                output = "".join(_texts(message.content))
+                if message.tool_call_id in custom_calls:
+                    yield CustomToolCallOutput(message.tool_call_id, output)
+                else:
+                    yield FunctionCallOutput(message.tool_call_id, output)
 
 
 _ROLES: dict[type, Literal["system", "developer", "user"]] = {

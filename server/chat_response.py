@@ -1,5 +1,11 @@
 """Chat Completions answers, built from a response run: ``chat.completion`` objects from the
-final response, and ``chat.completion.chunk``\\ s from its events as they arrive."""
+final response, and ``chat.completion.chunk``\\ s from its events as they arrive.
+
+Function calls are ``tool_calls`` entries of type ``function``; custom tool calls, of type
+``custom`` with ``custom: {name, input}`` (OpenAI's ``ChatCompletionMessageCustomToolCall``),
+streamed as ``custom.input`` pieces the way function arguments stream. A namespaced function
+is named ``namespace.name`` (Chat has no namespaces).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,16 @@ from typing import Literal, TypeAlias
 import msgspec
 
 from exloop.orchestrator import events as ev
-from exloop.orchestrator.items import FunctionCall, Logprob, Message, OutputText, Reasoning
+from exloop.orchestrator.items import (
+    CustomToolCall,
+    FunctionCall,
+    Logprob,
+    Message,
+    OutputText,
+    Reasoning,
+)
 from exloop.orchestrator.resource import Response
+from exloop.orchestrator.toolset import qualified
 
 FinishReason: TypeAlias = Literal["stop", "length", "tool_calls", "content_filter"]
 
@@ -19,10 +33,20 @@ class CalledFunction(msgspec.Struct, frozen=True):
     arguments: str
 
 
-class ToolCall(msgspec.Struct, frozen=True):
+# Tagged by ``type``: the message's ``tool_calls`` mixes both, and its schema says which is which.
+class ToolCall(msgspec.Struct, frozen=True, tag="function", tag_field="type"):
     id: str
     function: CalledFunction
-    type: Literal["function"] = "function"
+
+
+class CalledCustom(msgspec.Struct, frozen=True):
+    name: str
+    input: str
+
+
+class CustomCall(msgspec.Struct, frozen=True, tag="custom", tag_field="type"):
+    id: str
+    custom: CalledCustom
 
 
 class UrlCitationBody(msgspec.Struct, frozen=True):
@@ -48,7 +72,7 @@ class AssistantMessage(msgspec.Struct, frozen=True, omit_defaults=False):
 
     content: str | None
     annotations: list[Annotation]
-    tool_calls: list[ToolCall] | msgspec.UnsetType = msgspec.UNSET
+    tool_calls: list[ToolCall | CustomCall] | msgspec.UnsetType = msgspec.UNSET
     refusal: str | None = None
     role: Literal["assistant"] = "assistant"
     #: A thinking model's reasoning, as vLLM and llama-server name it (absent otherwise).
@@ -94,11 +118,17 @@ class ChunkFunction(msgspec.Struct, frozen=True, omit_defaults=True):
     arguments: str | None = None
 
 
+class ChunkCustom(msgspec.Struct, frozen=True, omit_defaults=True):
+    name: str | None = None
+    input: str | None = None
+
+
 class ChunkToolCall(msgspec.Struct, frozen=True, omit_defaults=True):
     index: int
     id: str | None = None
-    type: Literal["function"] | None = None
+    type: Literal["function", "custom"] | None = None
     function: ChunkFunction | None = None
+    custom: ChunkCustom | None = None
 
 
 class ChoiceDelta(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -151,7 +181,7 @@ def finish_reason(response: Response) -> FinishReason:
                 return "length"
             case "content_filter":
                 return "content_filter"
-    if any(isinstance(item, FunctionCall) for item in response.output):
+    if any(isinstance(item, FunctionCall | CustomToolCall) for item in response.output):
         return "tool_calls"
     return "stop"
 
@@ -179,7 +209,7 @@ def chat_completion(response: Response, *, logprobs: bool, fingerprint: str) -> 
     content = ""
     annotations: list[Annotation] = []
     token_logprobs: list[Logprob] = []
-    calls: list[ToolCall] = []
+    calls: list[ToolCall | CustomCall] = []
     thoughts: list[str] = []
     for item in response.output:
         if isinstance(item, Reasoning):
@@ -200,7 +230,11 @@ def chat_completion(response: Response, *, logprobs: bool, fingerprint: str) -> 
                     for a in part.annotations
                 )
         elif isinstance(item, FunctionCall):
-            calls.append(ToolCall(item.call_id, CalledFunction(item.name, item.arguments)))
+            name = qualified(item.name, item.namespace)
+            calls.append(ToolCall(item.call_id, CalledFunction(name, item.arguments)))
+        elif isinstance(item, CustomToolCall):
+            name = qualified(item.name, item.namespace)
+            calls.append(CustomCall(item.call_id, CalledCustom(name, item.input)))
     message = AssistantMessage(
         content=content if content or not calls else None,
         annotations=annotations,
@@ -264,28 +298,22 @@ class ChunkStream:
                 return [self._delta(ChoiceDelta(reasoning_content=delta))]
             case ev.OutputItemAdded(item=FunctionCall() as call):
                 index = self._calls.setdefault(call.id or call.call_id, len(self._calls))
-                return [
-                    self._delta(
-                        ChoiceDelta(
-                            tool_calls=[
-                                ChunkToolCall(
-                                    index, call.call_id, "function", ChunkFunction(call.name, "")
-                                )
-                            ]
-                        )
-                    )
-                ]
+                name = qualified(call.name, call.namespace)
+                opened = ChunkToolCall(index, call.call_id, "function", ChunkFunction(name, ""))
+                return [self._calls_delta(opened)]
+            case ev.OutputItemAdded(item=CustomToolCall() as custom):
+                index = self._calls.setdefault(custom.id or custom.call_id, len(self._calls))
+                name = qualified(custom.name, custom.namespace)
+                opened = ChunkToolCall(
+                    index, custom.call_id, "custom", custom=ChunkCustom(name, "")
+                )
+                return [self._calls_delta(opened)]
             case ev.FunctionCallArgumentsDelta(item_id=item_id, delta=delta):
-                index = self._calls[item_id]
-                return [
-                    self._delta(
-                        ChoiceDelta(
-                            tool_calls=[
-                                ChunkToolCall(index, function=ChunkFunction(arguments=delta))
-                            ]
-                        )
-                    )
-                ]
+                more = ChunkToolCall(self._calls[item_id], function=ChunkFunction(arguments=delta))
+                return [self._calls_delta(more)]
+            case ev.CustomToolCallInputDelta(item_id=item_id, delta=delta):
+                more = ChunkToolCall(self._calls[item_id], custom=ChunkCustom(input=delta))
+                return [self._calls_delta(more)]
             case ev.ErrorEvent(message=message, param=param, code=code):
                 return self._error(ChunkError(message, "server_error", param, code))
             case ev.ResponseFailed(response=Response(error=error)):
@@ -302,6 +330,9 @@ class ChunkStream:
                 return final
             case _:
                 return []
+
+    def _calls_delta(self, call: ChunkToolCall) -> ChatCompletionChunk:
+        return self._delta(ChoiceDelta(tool_calls=[call]))
 
     def _error(self, error: ChunkError) -> list[ChatCompletionChunk | ChunkErrorEnvelope]:
         if self._failed:

@@ -21,6 +21,7 @@ from .decode import decode_json
 from .errors import invalid_request
 from .limits import Limits
 from .responses_request import input_items
+from .schema_bounds import SchemaBudget
 
 
 class CompactRequest(msgspec.Struct, kw_only=True, frozen=True):
@@ -44,7 +45,8 @@ class CompactedResponse(msgspec.Struct, frozen=True, omit_defaults=False):
 def parse_compact_request(body: bytes, *, served_model: str, limits: Limits) -> RunSpec:
     """Decode and validate a compact request into the run that compacts it (unstored)."""
     request = decode_json(body, CompactRequest, max_depth=limits.max_json_depth)
-    items = input_items(request.input) if request.input is not None else ()
+    budget = SchemaBudget(limits)
+    items = input_items(request.input, budget) if request.input is not None else ()
     if not items and request.previous_response_id is None:
         raise invalid_request(
             "input must hold at least one item, or previous_response_id name a response.",

@@ -3,27 +3,29 @@
 ``/v1/responses`` and ``/v1/chat/completions`` take the same sampling settings, tools, tool
 choice, output formats and non-OpenAI extensions (``top_k``, DRY, ``grammar``,
 ``web_search_options``); :class:`CommonFields` declares them once. Tools are validated in
-:mod:`.tool_fields`, output constraints in :mod:`.format_fields`; sizes against the server's
-:class:`~.limits.Limits`.
+:mod:`.tool_fields` and :mod:`.tool_choice`, output constraints in :mod:`.format_fields`; sizes
+against the server's :class:`~.limits.Limits`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TypeVar
 
 import msgspec
 
 from exloop.engine.errors import InvalidParameter
 from exloop.engine.sampling import DrySettings, SamplingParams
-from exloop.orchestrator.resource import Tool, ToolChoice
 from exloop.orchestrator.spec import ToolPolicy
+from exloop.orchestrator.tool_defs import LoadedTool, Tool, ToolChoice
 
 from .errors import invalid_request
 from .format_fields import GrammarField, ResponseFormatField
 from .limits import Limits
 from .schema_bounds import SchemaBudget
-from .tool_fields import ToolChoiceField, ToolField, WebSearchOptionsField, tool_policy, tools_field
+from .tool_choice import ToolChoiceField, tool_policy
+from .tool_fields import ToolField, WebSearchOptionsField, tools_field
 
 T = TypeVar("T")
 
@@ -86,11 +88,12 @@ def check_unsupported(fields: CommonFields) -> None:
 
 
 def request_tools(
-    fields: CommonFields, budget: SchemaBudget
+    fields: CommonFields, budget: SchemaBudget, loaded: Iterable[LoadedTool] = ()
 ) -> tuple[ToolPolicy, tuple[Tool, ...], ToolChoice]:
     """The tools of a request (both APIs): the policy the orchestrator follows, and ``tools``
-    and ``tool_choice`` as the response echoes them."""
-    tools = tools_field(fields.tools, budget)
+    and ``tool_choice`` as the response echoes them. ``loaded`` are the tools the input's
+    items add or load, which ``tool_choice`` may name too."""
+    tools = tools_field(fields.tools, budget).with_loaded(loaded)
     policy, tool_choice = tool_policy(
         tools,
         fields.tool_choice,

@@ -86,8 +86,9 @@ class Metrics:
         )
         self._tool_calls = Counter(
             "exloop_tool_calls",
-            "Tool calls the model made, by tool (a built-in tool, or 'function' for a client "
-            "function) and outcome (the call item's final status).",
+            "Tool calls the model made, by tool (a built-in tool, 'function' or 'custom' for a "
+            "client function or custom tool, 'tool_search') and outcome (the call item's final "
+            "status).",
             ("tool", "outcome"),
             registry=registry,
         )

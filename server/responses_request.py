@@ -15,7 +15,13 @@ from typing import Any, Literal
 import msgspec
 
 from exloop.orchestrator.compaction import MIN_THRESHOLD
-from exloop.orchestrator.items import InputText, Item, Message
+from exloop.orchestrator.items import (
+    AdditionalTools,
+    InputText,
+    Item,
+    Message,
+    ToolSearchOutput,
+)
 from exloop.orchestrator.resource import (
     FormatText,
     ReasoningConfig,
@@ -37,6 +43,7 @@ from .format_fields import (
 )
 from .limits import Limits
 from .schema_bounds import SchemaBudget
+from .tool_fields import ToolField, loaded_tools
 
 #: ``include`` values OpenAI defines; the server produces what applies to a text model.
 INCLUDABLE = frozenset(
@@ -57,6 +64,11 @@ _ITEM_TYPES = frozenset(
         "message",
         "function_call",
         "function_call_output",
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "tool_search_call",
+        "tool_search_output",
+        "additional_tools",
         "reasoning",
         "web_search_call",
         "mcp_list_tools",
@@ -67,6 +79,10 @@ _ITEM_TYPES = frozenset(
         "item_reference",
     }
 )
+#: Items whose output may come as content parts, read as their joined text.
+_OUTPUT_ITEMS = frozenset({"function_call_output", "custom_tool_call_output"})
+#: Items carrying tool definitions, validated as a request's ``tools`` are.
+_TOOL_ITEMS = frozenset({"additional_tools", "tool_search_output"})
 #: Items whose ``encrypted_content`` the server sealed and opens again.
 _SEALED_ITEMS = frozenset({"reasoning", "compaction"})
 #: Bounds on ``client_metadata`` (Codex sends a handful of ids and one JSON string).
@@ -133,7 +149,8 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
         )
     if request.input is None:
         raise invalid_request("input is required.", "input", "missing_required_parameter")
-    items = input_items(request.input)
+    budget = SchemaBudget(limits)
+    items = input_items(request.input, budget)
     if not items and request.previous_response_id is None:
         raise invalid_request("input must hold at least one item.", "input")
     include = tuple(request.include or ())
@@ -144,7 +161,6 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
     compaction = compaction_policy(request.context_management)
     reasoning = request.reasoning or ReasoningConfig()
 
-    budget = SchemaBudget(limits)
     given = request.text or TextField()
     text = TextConfig(given.format, given.verbosity or "medium")
     constraints = [format_constraint(text.format, "text.format", budget)]
@@ -155,7 +171,13 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
         constraints.append(grammar_constraint(request.grammar, budget))
     constraint = single_constraint(*constraints)
 
-    policy, echoed_tools, tool_choice = request_tools(request, budget)
+    loaded = [
+        tool
+        for item in items
+        if isinstance(item, AdditionalTools | ToolSearchOutput)
+        for tool in item.tools
+    ]
+    policy, echoed_tools, tool_choice = request_tools(request, budget, loaded)
     logprobs = bool(request.logprobs) or "message.output_text.logprobs" in include
     sampling = sampling_params(
         request,
@@ -241,14 +263,15 @@ def check_client_metadata(metadata: dict[str, str] | None) -> None:
             )
 
 
-def input_items(value: str | list[Any]) -> tuple[Item, ...]:
-    """The request's ``input`` as items; a string is one user message."""
+def input_items(value: str | list[Any], budget: SchemaBudget) -> tuple[Item, ...]:
+    """The request's ``input`` as items; a string is one user message. Tool definitions in
+    the items count against the request's schema ``budget``."""
     if isinstance(value, str):
         return (Message(role="user", content=[InputText(value)]),)
-    return tuple(_item(raw, f"input[{i}]") for i, raw in enumerate(value))
+    return tuple(_item(raw, f"input[{i}]", budget) for i, raw in enumerate(value))
 
 
-def _item(raw: Any, param: str) -> Item:
+def _item(raw: Any, param: str, budget: SchemaBudget) -> Item:
     if not isinstance(raw, dict):
         raise invalid_request("Each input item must be a JSON object.", param)
     kind = raw.get("type")
@@ -276,8 +299,12 @@ def _item(raw: Any, param: str) -> Item:
             )
     if kind == "message":
         raw = {**raw, "content": _content(raw.get("content"), raw.get("role"), param)}
-    elif kind == "function_call_output" and isinstance(raw.get("output"), list):
+    elif kind in _OUTPUT_ITEMS and isinstance(raw.get("output"), list):
         raw = {**raw, "output": _joined_text(raw["output"], f"{param}.output")}
+    elif kind in _TOOL_ITEMS:
+        fields = convert(raw.get("tools"), list[ToolField], f"{param}.tools")
+        tools = loaded_tools(fields, f"{param}.tools", budget)
+        raw = {**raw, "tools": msgspec.to_builtins(tools)}
     elif kind == "mcp_call" and isinstance(raw.get("error"), str):
         # Earlier SDKs typed an MCP call's error as a plain string.
         raw = {
@@ -322,7 +349,7 @@ def _joined_text(parts: list[Any], param: str) -> str:
             and isinstance(part.get("text"), str)
         ):
             raise invalid_request(
-                "Function call outputs may only hold text parts.",
+                "Tool call outputs may only hold text parts.",
                 f"{param}[{j}]",
                 "unsupported_value",
             )

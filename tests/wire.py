@@ -4,8 +4,9 @@ against OpenAI's published schema (:mod:`tests.openai_spec`).
 
 Where OpenAI and Open Responses differ, we answer as OpenAI does and Open Responses' check is
 left out: Open Responses defines no hosted tools (``web_search`` tools, ``web_search_call``
-items and their events), and nests a stream ``error`` event's fields under ``error``, which the
-``openai`` SDK would raise as an exception instead of yielding the event.
+items and their events), no custom tools, namespaces or tool search (their tools, items and
+events), and nests a stream ``error`` event's fields under ``error``, which the ``openai`` SDK
+would raise as an exception instead of yielding the event.
 """
 
 from __future__ import annotations
@@ -38,14 +39,25 @@ def _open_responses_events() -> dict[str, type[pydantic.BaseModel]]:
 OPEN_RESPONSES_EVENTS = _open_responses_events()
 
 
-_HOSTED = ("web_search", "web_search_preview", "web_search_call")
+#: Types (of tools, items, events) that Open Responses does not define, by prefix.
+_BEYOND_OPEN_RESPONSES = (
+    "web_search",
+    "web_search_preview",
+    "web_search_call",
+    "custom",
+    "response.custom_tool_call",
+    "namespace",
+    "tool_search",
+    "additional_tools",
+)
 
 
 def _hosted_tools_in(value: object) -> bool:
-    """Whether ``value`` holds a hosted tool, or an item or event of one."""
+    """Whether ``value`` holds a tool Open Responses does not define, or an item or event of
+    one."""
     if isinstance(value, dict):
         kind = value.get("type")
-        if isinstance(kind, str) and kind.startswith(_HOSTED):
+        if isinstance(kind, str) and kind.startswith(_BEYOND_OPEN_RESPONSES):
             return True
         return any(_hosted_tools_in(v) for v in value.values())
     if isinstance(value, list):

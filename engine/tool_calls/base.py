@@ -8,7 +8,7 @@ own fallback for templates that have none). Parsers do no I/O: text goes in thro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
@@ -33,7 +33,8 @@ class CallStart:
 
 @dataclass(frozen=True, slots=True)
 class ArgumentsDelta:
-    """More of the call's JSON arguments text; the deltas concatenate to ``CallEnd.arguments``."""
+    """More of the call's JSON arguments text (a freeform tool's raw input); the deltas
+    concatenate to ``CallEnd.arguments``."""
 
     index: int
     delta: str
@@ -41,7 +42,8 @@ class ArgumentsDelta:
 
 @dataclass(frozen=True, slots=True)
 class CallEnd:
-    """A call is complete; ``arguments`` is its JSON arguments text."""
+    """A call is complete; ``arguments`` is its JSON arguments text, or a freeform tool's raw
+    input."""
 
     index: int
     name: str
@@ -64,6 +66,8 @@ class ToolCallParser(Protocol):
     Text outside calls comes out as :class:`TextChunk` as soon as it cannot start a trigger.
     A call yields :class:`CallStart` once its name is read, :class:`ArgumentsDelta` as its
     arguments arrive, and :class:`CallEnd` once it is closed, its arguments checked as JSON.
+    A freeform tool's call is the last of its output: its input is the rest of the output
+    (less the format's closing text at the very end), complete at :meth:`finish`.
     """
 
     def feed(self, text: str) -> list[ParseEvent]:
@@ -86,18 +90,20 @@ class ToolCallFormat(Protocol):
     #: and continues under :meth:`call_grammar` with ``include_trigger=False``.
     triggers: tuple[str, ...]
 
-    def parser(self) -> ToolCallParser: ...
+    def parser(self, freeform: Collection[str] = ()) -> ToolCallParser:
+        """A parser for one output; ``freeform`` names the tools whose calls take raw input."""
+        ...
 
     def call_grammar(
         self, tools: Sequence[ToolSpec], *, include_trigger: bool, max_calls: int = MAX_CALLS
     ) -> Grammar:
         """A grammar for one or more calls to ``tools`` and nothing else.
 
-        Strict tools get their arguments constrained by their JSON schema; other tools get
-        any JSON object. With ``include_trigger=False`` the grammar starts just after the
-        trigger text (which the prompt already ends with). At most ``max_calls`` calls (one,
-        when ``tool_choice`` names a function): a bound, so a model that keeps opening calls
-        still ends.
+        Guided tools get their arguments constrained by their JSON schema; other tools get
+        any JSON object; a freeform tool's raw input follows its grammar, and such a call
+        comes last. With ``include_trigger=False`` the grammar starts just after the trigger
+        text (which the prompt already ends with). At most ``max_calls`` calls (one, when
+        ``tool_choice`` names a tool): a bound, so a model that keeps opening calls still ends.
         """
         ...
 

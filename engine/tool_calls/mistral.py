@@ -7,16 +7,18 @@ templates say ``[ARGS]``. The parser reads both; the registry has one format per
 grammar and the rendering must pick one. ``[TOOL_CALLS]`` is a special token in these
 vocabularies, but the grammar spells it as text: llguidance names special tokens by the
 tokenizer's own spelling, which differs between GGUF and Hugging Face vocabularies, and the
-parser sees the same text either way.
+parser sees the same text either way. A freeform (custom) tool's call is written in the
+``name[ARGS]`` shape by both formats, its raw input after ``[ARGS]``, and comes last:
+``[TOOL_CALLS]apply_patch[ARGS]*** Begin Patch...``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ..protocol import Grammar, ToolCall, ToolSpec
-from .grammar import MAX_CALLS, calls_grammar
+from .grammar import MAX_CALLS, FreeformCall, calls_grammar
 from .prompt import render_result, tool_prompt
 from .reader import CallReader, Step
 
@@ -27,8 +29,8 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 
 
 class MistralParser(CallReader):
-    def __init__(self) -> None:
-        super().__init__((TRIGGER,))
+    def __init__(self, freeform: Collection[str] = ()) -> None:
+        super().__init__((TRIGGER,), freeform)
 
     def _call(self, trigger: str) -> Step[None]:
         yield from self._expect(TRIGGER)
@@ -57,6 +59,9 @@ class MistralParser(CallReader):
             raise self._fail("a tool name")
         yield from self._expect(ARGS)
         self._start(name)
+        if name in self._freeform:
+            yield from self._freeform_input("")
+            return
         self._end((yield from self._object(stream=True)))
 
 
@@ -68,21 +73,23 @@ class MistralFormat:
         self.triggers: tuple[str, ...] = (TRIGGER,)
         self._args_tag = args_tag
 
-    def parser(self) -> MistralParser:
-        return MistralParser()
+    def parser(self, freeform: Collection[str] = ()) -> MistralParser:
+        return MistralParser(freeform)
 
     def call_grammar(
         self, tools: Sequence[ToolSpec], *, include_trigger: bool, max_calls: int = MAX_CALLS
     ) -> Grammar:
         trigger = "" if include_trigger else TRIGGER
+        freeform = FreeformCall(_named)
         if self._args_tag:
             return calls_grammar(
                 tools,
-                before=lambda name: f"{TRIGGER}{name}{ARGS}",
+                before=_named,
                 after="",
                 separator="",
                 trigger=trigger,
                 max_calls=max_calls,
+                freeform=freeform,
             )
         return calls_grammar(
             tools,
@@ -95,18 +102,27 @@ class MistralFormat:
             tail="]",
             trigger=trigger,
             max_calls=max_calls,
+            freeform=freeform,
         )
 
     def render_calls(self, calls: Sequence[ToolCall]) -> str:
+        freeform = "".join(_named(call.name) + call.arguments for call in calls if call.freeform)
+        functions = [call for call in calls if not call.freeform]
         if self._args_tag:
-            return "".join(f"{TRIGGER}{call.name}{ARGS}{call.arguments}" for call in calls)
+            return "".join(_named(call.name) + call.arguments for call in functions) + freeform
         listed = ", ".join(
-            f'{{"name": {json.dumps(call.name)}, "arguments": {call.arguments}}}' for call in calls
+            f'{{"name": {json.dumps(call.name)}, "arguments": {call.arguments}}}'
+            for call in functions
         )
-        return f"{TRIGGER}[{listed}]"
+        return (f"{TRIGGER}[{listed}]" if functions else "") + freeform
 
     def render_result(self, name: str | None, call_id: str | None, content: str) -> str:
         return render_result(name, content)
 
     def system_prompt(self, tools: Sequence[ToolSpec]) -> str:
         return tool_prompt(tools, self.render_calls)
+
+
+def _named(name: str) -> str:
+    """The opening of a call in the ``name[ARGS]`` shape."""
+    return f"{TRIGGER}{name}{ARGS}"

@@ -1,8 +1,9 @@
 """The fallback tool prompt and tool-result text, for templates that cannot render tools.
 
-Every format teaches its own syntax the same way: the tools with their JSON schemas, then one
-example call written exactly as the format's parser reads it (built from the first tool's
-schema), then where results will appear.
+Every format teaches its own syntax the same way: the tools with their JSON schemas (a freeform
+tool with the grammar of its raw input), then one example call written exactly as the format's
+parser reads it (built from the first function's schema, and one for the first freeform tool),
+then where results will appear.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..protocol import ToolCall, ToolSpec
+from ..protocol import FreeformInput, ToolCall, ToolSpec
 
 RESULT_OPEN = "<tool_response>"
 RESULT_CLOSE = "</tool_response>"
@@ -26,25 +27,57 @@ def tool_prompt(
     for tool in tools:
         summary = f"- {tool.name}: {tool.description}" if tool.description else f"- {tool.name}"
         lines.append(summary)
-        lines.append(
-            f"  Arguments (JSON Schema): {json.dumps(tool.parameters or {'type': 'object'})}"
-        )
-    if tools:
+        if tool.freeform is not None:
+            lines.append("  " + freeform_note(tool.freeform).replace("\n", "\n  "))
+        else:
+            lines.append(
+                f"  Arguments (JSON Schema): {json.dumps(tool.parameters or {'type': 'object'})}"
+            )
+    function = next((tool for tool in tools if tool.freeform is None), None)
+    freeform = next((tool for tool in tools if tool.freeform is not None), None)
+    if function is not None:
         example = ToolCall(
             call_id="example",
-            name=tools[0].name,
-            arguments=json.dumps(example_arguments(tools[0].parameters)),
+            name=function.name,
+            arguments=json.dumps(example_arguments(function.parameters)),
         )
         lines += [
             "",
-            "To call a tool, write the call exactly like this, with the arguments as a JSON object:",
+            "To call a tool, write the call exactly like this, with the arguments as a JSON "
+            "object:",
             render_calls([example]),
-            (
-                "You may write several calls one after another. Each result comes back to you "
-                f"between {RESULT_OPEN} and {RESULT_CLOSE}. If no tool is needed, answer directly."
-            ),
         ]
+    if freeform is not None:
+        example = ToolCall(call_id="example", name=freeform.name, arguments="...", freeform=True)
+        lines += [
+            "",
+            "A freeform tool takes raw text instead of JSON arguments; write its call like this, "
+            "with the text in place of ..., as the last call of your turn:",
+            render_calls([example]),
+        ]
+    if tools:
+        lines.append(
+            "You may write several calls one after another. Each result comes back to you "
+            f"between {RESULT_OPEN} and {RESULT_CLOSE}. If no tool is needed, answer directly."
+        )
     return "\n".join(lines)
+
+
+def freeform_note(spec: FreeformInput) -> str:
+    """What a freeform tool's input must be, as the model is told."""
+    match spec.syntax:
+        case "text":
+            return "Freeform tool: its input is raw text (not JSON)."
+        case "lark":
+            return (
+                "Freeform tool: its input is raw text (not JSON) in this Lark grammar:\n"
+                + spec.definition.strip()
+            )
+        case "regex":
+            return (
+                "Freeform tool: its input is raw text (not JSON) matching this regular "
+                f"expression: {spec.definition}"
+            )
 
 
 def render_result(name: str | None, content: str) -> str:

@@ -9,12 +9,16 @@ become a trigger.
 
 Positions are kept relative to ``_pos`` (the first unconsumed character), so the consumed
 prefix can be dropped after every feed: each character is scanned once, never re-parsed.
+
+A freeform (custom) tool's call is the last of its output, and its raw input is the rest of
+the output (see :mod:`.grammar`): :meth:`CallReader._freeform_input` streams it, holding back
+only a tail that may still turn out to be the format's closing text.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
+from collections.abc import Collection, Generator
 from typing import TypeAlias, TypeVar
 
 from .base import ArgumentsDelta, CallEnd, CallStart, ParseEvent, TextChunk, ToolCallParseError
@@ -37,8 +41,10 @@ class CallReader:
     the reader stops there and :meth:`finish` re-raises the error.
     """
 
-    def __init__(self, triggers: tuple[str, ...]) -> None:
+    def __init__(self, triggers: tuple[str, ...], freeform: Collection[str] = ()) -> None:
         self._triggers = triggers
+        #: Names of the tools whose calls take raw input.
+        self._freeform = frozenset(freeform)
         self._longest = max(len(t) for t in triggers)
         self._buf = ""
         self._pos = 0
@@ -258,10 +264,14 @@ class CallReader:
         self._pos += scanned
         return text
 
-    def _envelope(self, argument_keys: tuple[str, ...]) -> Step[None]:
+    def _envelope(self, argument_keys: tuple[str, ...], *, freeform: bool = False) -> Step[bool]:
         """One call as a JSON object ``{"name": ..., <argument key>: {...}}``: the name must
         come before the arguments (so CallStart can precede the deltas); other keys (such as
-        an ``id``) are skipped."""
+        an ``id``) are skipped.
+
+        With ``freeform``, an object without arguments naming a freeform tool opens that
+        tool's call: returns True, and the caller reads its input (:meth:`_freeform_input`).
+        """
         yield from self._expect("{")
         name: str | None = None
         arguments: str | None = None
@@ -289,5 +299,44 @@ class CallReader:
                 self._pos -= 1
                 raise self._fail("',' or '}'")
         if arguments is None:
+            if freeform and name in self._freeform:
+                return True
             raise self._fail(f"the call's {argument_keys[0]!r}")
         self._end(arguments)
+        return False
+
+    def _newline(self) -> Step[None]:
+        """Consume one newline if it comes next."""
+        if (yield from self._char()) == "\n":
+            self._pos += 1
+
+    def _freeform_input(self, after: str) -> Step[None]:
+        """The raw input of the open freeform call: the rest of the output, less ``after``
+        when the output ends with it. Streams as ArgumentsDelta; a tail that may still be the
+        final ``after`` is held back until more text shows it is input."""
+        text = ""
+        while True:
+            pending = self._buf[self._pos :]
+            if self._final:
+                if after and pending.endswith(after):
+                    pending = pending[: -len(after)]
+                ready = pending
+            else:
+                ready = pending[: len(pending) - _held(pending, after)]
+            if ready:
+                self._events.append(ArgumentsDelta(self._calls, ready))
+                text += ready
+            if self._final:
+                self._pos = len(self._buf)
+                self._end(text)
+                return
+            self._pos += len(ready)
+            yield
+
+
+def _held(text: str, after: str) -> int:
+    """Length of the longest tail of ``text`` that begins ``after`` (all of it included)."""
+    for size in range(min(len(after), len(text)), 0, -1):
+        if text.endswith(after[:size]):
+            return size
+    return 0

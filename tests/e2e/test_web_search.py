@@ -17,7 +17,11 @@ from typing import Any
 import openai
 import pytest
 from openai.types.responses import Response as SdkResponse
-from openai.types.responses import ResponseOutputTextAnnotationAddedEvent
+from openai.types.responses import (
+    ResponseOutputTextAnnotationAddedEvent,
+    ToolChoiceTypes,
+    WebSearchTool,
+)
 
 from tests.fixtures.articles import ARTICLES
 from tests.fixtures.web import WebFixture
@@ -107,6 +111,43 @@ def test_web_search_tool_with_tool_choice_searches(client: openai.OpenAI, web: W
     assert search.type == "web_search_call" and search.status == "completed"
     assert search.action.sources == []  # not included
     check_citations(response, web)
+
+
+def test_without_external_web_access_only_search_results_are_read(
+    client: openai.OpenAI, web: WebFixture
+) -> None:
+    before = len(web.requests)
+    response = client.responses.create(
+        model="default",
+        input=QUESTION,
+        include=["web_search_call.action.sources"],
+        tools=[
+            {
+                "type": "web_search",
+                "search_context_size": "low",
+                "external_web_access": False,
+                "search_content_types": ["text", "image"],  # accepted; results are text
+            }
+        ],
+        # The SDK types no {"type": "web_search"} choice; LiteLLM sends it, and it is echoed as
+        # the SDK's web_search_preview.
+        extra_body={"tool_choice": {"type": "web_search"}},
+        **LIMITS,
+    )
+    assert isinstance(response.tool_choice, ToolChoiceTypes)
+    assert response.tool_choice.type == "web_search_preview"
+    assert isinstance(response.tools[0], WebSearchTool)
+    assert response.tools[0].external_web_access is False
+    # The SDK types search_content_types on web_search_preview only: here it is an extra field.
+    assert response.tools[0].to_dict()["search_content_types"] == ["text", "image"]
+    search = response.output[0]
+    assert search.type == "web_search_call" and search.status == "completed"
+    assert web.article_url("tides") in [s.url for s in search.action.sources or []]
+    # The provider was asked; no page was fetched, and open_page was not offered.
+    paths = [r.path for r in web.requests[before:]]
+    assert paths and not [p for p in paths if p.startswith("/articles/")]
+    assert all(item.type != "web_search_call" or item.action.type == "search"
+               for item in response.output)  # fmt: skip
 
 
 def test_streaming_emits_the_web_search_events_in_order(

@@ -6,8 +6,9 @@ computes each row of a batch on its own, so a job's logits do not depend on the 
 its batch, but they do depend, in the last bits, on how its prompt was evaluated (in one
 piece, in chunks beside other jobs' tokens, or partly copied from a cached prefix: the same
 terms summed in other groupings) and, with flash attention, on 16-bit rounding of those sums.
-Over tens of tokens the difference can grow to a few tenths of a nat (measured: at most 0.12 over 40 tokens, and one greedy choice
-flipped where the best two tokens were 0.40 nats apart); llama-server behaves the same. So:
+Over tens of tokens the difference can grow to a few tenths of a nat (measured: at most 0.12
+over 40 tokens, and one greedy choice flipped where the best two tokens were 0.40 nats apart);
+llama-server behaves the same. So:
 
 * every token before a job's first divergence matches, with log probabilities within
   ``DRIFT`` (0.5) nats of the job alone;

@@ -27,6 +27,7 @@ from exloop.orchestrator.loop import (
 from exloop.orchestrator.service import Orchestrator
 from exloop.orchestrator.spec import RunSpec, ToolPolicy
 from exloop.orchestrator.step import StepCall, StepResult
+from exloop.orchestrator.tool_defs import FunctionTool
 
 from .scripted import ScriptedEngine, say
 from .test_service import CALL, Lookup, spec, tool_or_answer
@@ -34,6 +35,8 @@ from .test_service import CALL, Lookup, spec, tool_or_answer
 pytestmark = pytest.mark.anyio
 
 LOOKUP = ToolSpec(name="lookup", parameters={"type": "object"})
+#: The client's definition of LOOKUP.
+LOOKUP_TOOL = FunctionTool("lookup", {"type": "object"}, None, None)
 #: Two calls in one turn, as the fallback format writes them after its trigger.
 TWO_CALLS = CALL + '<tool_call>{"name": "lookup", "arguments": {"q": "y"}}</tool_call>'
 
@@ -58,7 +61,7 @@ def test_every_finish_reason_has_its_outcome() -> None:
 
 def test_calls_decide_only_when_the_model_ended_its_turn() -> None:
     builtin = StepCall("call_1", "lookup", "{}", "builtin")
-    client = StepCall("call_2", "weather", "{}", "client")
+    client = StepCall("call_2", "weather", "{}", "function")
     for finish in ("eos", "stop"):
         assert decide(result(finish, builtin, client), rounds_left=True) == RunBuiltinTools(
             (builtin,), (client,)
@@ -93,14 +96,15 @@ async def test_truncation_auto_counts_the_tool_definitions() -> None:
         history.append(Message(role="user", content=[InputText(f"question {turn} " * 20)]))
         history.append(Message(role="assistant", content=[InputText(f"answer {turn} " * 20)]))
     history.append(Message(role="user", content=[InputText("the last question")]))
-    described = ToolSpec(name="lookup", description="Looks things up. " * 60)
+    description = "Looks things up. " * 60
+    described = ToolSpec("lookup", description, {"type": "object", "properties": {}})
     engine = ScriptedEngine([say("fine")], context_length=600)
     request = RunSpec(
         input=tuple(history),
         model="m",
         truncation="auto",
         sampling=SamplingParams(max_tokens=20),
-        tools=ToolPolicy(functions=(described,)),
+        tools=ToolPolicy(tools=(FunctionTool("lookup", None, None, description),)),
     )
     async with Orchestrator(engine, model_name="m") as orch:
         response = await (await orch.create(request)).wait()
@@ -117,7 +121,7 @@ async def test_truncation_auto_counts_the_tool_definitions() -> None:
 @pytest.mark.parametrize("parallel", [True, False])
 async def test_parallel_tool_calls_false_allows_one_call_per_turn(parallel: bool) -> None:
     engine = ScriptedEngine([tool_or_answer])
-    policy = ToolPolicy(functions=(LOOKUP,), parallel_tool_calls=parallel)
+    policy = ToolPolicy(tools=(LOOKUP_TOOL,), parallel_tool_calls=parallel)
     async with Orchestrator(engine, model_name="m") as orch:
         response = await (await orch.create(spec(tools=policy))).wait()
     assert response.parallel_tool_calls is parallel
@@ -130,7 +134,7 @@ async def test_parallel_tool_calls_false_allows_one_call_per_turn(parallel: bool
 
 async def test_parallel_tool_calls_false_with_tool_choice_required() -> None:
     engine = ScriptedEngine([tool_or_answer])
-    policy = ToolPolicy(functions=(LOOKUP,), mode="required", parallel_tool_calls=False)
+    policy = ToolPolicy(tools=(LOOKUP_TOOL,), mode="required", parallel_tool_calls=False)
     async with Orchestrator(engine, model_name="m") as orch:
         await (await orch.create(spec(tools=policy))).wait()
     one_call = get_format("exloop").call_grammar((LOOKUP,), include_trigger=True, max_calls=1)

@@ -17,6 +17,7 @@ from exloop.orchestrator.items import FunctionCall, InputText, Message, SearchAc
 from exloop.orchestrator.output import OutputWriter
 from exloop.orchestrator.service import Orchestrator, RunHandle
 from exloop.orchestrator.spec import RunSpec, ToolPolicy
+from exloop.orchestrator.tool_defs import FunctionTool
 
 from .scripted import ScriptedEngine, say
 
@@ -285,7 +286,7 @@ async def test_max_tool_rounds_caps_builtin_rounds_and_still_answers() -> None:
 
 async def test_client_function_call_ends_the_response_with_its_item() -> None:
     engine = ScriptedEngine([tool_or_answer])
-    policy = ToolPolicy(functions=(ToolSpec(name="lookup", parameters={"type": "object"}),))
+    policy = ToolPolicy(tools=(FunctionTool("lookup", {"type": "object"}, None, None),))
     async with Orchestrator(engine, model_name="m") as orch:
         handle = await orch.create(spec(tools=policy))
         response = await handle.wait()
@@ -324,11 +325,11 @@ async def test_cancel_between_tool_rounds() -> None:
 async def test_a_function_named_like_a_builtin_is_refused() -> None:
     engine = ScriptedEngine([say("never")])
     tools: list[BuiltinTool] = [Lookup()]
-    policy = ToolPolicy(functions=(ToolSpec(name="lookup"),))
+    policy = ToolPolicy(tools=(FunctionTool("lookup", None, None, None),))
     async with Orchestrator(engine, model_name="m", builtins=lambda _s: tools) as orch:
         with pytest.raises(InvalidRequest) as info:
             await orch.create(spec(tools=policy))
-    assert info.value.param == "tools"
+    assert info.value.param == "tools[0].name"
     assert engine.jobs == []
 
 
@@ -343,7 +344,7 @@ class SlowCompiles(ScriptedEngine):
 
 
 async def test_a_requests_grammars_share_one_deadline() -> None:
-    tools = tuple(ToolSpec(f"tool_{i}", None, {"type": "object"}, True) for i in range(3))
+    tools = tuple(FunctionTool(f"tool_{i}", {"type": "object"}, True, None) for i in range(3))
     engine = SlowCompiles([say("hi")])
     async with Orchestrator(engine, model_name="m", grammar_timeout=0.5) as orch:
         with pytest.raises(GrammarTooComplex) as caught:
@@ -351,7 +352,7 @@ async def test_a_requests_grammars_share_one_deadline() -> None:
             await orch.create(
                 spec(
                     constraint=Grammar("regex", "[a-z]+"),
-                    tools=ToolPolicy(tools, "auto", None, None),
+                    tools=ToolPolicy(tools),
                 )
             )
         assert caught.value.param == "tools"

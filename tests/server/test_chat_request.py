@@ -90,7 +90,7 @@ def test_messages_become_items() -> None:
         Message(role="assistant", content=[Refusal("no")]),
     )
     assert call.spec.store is False and call.spec.model == "m"
-    assert call.spec.tools.functions[0].name == "weather"
+    assert call.spec.tools.tools[0].name == "weather"  # type: ignore[union-attr]
     assert not call.stream and not call.include_usage
 
 

@@ -19,16 +19,17 @@ from exloop.orchestrator.items import (
     Reasoning,
     WebSearchCall,
 )
-from exloop.orchestrator.resource import (
-    FormatJsonSchema,
+from exloop.orchestrator.resource import FormatJsonSchema
+from exloop.orchestrator.sealing import MAX_SEALED_CHARS
+from exloop.orchestrator.spec import CompactionPolicy, ReasoningOptions
+from exloop.orchestrator.tool_defs import (
     FunctionTool,
     ToolChoiceFunction,
     UserLocation,
     WebSearchPreviewTool,
     WebSearchTool,
 )
-from exloop.orchestrator.sealing import MAX_SEALED_CHARS
-from exloop.orchestrator.spec import CompactionPolicy, ReasoningOptions
+from exloop.orchestrator.toolset import ToolCatalog, entries
 from exloop.server.errors import ApiError
 from exloop.server.limits import Limits
 from exloop.server.responses_request import ResponsesCall, parse_responses_request
@@ -276,11 +277,11 @@ def test_flat_and_nested_function_tools_echo_description_and_strict() -> None:
             "tool_choice": {"type": "function", "name": "time"},
         }
     )
-    weather, time_ = call.spec.tools.functions
+    weather, time_ = ToolCatalog(list(entries(call.spec.tools.tools, "tools"))).offered(()).specs
     assert weather.name == "weather" and weather.strict and weather.parameters == SCHEMA
     assert time_.name == "time" and time_.description == "now" and not time_.strict
     assert time_.parameters == {"type": "object", "properties": {}}
-    assert call.spec.tools.forced_name == "time"
+    assert call.spec.tools.forced == "time"
     assert call.spec.echo.tools == (
         FunctionTool("weather", SCHEMA, True, None),
         FunctionTool("time", None, None, "now"),
@@ -386,7 +387,7 @@ def test_web_search_tool_and_options() -> None:
     assert options.user_location == UserLocation(city="Lima")
     assert options.search_description == "find" and options.extract_description == "read"
     assert parse({"input": "x", "tools": [{"type": "web_search_2025_08_26"}]}).spec.echo.tools == (
-        WebSearchTool(),
+        WebSearchTool("medium", None),
     )
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from exloop.engine.protocol import ToolSpec
 from exloop.orchestrator.items import FunctionCall, FunctionCallOutput, InputText, Message
 from exloop.orchestrator.spec import RunSpec, ToolPolicy
+from exloop.orchestrator.tool_defs import FunctionTool, NamespaceTool
 from exloop.server.steering import steered
 
-TOOLS = ToolPolicy(functions=(ToolSpec("exec_command"), ToolSpec("view_image")))
+TOOLS = ToolPolicy(
+    tools=(
+        FunctionTool("exec_command", None, None, None),
+        FunctionTool("view_image", None, None, None),
+    )
+)
 USER = Message(role="user", content=[InputText("Run echo hello.")])
 CALL = FunctionCall("call_1", "exec_command", '{"cmd": "echo hello"}')
 OUTPUT = FunctionCallOutput("call_1", "hello")
@@ -19,9 +24,9 @@ def spec(*items: object, tools: ToolPolicy = TOOLS) -> RunSpec:
 
 def test_a_new_turn_must_call_the_tool_and_its_result_is_answered() -> None:
     opening = steered(spec(USER), "exec_command").tools
-    assert opening.forced_name == "exec_command" and opening.mode == "auto"
+    assert opening.forced == "exec_command" and opening.mode == "auto"
     answering = steered(spec(USER, CALL, OUTPUT), "exec_command").tools
-    assert answering.mode == "none" and answering.forced_name is None
+    assert answering.mode == "none" and answering.forced is None
 
 
 def test_nothing_changes_without_the_option_or_the_tool() -> None:
@@ -29,3 +34,27 @@ def test_nothing_changes_without_the_option_or_the_tool() -> None:
     assert steered(plain, None) is plain
     assert steered(plain, "apply_patch") is plain
     assert steered(spec(USER, tools=ToolPolicy()), "exec_command").tools == ToolPolicy()
+
+
+def test_the_steered_call_writes_only_required_arguments() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"cmd": {"type": "string"}, "yield_time_ms": {"type": "number"}},
+        "required": ["cmd"],
+    }
+    exec_command = FunctionTool("exec_command", schema, False, None)
+    inner = NamespaceTool("shell", "Shell tools.", [FunctionTool("run", schema, False, None)])
+    tools = ToolPolicy(tools=(exec_command, inner))
+    narrowed = {
+        "type": "object",
+        "properties": {"cmd": {"type": "string"}},
+        "required": ["cmd"],
+        "additionalProperties": False,
+    }
+    (top, space) = steered(spec(USER, tools=tools), "exec_command").tools.tools
+    assert isinstance(top, FunctionTool) and top.parameters == narrowed
+    assert space == inner  # not the steered tool
+    (_, space) = steered(spec(USER, tools=tools), "shell.run").tools.tools
+    assert isinstance(space, NamespaceTool)
+    assert [t.parameters for t in space.tools] == [narrowed]
+    assert exec_command.parameters == schema  # the request's own definition is untouched
