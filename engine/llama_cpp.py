@@ -67,12 +67,12 @@ class LlamaCppEngine(QueuedEngine):
     """An :class:`~exloop.engine.protocol.Engine` running one GGUF model on the CPU.
 
     ``parallel`` jobs decode together, each in a slot of ``cache_tokens / parallel`` tokens of
-    KV cache (default ``cache_tokens``: ``n_ctx * parallel``, at most 2 GiB of cache), which
-    is also its context window; ``n_ctx`` caps the window. Without ``n_threads`` llama.cpp
-    uses the physical cores this process may use (:mod:`.threads`); ``n_threads_batch``
-    (steps of more than one token: prompts, and every step with several jobs) defaults to
-    ``n_threads``;
-    ``flash_attn`` is llama-server's ``-fa`` (:data:`FlashAttention`).
+    KV cache (default ``cache_tokens``: ``n_ctx * parallel``; without ``n_ctx``, at most 2 GiB
+    of cache), which is also its context window; ``n_ctx`` caps the window. Without
+    ``n_threads`` llama.cpp uses the physical cores this process may use (:mod:`.threads`);
+    ``n_threads_batch`` (steps of more than one token: prompts, and every step with several
+    jobs) defaults to ``n_threads``; ``flash_attn`` is llama-server's ``-fa``
+    (:data:`FlashAttention`).
     The constructor loads the model and blocks: call it from a worker thread in async code.
     ``tool_call_format`` overrides the format detected from the chat template, and
     ``chat_template`` (Jinja source) the template the GGUF ships. ``grammar_budget`` bounds
@@ -107,7 +107,7 @@ class LlamaCppEngine(QueuedEngine):
         self._resources.callback(model.close)
         try:
             window = n_ctx or min(DEFAULT_MAX_CONTEXT, model.n_ctx_train)
-            slot = _slot_size(window, parallel, cache_tokens, model)
+            slot = _slot_size(window, parallel, cache_tokens, model, asked=n_ctx is not None)
             self._ctx = _new_context(
                 model,
                 slot * parallel,
@@ -268,10 +268,15 @@ def check_build() -> None:
         )
 
 
-def _slot_size(window: int, parallel: int, cache_tokens: int | None, model: LlamaModel) -> int:
-    """Cells per slot: ``cache_tokens`` split between the slots (by default room for a whole
-    ``window`` each, within :data:`DEFAULT_CACHE_BYTES`), never more than ``window``."""
+def _slot_size(
+    window: int, parallel: int, cache_tokens: int | None, model: LlamaModel, *, asked: bool
+) -> int:
+    """Cells per slot: ``cache_tokens`` split between the slots, never more than ``window``.
+    Without ``cache_tokens`` each slot holds a whole ``window``: the one ``asked`` for
+    (``--n-ctx``) as given, the default one within :data:`DEFAULT_CACHE_BYTES`."""
     if cache_tokens is None:
+        if asked:
+            return max(MIN_SLOT, window)
         cache_tokens = DEFAULT_CACHE_BYTES // max(1, model.kv_bytes_per_token())
     return max(MIN_SLOT, min(window, cache_tokens // parallel))
 

@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="llama.cpp: KV cache tokens of all slots, each request having one of "
         "--cache-tokens / --parallel tokens (EXLOOP_CACHE_TOKENS; llama-server's -c); "
-        "default: --n-ctx x --parallel, at most 2 GiB of cache",
+        "default: --n-ctx x --parallel (without --n-ctx, at most 2 GiB of cache)",
     )
     serve.add_argument(
         "--flash-attn",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import cast
 
 import anyio
 import jsonschema
@@ -17,7 +18,8 @@ from exloop.engine.errors import (
     InvalidParameter,
     ModelNotFound,
 )
-from exloop.engine.llama_cpp import LlamaCppEngine
+from exloop.engine.llama_cpp import MIN_SLOT, LlamaCppEngine, _slot_size
+from exloop.engine.llama_model import LlamaModel
 from exloop.engine.protocol import (
     Chat,
     ChatMessage,
@@ -286,3 +288,21 @@ async def test_a_failure_while_joining_the_batch_fails_that_job_only(
     monkeypatch.undo()
     out = await generate(engine, "Hi", temperature=0.0, max_tokens=4)
     assert out.finish.usage.completion_tokens > 0
+
+
+class _MiBPerToken:
+    """A model whose KV cache takes 1 MiB per token: 2 GiB hold 2048 tokens."""
+
+    def kv_bytes_per_token(self) -> int:
+        return 1 << 20
+
+
+def test_a_window_given_with_n_ctx_is_kept_whole() -> None:
+    model = cast(LlamaModel, _MiBPerToken())
+    # The default window shrinks to fit 2 GiB of cache; an asked one does not.
+    assert _slot_size(8192, 4, None, model, asked=False) == 512
+    assert _slot_size(8192, 16, None, model, asked=False) == MIN_SLOT
+    assert _slot_size(16384, 8, None, model, asked=True) == 16384
+    # --cache-tokens still divides between the slots, within the window.
+    assert _slot_size(16384, 8, 32768, model, asked=True) == 4096
+    assert _slot_size(1024, 8, 32768, model, asked=True) == 1024
