@@ -25,7 +25,7 @@ from llguidance import LLMatcher, LLTokenizer
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 from exloop.engine.default_model import default_model_path
-from exloop.engine.llama_cpp import lltokenizer
+from exloop.engine.llama_model import lltokenizer
 from exloop.engine.protocol import FreeformInput, Grammar, ToolCall, ToolSpec
 from exloop.engine.tool_calls import get_format
 
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     llm = llama_cpp.Llama(str(default_model_path()), vocab_only=True, verbose=False)
-    tokenizer = lltokenizer(llm)
+    tokenizer = lltokenizer(llama_cpp.llama_model_get_vocab(llm.model))
     fmt = get_format("exloop")
     plain = compiled(fmt.call_grammar(FUNCTIONS, include_trigger=True))
     mixed = compiled(fmt.call_grammar((*FUNCTIONS, APPLY_PATCH), include_trigger=True))

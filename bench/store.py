@@ -50,9 +50,11 @@ from exloop.orchestrator.state import Transition
 from exloop.orchestrator.store import RecordWrite, ResponseStore, Retention
 
 if __package__:  # python -m bench.store
-    from .server_overhead import Server, eos_token, server_round
+    from .server_overhead import eos_token, server_round
+    from .servers import Served, exloop
 else:  # python bench/store.py
-    from server_overhead import Server, eos_token, server_round
+    from server_overhead import eos_token, server_round
+    from servers import Served, exloop
 
 #: Roomy enough that filling never evicts.
 RETENTION = Retention(max_responses=10_000_000, max_bytes=1 << 40)
@@ -168,7 +170,7 @@ async def main() -> None:
     eos = eos_token(model)
     workdir = Path(tempfile.mkdtemp(prefix="exloop-bench-store-"))
     redis = RedisProcess()
-    servers: dict[str, Server] = {}
+    servers: dict[str, Served] = {}
     try:
         ids = [f"resp_bench{n:012d}" for n in range(args.responses)]
         sqlite_url = f"sqlite:{workdir / 'responses.db'}"
@@ -186,9 +188,9 @@ async def main() -> None:
             print(f"{name:>8} {seconds:>8.1f} {p50:>8.3f} {p99:>8.3f}")
 
         size = ("--store-max-responses", str(args.responses + 10_000))
-        servers["memory"] = Server(model, "--store", "memory")
-        servers["sqlite"] = Server(model, "--store", sqlite_url, *size)
-        servers["redis"] = Server(model, "--store", redis.url, *size)
+        servers["memory"] = exloop(model, "--store", "memory")
+        servers["sqlite"] = exloop(model, "--store", sqlite_url, *size)
+        servers["redis"] = exloop(model, "--store", redis.url, *size)
         print(f"\nGET over HTTP, {args.gets} random ids of the full stores")
         print(f"{'store':>8} {'p50 ms':>8} {'p99 ms':>8}")
         for name in ("sqlite", "redis"):
