@@ -1,6 +1,6 @@
 """How much the llama.cpp backend costs on top of llama-cpp-python, and what a constraint costs.
 
-Runs, in one process and on the same model and prompt:
+Runs, on the same model and prompt:
 
 1. tokens/s of ``LlamaCppEngine`` against ``Llama.create_completion(stream=True)`` called
    directly (both greedy, both with the same thread count), printing the ratio (goal >= 0.95);
@@ -12,8 +12,9 @@ Runs, in one process and on the same model and prompt:
    against the same in another one (e.g. a venv holding pip's default ``-march=native``
    build), each round in a fresh subprocess, printing this/other (goal >= 0.95).
 
-Rounds alternate between the contenders so that machine noise hits both alike; the best round
-of each counts. Usage: ``python bench/engine_overhead.py [--model PATH] [--tokens N]
+Rounds alternate between the contenders so that machine noise hits both alike (the decodes
+of 1, 3 and 4 each in a fresh process); the best round of each counts. Usage:
+``python bench/engine_overhead.py [--model PATH] [--tokens N]
 [--compare-build OTHER_VENV/bin/python]``.
 """
 
@@ -25,14 +26,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
-from typing import cast
 
 import anyio
 import llama_cpp
-from llama_cpp.llama_types import CreateCompletionStreamResponse
 
 from exloop.engine.default_model import default_model_path
 from exloop.engine.llama_cpp import LlamaCppEngine
@@ -77,31 +76,69 @@ def rate(result: Round) -> float:
     return result[0] / result[1]
 
 
-#: Greedy decoding of --tokens tokens with EOS banned, timed inside the process it runs in.
+#: Greedy decoding of --tokens tokens with EOS banned through llama-cpp-python, timed inside
+#: the process it runs in.
 _DIRECT_DECODE = textwrap.dedent(
     """
     import sys, time, llama_cpp
     model, tokens, threads, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     llm = llama_cpp.Llama(model, n_ctx=2048, n_threads=threads, verbose=False)
-    ids = llm.tokenize(prompt.encode())
     bias = {llm.token_eos(): float("-inf")}
     start = time.perf_counter()
-    n = sum(1 for c in llm.create_completion(ids, max_tokens=tokens, temperature=0.0,
+    n = sum(1 for c in llm.create_completion(prompt, max_tokens=tokens, temperature=0.0,
             stream=True, logit_bias=bias) if c["choices"][0]["finish_reason"] is None)
     print(n, time.perf_counter() - start)
     """
 )
 
+#: The same through exloop's engine, from submission to its Finish event.
+_ENGINE_DECODE = textwrap.dedent(
+    """
+    import sys, time, anyio
+    from exloop.engine.llama_cpp import LlamaCppEngine
+    from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest
+    from exloop.engine.sampling import SamplingParams
+    model, tokens, threads, prompt, eos = sys.argv[1:6]
+    tokens, eos = int(tokens), int(eos)
 
-def direct_decode_in(python: str, model: Path, tokens: int, threads: int) -> Round:
-    """One direct llama-cpp-python decode under another interpreter (another build)."""
+    async def main():
+        n_threads = None if threads == "default" else int(threads)
+        engine = LlamaCppEngine(model, n_ctx=2048, n_threads=n_threads)
+        request = GenerationRequest(
+            Chat((ChatMessage("user", prompt),)),
+            SamplingParams(temperature=0.0, max_tokens=tokens, logit_bias={eos: -100.0}),
+        )
+        try:
+            start = time.perf_counter()
+            async for event in (await engine.submit(request)).events():
+                if isinstance(event, Finish):
+                    print(event.usage.completion_tokens, time.perf_counter() - start)
+        finally:
+            await engine.aclose()
+
+    anyio.run(main)
+    """
+)
+
+
+def _decode_in(python: str, script: str, *argv: object) -> Round:
+    # Each round in a fresh process: two llama.cpp contexts (and their thread teams) in one
+    # process slowed whichever ran second by up to a quarter, which no user setup has.
     out = subprocess.run(
-        [python, "-c", _DIRECT_DECODE, str(model), str(tokens), str(threads), FREE_PROMPT],
-        capture_output=True,
-        text=True,
-        check=True,
+        [python, "-c", script, *map(str, argv)], capture_output=True, text=True, check=True
     ).stdout.split()
     return int(out[0]), float(out[1])
+
+
+def direct_decode_in(python: str, model: Path, tokens: int, threads: int, prompt: str) -> Round:
+    """One direct llama-cpp-python decode of ``prompt`` (already templated) under ``python``."""
+    return _decode_in(python, _DIRECT_DECODE, model, tokens, threads, prompt)
+
+
+def engine_decode_in(model: Path, tokens: int, threads: int | None, eos: int) -> Round:
+    """One exloop engine decode of the free prompt, with ``threads`` (None: the default)."""
+    count = "default" if threads is None else threads
+    return _decode_in(sys.executable, _ENGINE_DECODE, model, tokens, count, FREE_PROMPT, eos)
 
 
 async def main() -> None:
@@ -121,46 +158,30 @@ async def main() -> None:
     # The same count on both sides (llama-cpp-python's own default differs from exloop's).
     threads = args.threads or default_threads().threads
 
+    eos = await anyio.to_thread.run_sync(lambda: token_eos(model))
+
+    def in_subprocess(run: Callable[[], Round]) -> Callable[[], Awaitable[Round]]:
+        return partial(anyio.to_thread.run_sync, run)
+
     engine = await anyio.to_thread.run_sync(
         lambda: LlamaCppEngine(model, n_ctx=2048, n_threads=threads)
     )
-    direct = llama_cpp.Llama(
-        str(model), n_ctx=2048, n_threads=threads, logits_all=False, verbose=False
-    )
     try:
-        free_chat = Chat((ChatMessage("user", FREE_PROMPT),))
-        prompt_text = engine.render(free_chat)
         # min_tokens is not a field: a fixed budget with EOS banned keeps both sides running
-        # to exactly --tokens (llama-cpp-python's own stream likewise runs to max_tokens only
-        # if the model keeps talking, so ban EOS there too).
-        eos = direct.token_eos()
-        no_eos = dict.fromkeys((eos,), -100.0)
-        ours = GenerationRequest(
-            free_chat,
-            SamplingParams(temperature=0.0, max_tokens=args.tokens, logit_bias=no_eos),
-        )
-
-        def direct_no_eos() -> Round:
-            start = time.perf_counter()
-            tokens = 0
-            stream = direct.create_completion(
-                prompt_text,
-                max_tokens=args.tokens,
-                temperature=0.0,
-                stream=True,
-                logit_bias={eos: float("-inf")},
-            )
-            for chunk in cast(Iterator[CreateCompletionStreamResponse], stream):
-                # One chunk per token, plus a last one that only carries finish_reason.
-                tokens += chunk["choices"][0]["finish_reason"] is None
-            return tokens, time.perf_counter() - start
-
-        async def direct_run() -> Round:
-            return await anyio.to_thread.run_sync(direct_no_eos)
-
+        # to exactly --tokens.
+        prompt_text = engine.render(Chat((ChatMessage("user", FREE_PROMPT),)))
         overhead = await best_of(
             args.rounds,
-            {"llama-cpp-python": direct_run, "exloop": lambda: engine_round(engine, ours)},
+            {
+                "llama-cpp-python": in_subprocess(
+                    partial(
+                        direct_decode_in, sys.executable, model, args.tokens, threads, prompt_text
+                    )
+                ),
+                "exloop": in_subprocess(
+                    partial(engine_decode_in, model, args.tokens, threads, eos)
+                ),
+            },
         )
 
         json_chat = Chat((ChatMessage("user", JSON_PROMPT),))
@@ -177,26 +198,31 @@ async def main() -> None:
                 "json_schema": lambda: engine_round(engine, constrained),
             },
         )
-        by_threads = await compare_threads(model, args.rounds, ours)
-        builds: dict[str, Round] = {}
-        if args.compare_build:
-            builds = await best_of(
-                args.rounds,
-                {
-                    name: partial(
-                        anyio.to_thread.run_sync,
-                        direct_decode_in,
-                        python,
-                        model,
-                        args.tokens,
-                        threads,
-                    )
-                    for name, python in (("this", sys.executable), ("other", args.compare_build))
-                },
-            )
     finally:
-        direct.close()
         await engine.aclose()
+    counts: dict[str, int | None] = {
+        f"default ({default_threads().threads} threads)": None,
+        "--threads 1": 1,
+        f"--threads {os.cpu_count()}": os.cpu_count(),
+    }
+    by_threads = await best_of(
+        args.rounds,
+        {
+            label: in_subprocess(partial(engine_decode_in, model, args.tokens, n, eos))
+            for label, n in counts.items()
+        },
+    )
+    builds: dict[str, Round] = {}
+    if args.compare_build:
+        builds = await best_of(
+            args.rounds,
+            {
+                name: in_subprocess(
+                    partial(direct_decode_in, python, model, args.tokens, threads, prompt_text)
+                )
+                for name, python in (("this", sys.executable), ("other", args.compare_build))
+            },
+        )
 
     print(f"model: {model.name}, up to {args.tokens} tokens per round, best of {args.rounds}")
     for label, result in [
@@ -226,26 +252,12 @@ async def main() -> None:
         )
 
 
-async def compare_threads(model: Path, rounds: int, request: GenerationRequest) -> dict[str, Round]:
-    """The default thread count (no ``n_threads``) beside one thread and every CPU; the
-    default's label comes first."""
-    counts: dict[str, int | None] = {
-        f"default ({default_threads().threads} threads)": None,
-        "--threads 1": 1,
-        f"--threads {os.cpu_count()}": os.cpu_count(),
-    }
-    engines: dict[str, LlamaCppEngine] = {}
+def token_eos(model: Path) -> int:
+    vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
     try:
-        for label, n in counts.items():
-            engines[label] = await anyio.to_thread.run_sync(
-                partial(LlamaCppEngine, model, n_ctx=2048, n_threads=n)
-            )
-        return await best_of(
-            rounds, {label: partial(engine_round, e, request) for label, e in engines.items()}
-        )
+        return int(vocab.token_eos())
     finally:
-        for e in engines.values():
-            await e.aclose()
+        vocab.close()
 
 
 if __name__ == "__main__":
