@@ -49,11 +49,12 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _HEADING = re.compile(r"^#{1,6}\s+(.*)$")
 # Words too common to tell chunks apart; BM25's IDF discounts them anyway, but with a corpus of
 # a few dozen chunks the discount is weak.
-_STOPWORDS = frozenset(
+_STOPWORD_TEXT = (
     "a an and are as at be but by can do does for from has have how i if in into is it its of on "
     "or so than that the their them then there these they this to was we were what when where "
-    "which who why will with you your".split()
+    "which who why will with you your"
 )
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 def approx_tokens(text: str) -> int:

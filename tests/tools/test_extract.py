@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from exloop.tools.extract import ExtractedPage, extract, extract_blocking
 from exloop.tools.fetch import FetchedPage
-
 from tests.fixtures.articles import ARTICLES, PLAIN_NOTES
 
 URL = "https://gazette.example/articles/honeybees"

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+
 from exloop.tools.fetch import (
     BlockedAddress,
     FetchFailed,
@@ -26,7 +27,6 @@ from exloop.tools.fetch import (
     UnsupportedContent,
     is_blocked_address,
 )
-
 from tests.fixtures.web import WebFixture
 
 pytestmark = pytest.mark.anyio

@@ -13,7 +13,6 @@ from exloop.tools.rank import (
     rank_chunks,
     split_chunks,
 )
-
 from tests.fixtures.articles import ARTICLES
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from ddgs.exceptions import DDGSException, RatelimitException, TimeoutException
+
 from exloop.tools import web_search
 from exloop.tools.web_search import (
     DdgsProvider,
@@ -16,7 +17,6 @@ from exloop.tools.web_search import (
     ddgs_region,
     searxng_language,
 )
-
 from tests.fixtures.web import WebFixture
 
 pytestmark = pytest.mark.anyio
