@@ -6,10 +6,12 @@ never for production), a create request that opens a turn (its input ends with a
 message) gets ``tool_choice`` naming the tool ``NAME`` (a function or custom tool;
 ``namespace.tool`` inside a namespace) when it has that tool, and one that answers tool
 results (its input ends with a tool call's output) gets ``tool_choice: "none"``, so the turn
-is: one call, then a worded answer. The steered call writes only the function's required
-arguments: its schema's optional ones are where a tiny model sampling at random writes values
-that the client's own types refuse though the schema allows them (a fractional
-``yield_time_ms`` where Codex reads an unsigned integer). The response still echoes the
+is: one call, then a worded answer. Both are drawn greedily: sampled at the client's
+temperature, the tiny model sometimes wrote a command other than the one asked for, whose
+output could fill the context window before the next turn. The steered call writes only the
+function's required arguments: its schema's optional ones are where a tiny model sampling at
+random writes values that the client's own types refuse though the schema allows them (a
+fractional ``yield_time_ms`` where Codex reads an unsigned integer). The response still echoes the
 client's own ``tool_choice`` and tools."""
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from exloop.engine.sampling import SamplingParams
 from exloop.orchestrator.items import CustomToolCallOutput, FunctionCallOutput, Message
 from exloop.orchestrator.spec import RunSpec
 from exloop.orchestrator.tool_defs import ClientTool, FunctionTool, NamespacedTool, NamespaceTool
@@ -35,10 +38,20 @@ def steered(spec: RunSpec, tool: str | None) -> RunSpec:
     if isinstance(last, Message) and last.role == "user":
         if any(entry.spec.name == tool for entry in entries(policy.tools, None)):
             narrowed = tuple(_required_only(t, tool) for t in policy.tools)
-            return replace(spec, tools=replace(policy, tools=narrowed, mode="auto", forced=tool))
+            return replace(
+                spec,
+                tools=replace(policy, tools=narrowed, mode="auto", forced=tool),
+                sampling=_greedy(spec),
+            )
     elif isinstance(last, FunctionCallOutput | CustomToolCallOutput):
-        return replace(spec, tools=replace(policy, mode="none", forced=None))
+        return replace(
+            spec, tools=replace(policy, mode="none", forced=None), sampling=_greedy(spec)
+        )
     return spec
+
+
+def _greedy(spec: RunSpec) -> SamplingParams:
+    return replace(spec.sampling, temperature=0.0)
 
 
 def _required_only(tool: ClientTool, name: str) -> ClientTool:

@@ -246,9 +246,10 @@ async def test_a_json_schema_constraint_is_followed(engine: Any) -> None:
 
 
 async def test_cancel_ends_the_job_in_the_generator(engine: Any) -> None:
-    job = await engine.submit(
-        GenerationRequest(chat("Hi!"), SamplingParams(temperature=0.0, max_tokens=32))
-    )
+    # The stop token banned and room for 512 tokens: the job can end only by the cancel (it
+    # once stopped by itself after 7 tokens, before the cancel sent on its first one landed).
+    params = SamplingParams(temperature=0.0, max_tokens=512, logit_bias={STOP: -100.0})
+    job = await engine.submit(GenerationRequest(chat("Hi!"), params))
     finish: Finish | None = None
     async for event in job.events():
         if isinstance(event, Delta):

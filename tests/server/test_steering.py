@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from exloop.engine.sampling import SamplingParams
 from exloop.orchestrator.items import FunctionCall, FunctionCallOutput, InputText, Message
 from exloop.orchestrator.spec import RunSpec, ToolPolicy
 from exloop.orchestrator.tool_defs import FunctionTool, NamespaceTool
@@ -19,14 +20,17 @@ OUTPUT = FunctionCallOutput("call_1", "hello")
 
 
 def spec(*items: object, tools: ToolPolicy = TOOLS) -> RunSpec:
-    return RunSpec(input=items, model="m", tools=tools)  # type: ignore[arg-type]
+    hot = SamplingParams(temperature=0.8)
+    return RunSpec(input=items, model="m", tools=tools, sampling=hot)  # type: ignore[arg-type]
 
 
 def test_a_new_turn_must_call_the_tool_and_its_result_is_answered() -> None:
-    opening = steered(spec(USER), "exec_command").tools
-    assert opening.forced == "exec_command" and opening.mode == "auto"
-    answering = steered(spec(USER, CALL, OUTPUT), "exec_command").tools
-    assert answering.mode == "none" and answering.forced is None
+    opening = steered(spec(USER), "exec_command")
+    assert opening.tools.forced == "exec_command" and opening.tools.mode == "auto"
+    answering = steered(spec(USER, CALL, OUTPUT), "exec_command")
+    assert answering.tools.mode == "none" and answering.tools.forced is None
+    # Both drawn greedily, whatever the client's temperature.
+    assert opening.sampling.temperature == answering.sampling.temperature == 0.0
 
 
 def test_nothing_changes_without_the_option_or_the_tool() -> None:
