@@ -14,6 +14,14 @@ most of it is already evaluated:
   less than evaluating the prefix again);
 * or, sharing nothing, in the least recently used idle slot, emptied.
 
+Where the new job runs matters beyond its prefix. With a stream per sequence, llama.cpp
+evaluates a batch in one ubatch per run of consecutive sequence ids (``split_equal``), each a
+pass over all the weights: 16 jobs in scattered slots decode at half the speed of 16 in
+slots 0-15. So a job only goes to an idle slot that joins the running ones' runs best (next
+to a busy slot, or between two), and the choices above are made among those; a longer
+prefix held in a slot that would stand apart is copied over instead (a copy costs a few
+milliseconds, a run of its own costs a pass over the weights every step).
+
 This module keeps the bookkeeping llama.cpp does not expose: the tokens behind every slot's
 cells, and which slots are busy.
 """
@@ -113,7 +121,7 @@ class PrefixCache:
     def open(self, prompt: Sequence[int]) -> CachedSequence | None:
         """A slot for a job with ``prompt``, holding as much of it as the slots offer (never
         its last token, whose logits are needed), or None when every slot is busy."""
-        idle = [slot for slot in self._slots if not slot.busy]
+        idle = self._placeable()
         if not idle:
             return None
         tokens = np.asarray(prompt, dtype=np.int32)
@@ -150,6 +158,20 @@ class PrefixCache:
         if not (keep and self._share):
             self._cut(seq, 0)
         self._touch(seq)
+
+    def _placeable(self) -> list[CachedSequence]:
+        """The idle slots with the most busy neighbours (see the module doc): with none
+        busy, every idle slot."""
+        slots = self._slots
+
+        def busy_neighbours(i: int) -> int:
+            return sum(0 <= j < len(slots) and slots[j].busy for j in (i - 1, i + 1))
+
+        joins = {i: busy_neighbours(i) for i, slot in enumerate(slots) if not slot.busy}
+        if not joins:
+            return []
+        most = max(joins.values())
+        return [slots[i] for i, count in joins.items() if count == most]
 
     def clear(self) -> None:
         """Forget every slot's tokens (after llama.cpp's memory was cleared)."""

@@ -296,6 +296,58 @@ async def test_a_long_prompt_is_read_in_chunks_between_the_others_tokens(
     assert all(step[talker_seq] == 1 for step in reading)
 
 
+@pytest.fixture(scope="module")
+def six_slots(model_path: Path) -> Iterator[LlamaCppEngine]:
+    loaded = LlamaCppEngine(model_path, n_ctx=512, parallel=6)
+    yield loaded
+    anyio.run(loaded.aclose)
+
+
+async def test_each_step_holds_its_jobs_in_one_run_of_sequence_ids(
+    six_slots: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # llama.cpp evaluates a step in one pass over the weights per run of consecutive sequence
+    # ids in batch order: the jobs must sit in neighbouring slots and the batch be sorted.
+    engine = six_slots
+    batch = engine._batcher._batch
+    steps: list[list[int]] = []
+    decode = batch.decode
+
+    def recording(ctx: object) -> int:
+        steps.append(batch._seq_ids[: batch.size].tolist())
+        return decode(ctx)  # type: ignore[arg-type]
+
+    # Four conversations that ran together, in slots 0 to 3.
+    ban = dict.fromkeys(engine._model.eog, -100.0)
+    params = SamplingParams(temperature=0.0, max_tokens=6, logit_bias=ban)
+    chats = [user(prompt) for prompt in PROMPTS[:4]]
+    first = await run_all(engine, [GenerationRequest(chat, params) for chat in chats])
+    monkeypatch.setattr(batch, "decode", recording)
+    # The next turns of the fourth and the second, then a newcomer: where each would find
+    # the most of its prompt (slots 3, 1 and the least recently used) are apart.
+    requests = [
+        GenerationRequest(
+            Chat(
+                (
+                    *chats[i].messages,
+                    ChatMessage("assistant", first[i].text),
+                    user("More.").messages[0],
+                )
+            ),
+            replace(params, max_tokens=16),
+        )
+        for i in (3, 1)
+    ]
+    requests.append(GenerationRequest(user(PROMPTS[5]), replace(params, max_tokens=16)))
+    outputs = await run_all(engine, requests)
+    assert [output.finish.usage.completion_tokens for output in outputs] == [16, 16, 16]
+    assert any(len(set(ids)) == 3 for ids in steps)
+    for ids in steps:
+        assert ids == sorted(ids)
+        if len(set(ids)) == 3:  # all three running (they start and end a step or two apart)
+            assert ids[-1] - ids[0] == 2, ids
+
+
 async def test_preparing_a_job_never_stalls_the_batch_and_a_cancelled_one_builds_nothing(
     engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -125,6 +125,71 @@ def test_a_new_prompt_takes_the_least_recently_used_idle_slot(memory: StreamMemo
     check(memory, cache, newcomer, slots[0], slots[2])
 
 
+def runs(cache: PrefixCache) -> int:
+    """How many runs of consecutive busy slots there are (llama.cpp's ubatches per step)."""
+    busy = [slot.busy for slot in cache._slots]
+    return sum(b and (i == 0 or not busy[i - 1]) for i, b in enumerate(busy))
+
+
+def test_jobs_running_together_sit_in_consecutive_slots(memory: StreamMemory) -> None:
+    cache = PrefixCache(memory, slots=8, slot_size=256)
+    # Eight finished conversations, one per slot; then follow-ups of three slots apart
+    # (1, 5 and 3) and a newcomer run together.
+    conversations = [[i] * 10 for i in range(8)]
+    for prompt in conversations:
+        seq = cache.open(prompt)
+        assert seq is not None
+        run(memory, cache, seq, prompt)
+        cache.close(seq, keep=True)
+    opened = []
+    for prompt in (conversations[1], conversations[5], conversations[3], [9] * 4):
+        seq = cache.open([*prompt, 42])
+        assert seq is not None
+        run(memory, cache, seq, [*prompt, 42][seq.length :])
+        opened.append(seq)
+        assert runs(cache) == 1
+    ids = sorted(seq.seq_id for seq in opened)
+    assert ids == list(range(ids[0], ids[0] + 4))
+    # The first follow-up found its own conversation (nothing ran yet); the others sit next
+    # to it, and so evaluate their 10 tokens again (fewer than a copy is worth).
+    assert opened[0].seq_id == 1 and opened[0].reused == 10
+    check(memory, cache, *opened)
+
+
+def test_a_conversation_apart_from_the_running_slots_is_copied_next_to_them(
+    memory: StreamMemory,
+) -> None:
+    cache = PrefixCache(memory, slots=6, slot_size=512)
+    long = list(range(100, 100 + MIN_COPY + 30))
+    placed = {}
+    for name, prompt in (("a", [1] * 5), ("b", [2] * 5), ("c", [3] * 5), ("d", long)):
+        seq = cache.open(prompt)
+        assert seq is not None
+        run(memory, cache, seq, prompt)
+        placed[name] = seq
+    for name in ("b", "c", "d"):
+        cache.close(placed[name], keep=True)
+    # "a" runs in slot 0, "d"'s conversation sits in slot 3: its follow-up runs in slot 1,
+    # next to "a", with the conversation copied over.
+    assert (placed["a"].seq_id, placed["d"].seq_id) == (0, 3)
+    follow = cache.open([*long, 7])
+    assert follow is not None and follow.seq_id == 1 and follow.reused == len(long)
+    assert runs(cache) == 1
+    check(memory, cache, placed["a"], follow)
+
+
+def test_a_job_fills_the_gap_between_two_runs(memory: StreamMemory) -> None:
+    cache = PrefixCache(memory, slots=4, slot_size=256)
+    seqs = [cache.open([i] * 3) for i in range(4)]
+    assert all(seq is not None for seq in seqs)
+    cache.close(seqs[1], keep=True)  # type: ignore[arg-type]
+    cache.close(seqs[3], keep=True)  # type: ignore[arg-type]
+    assert runs(cache) == 2
+    # Slot 1 bridges the runs {0} and {2}; slot 3 would only extend one.
+    seq = cache.open([7] * 3)
+    assert seq is not None and seq.seq_id == 1 and runs(cache) == 1
+
+
 def test_a_cancelled_jobs_slot_is_emptied(memory: StreamMemory) -> None:
     cache = PrefixCache(memory, slots=2, slot_size=256)
     seq = cache.open([1, 2, 3])
@@ -154,8 +219,11 @@ def test_random_workload_keeps_every_slot_in_step_with_its_stream(memory: Stream
         action = rng.random()
         if action < 0.35:
             prompt = rng.choice(prefixes) + [rng.randrange(5) for _ in range(rng.randrange(1, 8))]
+            before = runs(cache)
             seq = cache.open(prompt)
             if seq is not None:
+                # A new job never splits the running slots into more runs.
+                assert runs(cache) <= max(before, 1)
                 assert seq.tokens.tolist() == prompt[: seq.length]
                 run(memory, cache, seq, prompt[seq.length :])
                 running.append(seq)
