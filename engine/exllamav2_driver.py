@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from .errors import EngineError, GenerationFailed
 from .exllamav2_filter import GrammarFilterCore
-from .handoff import ThreadedJob
+from .handoff import ThreadedJob, wakes_deferred
 from .protocol import Delta, Finish, FinishReason, TokenLogprob, TopLogprob, Usage
 from .stop import TextStream
 
@@ -156,8 +156,9 @@ class GeneratorDriver:
             except Exception as exc:  # noqa: BLE001  (one bad batch must not end the server)
                 self._recover(exc)
                 continue
-            for result in results:
-                self._dispatch(result)
+            with wakes_deferred():
+                for result in results:
+                    self._dispatch(result)
             self._reap_failed_constraints()
 
     def _start(self, job: ThreadedJob) -> None:

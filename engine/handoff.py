@@ -9,13 +9,18 @@ The wake-up goes through ``loop.call_soon_threadsafe``, which returns at once: a
 ``from_thread.run_sync`` would block the worker until the loop ran the callback, stalling
 generation whenever the loop is busy with other requests. This ties the consumer to the
 asyncio backend, which is what the server runs on.
+
+Each ``call_soon_threadsafe`` writes to the loop's self-pipe and wakes its thread (about
+0.1 ms here). A worker that emits for many jobs at once (a batched decoding step) defers the
+wake-ups with :func:`wakes_deferred`, so that a step wakes each loop once, not once per job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -126,18 +131,55 @@ class ThreadedJob:
         with self._lock:
             self._pending.append(item)
             waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, future = waiter
-            try:
-                loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:
-                # The consumer's loop is closed; nobody is left to read the job.
-                self.cancel()
+        if waiter is None:
+            return
+        deferred: list[_Wake] | None = getattr(_deferred, "wakes", None)
+        if deferred is not None:
+            deferred.append(_Wake(self, *waiter))
+        else:
+            _wake_all([_Wake(self, *waiter)])
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+@dataclass(frozen=True, slots=True)
+class _Wake:
+    job: ThreadedJob
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+#: Per worker thread: the wake-ups held back by :func:`wakes_deferred`, while it is active.
+_deferred = threading.local()
+
+
+@contextmanager
+def wakes_deferred() -> Iterator[None]:
+    """Hold back the consumers' wake-ups of what this thread emits inside the block, and
+    wake each event loop once at its end (events are queued at once as usual)."""
+    _deferred.wakes = wakes = []
+    try:
+        yield
+    finally:
+        _deferred.wakes = None
+        _wake_all(wakes)
+
+
+def _wake_all(wakes: list[_Wake]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Wake]] = {}
+    for wake in wakes:
+        by_loop.setdefault(wake.loop, []).append(wake)
+    for loop, waking in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_set_all, [wake.future for wake in waking])
+        except RuntimeError:
+            # The consumers' loop is closed; nobody is left to read these jobs.
+            for wake in waking:
+                wake.job.cancel()
+
+
+def _set_all(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
 
 
 def _merge_deltas(items: list[JobEvent | _Failure]) -> list[JobEvent | _Failure]:

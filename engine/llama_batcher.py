@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from .constraints import BatchMasks
 from .errors import EngineError, GenerationFailed
-from .handoff import ThreadedJob
+from .handoff import ThreadedJob, wakes_deferred
 from .llama_batch import TokenBatch
 from .llama_model import LlamaModel
 from .llama_sequence import BatchSequence, ReadyJob
@@ -238,14 +238,15 @@ class Batcher:
             seq.evaluated(len(tokens))
         sampling = [(seq, row) for seq, _, row in planned if row is not None]
         masks = self._fill_masks([seq for seq, _ in sampling])
-        for seq, row in sampling:
-            try:
-                reason = seq.sample(self._ctx, row, masks.get(seq))
-            except EngineError as exc:
-                self._fail(seq, exc)
-                continue
-            if reason is not None:
-                self._end(seq, reason)
+        with wakes_deferred():
+            for seq, row in sampling:
+                try:
+                    reason = seq.sample(self._ctx, row, masks.get(seq))
+                except EngineError as exc:
+                    self._fail(seq, exc)
+                    continue
+                if reason is not None:
+                    self._end(seq, reason)
 
     def _fill_masks(self, sampling: list[BatchSequence]) -> dict[BatchSequence, Mask]:
         """Each constrained job's mask for this step, computed together."""

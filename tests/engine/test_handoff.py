@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from contextlib import aclosing
 
@@ -9,7 +10,7 @@ import anyio
 import pytest
 
 from exloop.engine.errors import GenerationFailed
-from exloop.engine.handoff import ThreadedJob
+from exloop.engine.handoff import ThreadedJob, wakes_deferred
 from exloop.engine.protocol import Delta, Finish, GenerationRequest, Started, TokenPrompt, Usage
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +63,37 @@ async def test_events_from_another_thread_wake_the_consumer() -> None:
                 tokens.extend(event.token_ids)
     thread.join()
     assert tokens == list(range(50))
+
+
+async def test_a_batched_step_wakes_its_consumers_once_at_its_end() -> None:
+    jobs = [_job() for _ in range(3)]
+    streams = [job.events() for job in jobs]
+    # Each consumer waits for its first event.
+    reads = [asyncio.ensure_future(anext(stream)) for stream in streams]
+    await asyncio.sleep(0)
+    in_block = threading.Event()
+    leave = threading.Event()
+
+    def step() -> None:
+        with wakes_deferred():
+            for i, job in enumerate(jobs):
+                job.emit(Delta(text=str(i), token_ids=(i,)))
+            in_block.set()
+            leave.wait(5)
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    await anyio.to_thread.run_sync(in_block.wait)
+    await asyncio.sleep(0.05)
+    # Every event is queued, but nobody was woken before the step ended.
+    assert not any(read.done() for read in reads)
+    leave.set()
+    with anyio.fail_after(5):
+        first = [await read for read in reads]
+    thread.join()
+    assert first == [Delta(text=str(i), token_ids=(i,)) for i in range(3)]
+    for stream in streams:
+        await stream.aclose()
 
 
 async def test_failure_raises_from_events() -> None:
