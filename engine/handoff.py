@@ -11,8 +11,9 @@ generation whenever the loop is busy with other requests. This ties the consumer
 asyncio backend, which is what the server runs on.
 
 Each ``call_soon_threadsafe`` writes to the loop's self-pipe and wakes its thread (about
-0.1 ms here). A worker that emits for many jobs at once (a batched decoding step) defers the
-wake-ups with :func:`wakes_deferred`, so that a step wakes each loop once, not once per job.
+0.1 ms here). A worker that emits for many jobs at once (a batched decoding step) holds the
+wake-ups back (:class:`HeldWakes`, :func:`wakes_deferred`), so that a step wakes each loop
+once, not once per job, and at a moment of its choosing.
 """
 
 from __future__ import annotations
@@ -133,9 +134,9 @@ class ThreadedJob:
             waiter, self._waiter = self._waiter, None
         if waiter is None:
             return
-        deferred: list[_Wake] | None = getattr(_deferred, "wakes", None)
-        if deferred is not None:
-            deferred.append(_Wake(self, *waiter))
+        held: HeldWakes | None = getattr(_deferred, "held", None)
+        if held is not None:
+            held.hold(_Wake(self, *waiter))
         else:
             _wake_all([_Wake(self, *waiter)])
 
@@ -147,20 +148,45 @@ class _Wake:
     future: asyncio.Future[None]
 
 
-#: Per worker thread: the wake-ups held back by :func:`wakes_deferred`, while it is active.
+#: Per worker thread: the :class:`HeldWakes` collecting its wake-ups, while one is holding.
 _deferred = threading.local()
+
+
+class HeldWakes:
+    """Consumers' wake-ups held back by one worker thread until :meth:`release`."""
+
+    def __init__(self) -> None:
+        self._wakes: list[_Wake] = []
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Inside the block, what this thread emits is queued at once as usual, but wakes
+        nobody until :meth:`release` (which may be called inside the block too)."""
+        _deferred.held = self
+        try:
+            yield
+        finally:
+            _deferred.held = None
+
+    def hold(self, wake: _Wake) -> None:
+        self._wakes.append(wake)
+
+    def release(self) -> None:
+        """Wake every held consumer, in the order they were held, each event loop once."""
+        wakes, self._wakes = self._wakes, []
+        _wake_all(wakes)
 
 
 @contextmanager
 def wakes_deferred() -> Iterator[None]:
-    """Hold back the consumers' wake-ups of what this thread emits inside the block, and
-    wake each event loop once at its end (events are queued at once as usual)."""
-    _deferred.wakes = wakes = []
+    """Hold back the wake-ups of what this thread emits inside the block, and wake each
+    event loop once at its end."""
+    held = HeldWakes()
     try:
-        yield
+        with held.holding():
+            yield
     finally:
-        _deferred.wakes = None
-        _wake_all(wakes)
+        held.release()
 
 
 def _wake_all(wakes: list[_Wake]) -> None:

@@ -11,7 +11,8 @@ Two threads serve the CPU backend:
   sampled token of every generating job plus up to ``chunk`` tokens of prompts still being
   read, so that a long prompt delays the others by one chunk at most. Then each job whose
   logits were computed samples its next token with its own sampler chain, under its own
-  grammar mask (the batch's masks are computed together).
+  grammar mask (the batch's masks are computed together). What a step emits (tokens,
+  starts, ends) wakes its consumers once, as the next step's decode begins.
 
 Admission is strictly first come, first served. Slots and the prefixes they hold are tracked
 by :class:`~.prefix_cache.PrefixCache`.
@@ -32,7 +33,7 @@ import numpy.typing as npt
 
 from .constraints import BatchMasks
 from .errors import EngineError, GenerationFailed
-from .handoff import ThreadedJob, wakes_deferred
+from .handoff import HeldWakes, ThreadedJob
 from .llama_batch import TokenBatch
 from .llama_model import LlamaModel
 from .llama_sequence import BatchSequence, ReadyJob
@@ -100,6 +101,7 @@ class Batcher:
         self._ready: queue.SimpleQueue[ReadyJob | None] = queue.SimpleQueue()
         self._waiting: deque[ReadyJob] = deque()
         self._running: list[BatchSequence] = []
+        self._wakes = HeldWakes()
         self._preparing = False
         self._stopping = False
         self._threads = [
@@ -153,6 +155,8 @@ class Batcher:
     def _decode_jobs(self) -> None:
         while True:
             block = not (self._running or self._waiting)
+            if block:
+                self._wakes.release()  # no next step to wait for
             stop = False
             try:
                 while (ready := self._ready.get(block=block)) is not None:
@@ -162,13 +166,15 @@ class Batcher:
             except queue.Empty:
                 pass
             if stop:
+                self._wakes.release()
                 self._cancel_all()
                 return
             try:
-                self._end_cancelled()
-                self._admit()
-                if self._running:
-                    self._step()
+                with self._wakes.holding():
+                    self._end_cancelled()
+                    self._admit()
+                    if self._running:
+                        self._step()
             except Exception as exc:  # noqa: BLE001  (one bad step must not end the server)
                 logger.exception("a decoding step failed")
                 self._fail_all(GenerationFailed(f"Generation failed: {exc}"))
@@ -229,6 +235,10 @@ class Batcher:
             last = len(tokens) == len(seq.pending)
             row = batch.add(seq.cells.seq_id, tokens, seq.cells.length, logits=last)
             planned.append((seq, tokens, row if last else None))
+        # The consumers of the last step's tokens wake as this step's decode begins: the
+        # event loop then runs while llama_decode has released the GIL, instead of holding
+        # it while this thread builds the batch (measured: 1.8 ms a step against 0.8).
+        self._wakes.release()
         status = batch.decode(self._ctx)
         if status != 0:
             self._fail_all(GenerationFailed(f"llama_decode failed (status {status})."))
@@ -238,15 +248,14 @@ class Batcher:
             seq.evaluated(len(tokens))
         sampling = [(seq, row) for seq, _, row in planned if row is not None]
         masks = self._fill_masks([seq for seq, _ in sampling])
-        with wakes_deferred():
-            for seq, row in sampling:
-                try:
-                    reason = seq.sample(self._ctx, row, masks.get(seq))
-                except EngineError as exc:
-                    self._fail(seq, exc)
-                    continue
-                if reason is not None:
-                    self._end(seq, reason)
+        for seq, row in sampling:
+            try:
+                reason = seq.sample(self._ctx, row, masks.get(seq))
+            except EngineError as exc:
+                self._fail(seq, exc)
+                continue
+            if reason is not None:
+                self._end(seq, reason)
 
     def _fill_masks(self, sampling: list[BatchSequence]) -> dict[BatchSequence, Mask]:
         """Each constrained job's mask for this step, computed together."""
