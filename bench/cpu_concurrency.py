@@ -35,7 +35,7 @@ repository; ``--llama-server`` or ``$LLAMA_SERVER`` points at it)::
 ``llama_cpp.llama_print_system_info()``; name yours).
 
 Usage: ``python bench/cpu_concurrency.py [--model PATH] [--llama-server PATH] [--threads 2]
-[--parallel 16] [--ctx 32768] [--tokens 128] [--rounds 2]``.
+[--parallel 16] [--ctx 32768] [--tokens 128] [--rounds 4]``.
 """
 
 from __future__ import annotations
@@ -366,7 +366,9 @@ async def main() -> None:
     parser.add_argument("--parallel", type=int, default=16)
     parser.add_argument("--ctx", type=int, default=32768, help="KV cache tokens, all slots")
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="alternating rounds per side; the quietest counts"
+    )
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument(
         "--parts", type=int, nargs="+", default=[1, 2, 3, 4], help="which comparisons to run"
