@@ -24,8 +24,6 @@ import argparse
 import os
 import subprocess
 import sys
-import textwrap
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -35,28 +33,16 @@ import llama_cpp
 
 from exloop.engine.default_model import default_model_path
 from exloop.engine.llama_cpp import LlamaCppEngine
-from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest, Grammar
+from exloop.engine.protocol import Chat, ChatMessage, GenerationRequest, Grammar
 from exloop.engine.sampling import SamplingParams
 from exloop.engine.threads import default_threads
 
 if __package__:  # python -m bench.engine_overhead
+    from .decode_once import Round, engine_round
     from .workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA
 else:  # python bench/engine_overhead.py
+    from decode_once import Round, engine_round
     from workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA
-
-
-#: One timed round: (tokens generated, seconds).
-Round = tuple[int, float]
-
-
-async def engine_round(engine: LlamaCppEngine, request: GenerationRequest) -> Round:
-    """One job, timed from submission to its Finish event."""
-    start = time.perf_counter()
-    tokens = 0
-    async for event in (await engine.submit(request)).events():
-        if isinstance(event, Finish):
-            tokens = event.usage.completion_tokens
-    return tokens, time.perf_counter() - start
 
 
 async def best_of(
@@ -76,69 +62,26 @@ def rate(result: Round) -> float:
     return result[0] / result[1]
 
 
-#: Greedy decoding of --tokens tokens with EOS banned through llama-cpp-python, timed inside
-#: the process it runs in.
-_DIRECT_DECODE = textwrap.dedent(
-    """
-    import sys, time, llama_cpp
-    model, tokens, threads, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    llm = llama_cpp.Llama(model, n_ctx=2048, n_threads=threads, verbose=False)
-    bias = {llm.token_eos(): float("-inf")}
-    start = time.perf_counter()
-    n = sum(1 for c in llm.create_completion(prompt, max_tokens=tokens, temperature=0.0,
-            stream=True, logit_bias=bias) if c["choices"][0]["finish_reason"] is None)
-    print(n, time.perf_counter() - start)
-    """
-)
-
-#: The same through exloop's engine, from submission to its Finish event.
-_ENGINE_DECODE = textwrap.dedent(
-    """
-    import sys, time, anyio
-    from exloop.engine.llama_cpp import LlamaCppEngine
-    from exloop.engine.protocol import Chat, ChatMessage, Finish, GenerationRequest
-    from exloop.engine.sampling import SamplingParams
-    model, tokens, threads, prompt, eos = sys.argv[1:6]
-    tokens, eos = int(tokens), int(eos)
-
-    async def main():
-        n_threads = None if threads == "default" else int(threads)
-        engine = LlamaCppEngine(model, n_ctx=2048, n_threads=n_threads)
-        request = GenerationRequest(
-            Chat((ChatMessage("user", prompt),)),
-            SamplingParams(temperature=0.0, max_tokens=tokens, logit_bias={eos: -100.0}),
-        )
-        try:
-            start = time.perf_counter()
-            async for event in (await engine.submit(request)).events():
-                if isinstance(event, Finish):
-                    print(event.usage.completion_tokens, time.perf_counter() - start)
-        finally:
-            await engine.aclose()
-
-    anyio.run(main)
-    """
-)
+#: Decodes in a fresh process each (see :mod:`decode_once`).
+_DECODE_ONCE = str(Path(__file__).with_name("decode_once.py"))
 
 
-def _decode_in(python: str, script: str, *argv: object) -> Round:
-    # Each round in a fresh process: two llama.cpp contexts (and their thread teams) in one
-    # process slowed whichever ran second by up to a quarter, which no user setup has.
+def _decode_in(python: str, *argv: object) -> Round:
     out = subprocess.run(
-        [python, "-c", script, *map(str, argv)], capture_output=True, text=True, check=True
+        [python, _DECODE_ONCE, *map(str, argv)], capture_output=True, text=True, check=True
     ).stdout.split()
     return int(out[0]), float(out[1])
 
 
 def direct_decode_in(python: str, model: Path, tokens: int, threads: int, prompt: str) -> Round:
     """One direct llama-cpp-python decode of ``prompt`` (already templated) under ``python``."""
-    return _decode_in(python, _DIRECT_DECODE, model, tokens, threads, prompt)
+    return _decode_in(python, "direct", model, tokens, threads, prompt)
 
 
 def engine_decode_in(model: Path, tokens: int, threads: int | None, eos: int) -> Round:
     """One exloop engine decode of the free prompt, with ``threads`` (None: the default)."""
     count = "default" if threads is None else threads
-    return _decode_in(sys.executable, _ENGINE_DECODE, model, tokens, count, FREE_PROMPT, eos)
+    return _decode_in(sys.executable, "engine", model, tokens, count, FREE_PROMPT, eos)
 
 
 async def main() -> None:
