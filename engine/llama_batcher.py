@@ -15,7 +15,8 @@ Two threads serve the CPU backend:
   starts, ends) wakes its consumers once, as the next step's decode begins.
 
 Admission is strictly first come, first served. Slots and the prefixes they hold are tracked
-by :class:`~.prefix_cache.PrefixCache`.
+by :class:`~.prefix_cache.PrefixCache`, which also keeps the running jobs in consecutive slots
+(llama.cpp evaluates a step in one pass per run of them).
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ class Batcher:
                     self._end_cancelled()
                     self._admit()
                     if self._running:
+                        self._gather()
                         self._step()
             except Exception as exc:  # noqa: BLE001  (one bad step must not end the server)
                 logger.exception("a decoding step failed")
@@ -204,6 +206,12 @@ class Batcher:
             self._waiting.popleft()
             self._running.append(BatchSequence(ready, cells, self._model))
             ready.job.start()
+
+    def _gather(self) -> None:
+        """Keep the running jobs in consecutive slots (see :meth:`PrefixCache.compact`)."""
+        moves = dict(self._cache.compact())
+        for seq in self._running:
+            seq.cells = moves.get(seq.cells, seq.cells)
 
     def _soon_shared(self, ready: ReadyJob) -> bool:
         """Whether a running job is still reading a prefix this job shares (jobs that arrive

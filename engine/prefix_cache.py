@@ -14,13 +14,14 @@ most of it is already evaluated:
   less than evaluating the prefix again);
 * or, sharing nothing, in the least recently used idle slot, emptied.
 
-Where the new job runs matters beyond its prefix. With a stream per sequence, llama.cpp
-evaluates a batch in one ubatch per run of consecutive sequence ids (``split_equal``), each a
-pass over all the weights: 16 jobs in scattered slots decode at half the speed of 16 in
-slots 0-15. So a job only goes to an idle slot that joins the running ones' runs best (next
-to a busy slot, or between two), and the choices above are made among those; a longer
-prefix held in a slot that would stand apart is copied over instead (a copy costs a few
-milliseconds, a run of its own costs a pass over the weights every step).
+Where the running jobs sit matters too. With a stream per sequence, llama.cpp evaluates a
+batch in one ubatch per run of consecutive sequence ids (``split_equal``), each a pass over
+all the weights: 16 jobs in scattered slots decode at about half the speed of 16 in slots
+0-15. So among slots that offer as much of a prompt, a new job takes one next to the running
+jobs; and when the running jobs still end up in several runs (a job's cached prefix lay
+apart, a job in the middle ended), :meth:`PrefixCache.compact` moves the ones outside the
+best-placed block into its idle slots (a stream copy each, a few milliseconds here, against
+a pass over the weights at every later step). A moved job's old slot stays cached.
 
 This module keeps the bookkeeping llama.cpp does not expose: the tokens behind every slot's
 cells, and which slots are busy.
@@ -121,7 +122,7 @@ class PrefixCache:
     def open(self, prompt: Sequence[int]) -> CachedSequence | None:
         """A slot for a job with ``prompt``, holding as much of it as the slots offer (never
         its last token, whose logits are needed), or None when every slot is busy."""
-        idle = self._placeable()
+        idle = [slot for slot in self._slots if not slot.busy]
         if not idle:
             return None
         tokens = np.asarray(prompt, dtype=np.int32)
@@ -130,10 +131,15 @@ class PrefixCache:
             lengths = {slot.seq_id: slot.common_prefix(tokens, limit) for slot in self._slots}
         else:
             lengths = dict.fromkeys((slot.seq_id for slot in self._slots), 0)
-        best_idle = max(idle, key=lambda s: (lengths[s.seq_id], s.used_at))
+        joins = self._busy_neighbours()
+        # The longest prefix; then a slot next to running jobs; then the most recently used
+        # (a conversation's own slot before another that shares as much).
+        best_idle = max(idle, key=lambda s: (lengths[s.seq_id], joins[s.seq_id], s.used_at))
+        # For a slot to fill from scratch or by copy: next to running jobs, least recently used.
+        spare = max(idle, key=lambda s: (joins[s.seq_id], -s.used_at))
         best = max(self._slots, key=lambda s: lengths[s.seq_id])
         if lengths[best.seq_id] >= lengths[best_idle.seq_id] + MIN_COPY:
-            slot = min(idle, key=lambda s: s.used_at)
+            slot = spare
             shared = lengths[best.seq_id]
             self._memory.copy(best.seq_id, slot.seq_id)
             slot._set(best.tokens)
@@ -141,7 +147,7 @@ class PrefixCache:
             slot = best_idle
             shared = lengths[slot.seq_id]
         else:
-            slot, shared = min(idle, key=lambda s: s.used_at), 0
+            slot, shared = spare, 0
         self._cut(slot, shared)
         slot.busy = True
         slot.reused = shared
@@ -159,19 +165,38 @@ class PrefixCache:
             self._cut(seq, 0)
         self._touch(seq)
 
-    def _placeable(self) -> list[CachedSequence]:
-        """The idle slots with the most busy neighbours (see the module doc): with none
-        busy, every idle slot."""
-        slots = self._slots
-
-        def busy_neighbours(i: int) -> int:
-            return sum(0 <= j < len(slots) and slots[j].busy for j in (i - 1, i + 1))
-
-        joins = {i: busy_neighbours(i) for i, slot in enumerate(slots) if not slot.busy}
-        if not joins:
+    def compact(self) -> list[tuple[CachedSequence, CachedSequence]]:
+        """Gather the busy slots into one run of consecutive slots (see the module doc):
+        each busy slot outside the block of slots that already holds the most of them is
+        copied into an idle slot inside it. Returns the moves ``(old, new)``, done in the
+        KV cache and here; the caller's jobs in ``old`` now run in ``new``."""
+        if not self._share:
+            return []  # recurrent state: no copies (and llama.cpp does not need the runs)
+        busy = [slot.busy for slot in self._slots]
+        count = sum(busy)
+        if _runs(busy) <= 1:
             return []
-        most = max(joins.values())
-        return [slots[i] for i, count in joins.items() if count == most]
+        start = max(range(len(busy) - count + 1), key=lambda i: (sum(busy[i : i + count]), -i))
+        block = self._slots[start : start + count]
+        outside = [slot for slot in self._slots if slot.busy and slot not in block]
+        free = [slot for slot in block if not slot.busy]
+        moves = list(zip(outside, free, strict=True))
+        for old, new in moves:
+            self._memory.copy(old.seq_id, new.seq_id)
+            new._set(old.tokens)
+            new.busy, new.reused = True, old.reused
+            old.busy = False
+            self._touch(old)
+            self._touch(new)
+        return moves
+
+    def _busy_neighbours(self) -> dict[int, int]:
+        """For each slot, how many of the slots next to it are busy (0, 1 or 2)."""
+        slots = self._slots
+        return {
+            slot.seq_id: sum(0 <= j < len(slots) and slots[j].busy for j in (i - 1, i + 1))
+            for i, slot in enumerate(slots)
+        }
 
     def clear(self) -> None:
         """Forget every slot's tokens (after llama.cpp's memory was cleared)."""
@@ -187,3 +212,8 @@ class PrefixCache:
     def _touch(self, slot: CachedSequence) -> None:
         self._clock += 1
         slot.used_at = self._clock
+
+
+def _runs(busy: list[bool]) -> int:
+    """How many runs of consecutive True values ``busy`` holds."""
+    return sum(b and (i == 0 or not busy[i - 1]) for i, b in enumerate(busy))

@@ -131,7 +131,7 @@ def runs(cache: PrefixCache) -> int:
     return sum(b and (i == 0 or not busy[i - 1]) for i, b in enumerate(busy))
 
 
-def test_jobs_running_together_sit_in_consecutive_slots(memory: StreamMemory) -> None:
+def test_jobs_running_together_end_up_in_consecutive_slots(memory: StreamMemory) -> None:
     cache = PrefixCache(memory, slots=8, slot_size=256)
     # Eight finished conversations, one per slot; then follow-ups of three slots apart
     # (1, 5 and 3) and a newcomer run together.
@@ -147,35 +147,46 @@ def test_jobs_running_together_sit_in_consecutive_slots(memory: StreamMemory) ->
         assert seq is not None
         run(memory, cache, seq, [*prompt, 42][seq.length :])
         opened.append(seq)
-        assert runs(cache) == 1
-    ids = sorted(seq.seq_id for seq in opened)
+    # Each follow-up found its own conversation; the newcomer went next to one of them.
+    assert [seq.seq_id for seq in opened[:3]] == [1, 5, 3]
+    assert [seq.reused for seq in opened] == [10, 10, 10, 0]
+    assert opened[3].seq_id in {0, 2, 4, 6}
+    moves = dict(cache.compact())
+    running = [moves.get(seq, seq) for seq in opened]
+    assert runs(cache) == 1
+    ids = sorted(seq.seq_id for seq in running)
     assert ids == list(range(ids[0], ids[0] + 4))
-    # The first follow-up found its own conversation (nothing ran yet); the others sit next
-    # to it, and so evaluate their 10 tokens again (fewer than a copy is worth).
-    assert opened[0].seq_id == 1 and opened[0].reused == 10
-    check(memory, cache, *opened)
+    # A moved job keeps its cells (and what it reused); its old slot stays cached.
+    assert [seq.reused for seq in running] == [10, 10, 10, 0]
+    for old, new in moves.items():
+        assert not old.busy and old.tokens.tolist() == new.tokens.tolist()
+    check(memory, cache, *running, *moves)
+    assert cache.compact() == []
 
 
-def test_a_conversation_apart_from_the_running_slots_is_copied_next_to_them(
+def test_a_conversation_apart_from_the_running_slots_is_moved_next_to_them(
     memory: StreamMemory,
 ) -> None:
     cache = PrefixCache(memory, slots=6, slot_size=512)
-    long = list(range(100, 100 + MIN_COPY + 30))
     placed = {}
-    for name, prompt in (("a", [1] * 5), ("b", [2] * 5), ("c", [3] * 5), ("d", long)):
+    for name, prompt in (("a", [1] * 5), ("b", [2] * 5), ("c", [3] * 5), ("d", [4] * 8)):
         seq = cache.open(prompt)
         assert seq is not None
         run(memory, cache, seq, prompt)
         placed[name] = seq
     for name in ("b", "c", "d"):
         cache.close(placed[name], keep=True)
-    # "a" runs in slot 0, "d"'s conversation sits in slot 3: its follow-up runs in slot 1,
-    # next to "a", with the conversation copied over.
+    # "a" runs in slot 0, "d"'s conversation sits in slot 3: its follow-up reuses it there,
+    # then moves to slot 1, next to "a".
     assert (placed["a"].seq_id, placed["d"].seq_id) == (0, 3)
-    follow = cache.open([*long, 7])
-    assert follow is not None and follow.seq_id == 1 and follow.reused == len(long)
-    assert runs(cache) == 1
-    check(memory, cache, placed["a"], follow)
+    follow = cache.open([4] * 8 + [7])
+    assert follow is not None and follow.seq_id == 3 and follow.reused == 8
+    run(memory, cache, follow, [7])
+    assert runs(cache) == 2
+    (old, new), *others = cache.compact()
+    assert not others and (old.seq_id, new.seq_id) == (3, 1)
+    assert runs(cache) == 1 and new.reused == 8 and new.tokens.tolist() == [4] * 8 + [7]
+    check(memory, cache, placed["a"], new, old)
 
 
 def test_a_job_fills_the_gap_between_two_runs(memory: StreamMemory) -> None:
@@ -219,11 +230,8 @@ def test_random_workload_keeps_every_slot_in_step_with_its_stream(memory: Stream
         action = rng.random()
         if action < 0.35:
             prompt = rng.choice(prefixes) + [rng.randrange(5) for _ in range(rng.randrange(1, 8))]
-            before = runs(cache)
             seq = cache.open(prompt)
             if seq is not None:
-                # A new job never splits the running slots into more runs.
-                assert runs(cache) <= max(before, 1)
                 assert seq.tokens.tolist() == prompt[: seq.length]
                 run(memory, cache, seq, prompt[seq.length :])
                 running.append(seq)
@@ -233,4 +241,8 @@ def test_random_workload_keeps_every_slot_in_step_with_its_stream(memory: Stream
         elif running:
             seq = running.pop(rng.randrange(len(running)))
             cache.close(seq, keep=rng.random() < 0.7)
+        # The batcher gathers the running jobs before every step.
+        moves = dict(cache.compact())
+        running = [moves.get(seq, seq) for seq in running]
+        assert runs(cache) <= 1
         check(memory, cache, *running)
