@@ -45,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 Mask = Callable[[npt.NDArray[np.float32]], None]
 
+#: Steps a gap among the running jobs may last before they are moved together, when no job
+#: was admitted: the jobs of a burst end a few steps apart, and moving one for its last
+#: steps costs a copy and the cached prefix of the slot it lands in.
+GATHER_AFTER = 16
+
 #: A waiting job holds back for a running one that is still reading at least this many
 #: tokens of the same prompt prefix: as many as make a copy worth it (a job that would not
 #: copy the prefix once it is read must not wait for it either).
@@ -103,6 +108,8 @@ class Batcher:
         self._waiting: deque[ReadyJob] = deque()
         self._running: list[BatchSequence] = []
         self._wakes = HeldWakes()
+        #: Steps the running jobs have been split into several runs of slots.
+        self._split_steps = 0
         self._preparing = False
         self._stopping = False
         self._threads = [
@@ -173,9 +180,9 @@ class Batcher:
             try:
                 with self._wakes.holding():
                     self._end_cancelled()
-                    self._admit()
+                    admitted = self._admit()
                     if self._running:
-                        self._gather()
+                        self._gather(admitted > 0)
                         self._step()
             except Exception as exc:  # noqa: BLE001  (one bad step must not end the server)
                 logger.exception("a decoding step failed")
@@ -189,11 +196,13 @@ class Batcher:
         for seq in [s for s in self._running if s.job.cancel_requested]:
             self._end(seq, "cancelled")
 
-    def _admit(self) -> None:
+    def _admit(self) -> int:
+        """Start waiting jobs while places are free; how many started."""
+        admitted = 0
         while self._waiting and len(self._running) < self.parallel:
             ready = self._waiting[0]
             if self._soon_shared(ready):
-                return
+                break
             try:
                 cells = self._cache.open(ready.prompt)
             except Exception as exc:
@@ -202,13 +211,23 @@ class Batcher:
                 ready.job.fail(GenerationFailed(f"Cannot start the job: {exc}"))
                 raise  # the slot may be half assigned: start over (see _fail_all)
             if cells is None:
-                return  # every slot is busy (cannot happen below ``parallel`` running jobs)
+                break  # every slot is busy (cannot happen below ``parallel`` running jobs)
             self._waiting.popleft()
             self._running.append(BatchSequence(ready, cells, self._model))
             ready.job.start()
+            admitted += 1
+        return admitted
 
-    def _gather(self) -> None:
-        """Keep the running jobs in consecutive slots (see :meth:`PrefixCache.compact`)."""
+    def _gather(self, admitted: bool) -> None:
+        """Keep the running jobs in consecutive slots (see :meth:`PrefixCache.compact`): at
+        once when jobs were admitted, else once a gap lasted :data:`GATHER_AFTER` steps."""
+        if self._cache.runs <= 1:
+            self._split_steps = 0
+            return
+        self._split_steps += 1
+        if not admitted and self._split_steps <= GATHER_AFTER:
+            return
+        self._split_steps = 0
         moves = dict(self._cache.compact())
         for seq in self._running:
             seq.cells = moves.get(seq.cells, seq.cells)

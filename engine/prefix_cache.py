@@ -19,7 +19,8 @@ batch in one ubatch per run of consecutive sequence ids (``split_equal``), each 
 all the weights: 16 jobs in scattered slots decode at about half the speed of 16 in slots
 0-15. So among slots that offer as much of a prompt, a new job takes one next to the running
 jobs; and when the running jobs still end up in several runs (a job's cached prefix lay
-apart, a job in the middle ended), :meth:`PrefixCache.compact` moves the ones outside the
+apart, a job in the middle ended), :meth:`PrefixCache.compact` (which the batcher calls when
+it admits jobs, or once a gap has lasted) moves the ones outside the
 best-placed block into its idle slots (a stream copy each, a few milliseconds here, against
 a pass over the weights at every later step). A moved job's old slot stays cached.
 
@@ -113,6 +114,11 @@ class PrefixCache:
     def used(self) -> int:
         """Cells holding tokens, in running and idle slots."""
         return sum(slot.length for slot in self._slots)
+
+    @property
+    def runs(self) -> int:
+        """Runs of consecutive busy slots (llama.cpp's passes over the weights per step)."""
+        return _runs([slot.busy for slot in self._slots])
 
     @property
     def cached_entries(self) -> int:

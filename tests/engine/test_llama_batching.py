@@ -36,6 +36,7 @@ import pytest
 
 import exloop.engine.llama_cpp as llama_backend
 from exloop.engine.handoff import ThreadedJob
+from exloop.engine.llama_batcher import GATHER_AFTER
 from exloop.engine.llama_cpp import CHUNK_TOKENS, LlamaCppEngine
 from exloop.engine.llama_sampler import NativeSampler
 from exloop.engine.llama_sequence import ReadyJob
@@ -346,6 +347,42 @@ async def test_each_step_holds_its_jobs_in_one_run_of_sequence_ids(
         assert ids == sorted(ids)
         if len(set(ids)) == 3:  # all three running (they start and end a step or two apart)
             assert ids[-1] - ids[0] == 2, ids
+
+
+async def test_a_gap_left_by_a_job_that_ended_is_closed_only_if_it_lasts(
+    six_slots: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = six_slots
+    batch = engine._batcher._batch
+    steps: list[list[int]] = []
+    decode = batch.decode
+
+    def recording(ctx: object) -> int:
+        steps.append(sorted(set(batch._seq_ids[: batch.size].tolist())))
+        return decode(ctx)  # type: ignore[arg-type]
+
+    ban = dict.fromkeys(engine._model.eog, -100.0)
+    params = SamplingParams(temperature=0.0, max_tokens=GATHER_AFTER + 30, logit_bias=ban)
+    jobs = [await engine.submit(GenerationRequest(user(p), params)) for p in PROMPTS[:3]]
+    streams = [job.events() for job in jobs]
+    for stream in streams:
+        while not isinstance(await anext(stream), Delta):
+            pass
+    slots = sorted((_seq_id_of(engine, job), i) for i, job in enumerate(jobs))
+    assert slots[2][0] - slots[0][0] == 2  # gathered when they were admitted
+    monkeypatch.setattr(batch, "decode", recording)
+    jobs[slots[1][1]].cancel()  # the job in the middle slot
+    for i in (slots[0][1], slots[2][1]):
+        ended = [event async for event in streams[i]]
+        assert isinstance(ended[-1], Finish) and ended[-1].reason == "length"
+    await cast(AsyncGenerator[JobEvent, None], streams[slots[1][1]]).aclose()
+    pairs = [ids for ids in steps if len(ids) == 2]
+    split = [i for i, ids in enumerate(pairs) if ids[1] - ids[0] > 1]
+    together = [i for i, ids in enumerate(pairs) if ids[1] - ids[0] == 1]
+    # Split for GATHER_AFTER steps (or one more, as the cancel lands between steps), then
+    # moved together for the rest.
+    assert GATHER_AFTER <= len(split) <= GATHER_AFTER + 1
+    assert together and max(split) < min(together)
 
 
 async def test_preparing_a_job_never_stalls_the_batch_and_a_cancelled_one_builds_nothing(
