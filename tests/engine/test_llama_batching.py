@@ -202,6 +202,20 @@ def _seq_id_of(engine: LlamaCppEngine, job: object) -> int:
     raise AssertionError("the job is not running")
 
 
+def record_steps(engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """From now on, each step's batch as the sequence id of every token, in batch order."""
+    batch = engine._batcher._batch
+    steps: list[list[int]] = []
+    decode = batch.decode
+
+    def recording(ctx: object) -> int:
+        steps.append(batch._seq_ids[: batch.size].tolist())
+        return decode(ctx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch, "decode", recording)
+    return steps
+
+
 @pytest.fixture(scope="module")
 def two_slots(model_path: Path) -> Iterator[LlamaCppEngine]:
     """Two places, of 256 tokens each (llama.cpp's smallest slot)."""
@@ -271,15 +285,7 @@ async def test_a_long_prompt_is_read_in_chunks_between_the_others_tokens(
     wide_engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = wide_engine
-    batch = engine._batcher._batch
-    steps: list[Counter[int]] = []
-    decode = batch.decode
-
-    def recording(ctx: object) -> int:
-        steps.append(Counter(batch._seq_ids[: batch.size].tolist()))
-        return decode(ctx)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(batch, "decode", recording)
+    recorded = record_steps(engine, monkeypatch)
     talker, talking = await start_talking(engine)
     talker_seq = _seq_id_of(engine, talker)
     document = " ".join(f"Line {i} of the report." for i in range(150))
@@ -290,6 +296,7 @@ async def test_a_long_prompt_is_read_in_chunks_between_the_others_tokens(
     rest = [event async for event in talking]
     assert isinstance(rest[-1], Finish) and rest[-1].reason == "cancelled"
     assert reader.finish.usage.prompt_tokens > 2 * CHUNK_TOKENS
+    steps = [Counter(ids) for ids in recorded]
     assert max(sum(step.values()) for step in steps) <= CHUNK_TOKENS
     # The prompt took several steps, and the talking job got its token in each of them.
     reading = [step for step in steps if any(n > 1 for seq, n in step.items() if seq != talker_seq)]
@@ -299,6 +306,7 @@ async def test_a_long_prompt_is_read_in_chunks_between_the_others_tokens(
 
 @pytest.fixture(scope="module")
 def six_slots(model_path: Path) -> Iterator[LlamaCppEngine]:
+    """Six places: room for running jobs to sit apart."""
     loaded = LlamaCppEngine(model_path, n_ctx=512, parallel=6)
     yield loaded
     anyio.run(loaded.aclose)
@@ -310,20 +318,12 @@ async def test_each_step_holds_its_jobs_in_one_run_of_sequence_ids(
     # llama.cpp evaluates a step in one pass over the weights per run of consecutive sequence
     # ids in batch order: the jobs must sit in neighbouring slots and the batch be sorted.
     engine = six_slots
-    batch = engine._batcher._batch
-    steps: list[list[int]] = []
-    decode = batch.decode
-
-    def recording(ctx: object) -> int:
-        steps.append(batch._seq_ids[: batch.size].tolist())
-        return decode(ctx)  # type: ignore[arg-type]
-
     # Four conversations that ran together, in slots 0 to 3.
     ban = dict.fromkeys(engine._model.eog, -100.0)
     params = SamplingParams(temperature=0.0, max_tokens=6, logit_bias=ban)
     chats = [user(prompt) for prompt in PROMPTS[:4]]
     first = await run_all(engine, [GenerationRequest(chat, params) for chat in chats])
-    monkeypatch.setattr(batch, "decode", recording)
+    steps = record_steps(engine, monkeypatch)
     # The next turns of the fourth and the second, then a newcomer: where each would find
     # the most of its prompt (slots 3, 1 and the least recently used) are apart.
     requests = [
@@ -353,14 +353,6 @@ async def test_a_gap_left_by_a_job_that_ended_is_closed_only_if_it_lasts(
     six_slots: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = six_slots
-    batch = engine._batcher._batch
-    steps: list[list[int]] = []
-    decode = batch.decode
-
-    def recording(ctx: object) -> int:
-        steps.append(sorted(set(batch._seq_ids[: batch.size].tolist())))
-        return decode(ctx)  # type: ignore[arg-type]
-
     ban = dict.fromkeys(engine._model.eog, -100.0)
     params = SamplingParams(temperature=0.0, max_tokens=GATHER_AFTER + 30, logit_bias=ban)
     jobs = [await engine.submit(GenerationRequest(user(p), params)) for p in PROMPTS[:3]]
@@ -370,13 +362,13 @@ async def test_a_gap_left_by_a_job_that_ended_is_closed_only_if_it_lasts(
             pass
     slots = sorted((_seq_id_of(engine, job), i) for i, job in enumerate(jobs))
     assert slots[2][0] - slots[0][0] == 2  # gathered when they were admitted
-    monkeypatch.setattr(batch, "decode", recording)
+    steps = record_steps(engine, monkeypatch)
     jobs[slots[1][1]].cancel()  # the job in the middle slot
     for i in (slots[0][1], slots[2][1]):
         ended = [event async for event in streams[i]]
         assert isinstance(ended[-1], Finish) and ended[-1].reason == "length"
     await cast(AsyncGenerator[JobEvent, None], streams[slots[1][1]]).aclose()
-    pairs = [ids for ids in steps if len(ids) == 2]
+    pairs = [distinct for ids in steps if len(distinct := sorted(set(ids))) == 2]
     split = [i for i, ids in enumerate(pairs) if ids[1] - ids[0] > 1]
     together = [i for i, ids in enumerate(pairs) if ids[1] - ids[0] == 1]
     # Split for GATHER_AFTER steps (or one more, as the cancel lands between steps), then
