@@ -29,7 +29,6 @@ from functools import partial
 from pathlib import Path
 
 import anyio
-import llama_cpp
 
 from exloop.engine.default_model import default_model_path
 from exloop.engine.llama_cpp import LlamaCppEngine
@@ -39,10 +38,10 @@ from exloop.engine.threads import default_threads
 
 if __package__:  # python -m bench.engine_overhead
     from .decode_once import Round, engine_round
-    from .workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA
+    from .workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA, eos_token
 else:  # python bench/engine_overhead.py
     from decode_once import Round, engine_round
-    from workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA
+    from workloads import FREE_PROMPT, JSON_PROMPT, PEOPLE_SCHEMA, eos_token
 
 
 async def best_of(
@@ -101,7 +100,7 @@ async def main() -> None:
     # The same count on both sides (llama-cpp-python's own default differs from exloop's).
     threads = args.threads or default_threads().threads
 
-    eos = await anyio.to_thread.run_sync(lambda: token_eos(model))
+    eos = await anyio.to_thread.run_sync(lambda: eos_token(model))
 
     def in_subprocess(run: Callable[[], Round]) -> Callable[[], Awaitable[Round]]:
         return partial(anyio.to_thread.run_sync, run)
@@ -193,14 +192,6 @@ async def main() -> None:
         print(
             f"  {'ratio this/other build':<24}: {rate(builds['this']) / rate(builds['other']):7.3f}"
         )
-
-
-def token_eos(model: Path) -> int:
-    vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
-    try:
-        return int(vocab.token_eos())
-    finally:
-        vocab.close()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ from typing import Any
 
 import anyio
 import httpx
-import llama_cpp
 
 from exloop.engine.default_model import default_model_path
 from exloop.engine.llama_cpp import LlamaCppEngine
@@ -53,10 +52,10 @@ from exloop.server.metrics import Metrics
 
 if __package__:  # python -m bench.server_overhead
     from .servers import exloop
-    from .workloads import FREE_PROMPT
+    from .workloads import FREE_PROMPT, eos_token
 else:  # python bench/server_overhead.py
     from servers import exloop
-    from workloads import FREE_PROMPT
+    from workloads import FREE_PROMPT, eos_token
 
 
 async def engine_round(engine: LlamaCppEngine, n: int, tokens: int, eos: int) -> tuple[int, float]:
@@ -201,15 +200,6 @@ def hook_cost() -> tuple[float, float]:
 async def rate(run: Awaitable[tuple[int, float]]) -> float:
     tokens, seconds = await run
     return tokens / seconds
-
-
-def eos_token(model: Path) -> int:
-    """The end-of-turn token, read from the GGUF's vocabulary alone."""
-    vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
-    try:
-        return int(vocab.token_eos())
-    finally:
-        vocab.close()
 
 
 async def main() -> None:

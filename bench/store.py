@@ -50,11 +50,13 @@ from exloop.orchestrator.state import Transition
 from exloop.orchestrator.store import RecordWrite, ResponseStore, Retention
 
 if __package__:  # python -m bench.store
-    from .server_overhead import eos_token, server_round
+    from .server_overhead import server_round
     from .servers import Served, exloop
+    from .workloads import eos_token
 else:  # python bench/store.py
-    from server_overhead import eos_token, server_round
+    from server_overhead import server_round
     from servers import Served, exloop
+    from workloads import eos_token
 
 #: Roomy enough that filling never evicts.
 RETENTION = Retention(max_responses=10_000_000, max_bytes=1 << 40)

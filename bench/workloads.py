@@ -1,4 +1,5 @@
-"""The prompts and JSON schema the benchmarks share, so that their numbers compare.
+"""The prompts, JSON schema and end-of-turn token the benchmarks share, so that their numbers
+compare.
 
 Imported by the bench scripts both when run as ``python bench/x.py`` (this folder is then
 first on ``sys.path``) and as ``python -m bench.x`` (a relative import).
@@ -6,6 +7,7 @@ first on ``sys.path``) and as ``python -m bench.x`` (a relative import).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 #: A prompt that keeps a small model writing freely for many tokens.
@@ -37,3 +39,15 @@ PEOPLE_SCHEMA: dict[str, Any] = {
     "required": ["people"],
     "additionalProperties": False,
 }
+
+
+def eos_token(model: Path) -> int:
+    """The end-of-turn token (to ban, so that every round runs to its token budget), read
+    from the GGUF's vocabulary alone."""
+    import llama_cpp  # here: the GPU benchmark shares this module and needs no llama.cpp
+
+    vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
+    try:
+        return int(vocab.token_eos())
+    finally:
+        vocab.close()
