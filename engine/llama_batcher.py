@@ -50,11 +50,6 @@ Mask = Callable[[npt.NDArray[np.float32]], None]
 #: steps costs a copy and the cached prefix of the slot it lands in.
 GATHER_AFTER = 16
 
-#: A waiting job holds back for a running one that is still reading at least this many
-#: tokens of the same prompt prefix: as many as make a copy worth it (a job that would not
-#: copy the prefix once it is read must not wait for it either).
-MIN_SHARED_PREFIX = MIN_COPY
-
 
 class LlamaMemory:
     """A context's KV cache, as :class:`~.prefix_cache.PrefixCache` changes it (one stream
@@ -235,9 +230,11 @@ class Batcher:
     def _soon_shared(self, ready: ReadyJob) -> bool:
         """Whether a running job is still reading a prefix this job shares (jobs that arrive
         together with the same system prompt and tools): this job then waits until those
-        cells exist and borrows them, rather than evaluating the same prefix beside it."""
+        cells exist and borrows them, rather than evaluating the same prefix beside it.
+        Only for a share the job would then copy (:data:`~.prefix_cache.MIN_COPY`): a job
+        that would evaluate the prefix anyway must not wait for it."""
         prompt = np.asarray(ready.prompt, dtype=np.int32)
-        return any(seq.unread_share(prompt) >= MIN_SHARED_PREFIX for seq in self._running)
+        return any(seq.unread_share(prompt) >= MIN_COPY for seq in self._running)
 
     def _step(self) -> None:
         """One llama_decode over every generating job's last token and a prompt chunk, then
