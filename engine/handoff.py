@@ -14,11 +14,18 @@ Each ``call_soon_threadsafe`` writes to the loop's self-pipe and wakes its threa
 0.1 ms here). A worker that emits for many jobs at once (a batched decoding step) holds the
 wake-ups back (:class:`HeldWakes`, :func:`wakes_deferred`), so that a step wakes each loop
 once, not once per job, and at a moment of its choosing.
+
+That write releases the GIL, and the loop it wakes takes it at once and keeps it while it
+handles the tokens, so the worker stalls there before its next native call. A worker whose
+next step is a long native call (``llama_decode``) hands its wake-ups to a :class:`Waker`
+thread instead: that thread needs the GIL to send them, gets it when the worker releases it
+for the native call, and the loop then runs while the worker computes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -152,11 +159,37 @@ class _Wake:
 _deferred = threading.local()
 
 
-class HeldWakes:
-    """Consumers' wake-ups held back by one worker thread until :meth:`release`."""
+class Waker:
+    """A thread that sends wake-ups handed to it by a worker (see the module doc); the
+    worker must :meth:`close` it once it emits no more."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[list[_Wake] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def send(self, wakes: list[_Wake]) -> None:
+        """Queue ``wakes``; returns at once, holding the GIL throughout."""
+        if wakes:
+            self._queue.put(wakes)
+
+    def close(self) -> None:
+        """Send what is queued, then stop the thread (blocks until it has)."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (wakes := self._queue.get()) is not None:
+            _wake_all(wakes)
+
+
+class HeldWakes:
+    """Consumers' wake-ups held back by one worker thread until :meth:`release`, which
+    sends them itself or, given a :class:`Waker`, through it."""
+
+    def __init__(self, waker: Waker | None = None) -> None:
         self._wakes: list[_Wake] = []
+        self._waker = waker
 
     @contextmanager
     def holding(self) -> Iterator[None]:
@@ -174,7 +207,10 @@ class HeldWakes:
     def release(self) -> None:
         """Wake every held consumer, in the order they were held, each event loop once."""
         wakes, self._wakes = self._wakes, []
-        _wake_all(wakes)
+        if self._waker is not None:
+            self._waker.send(wakes)
+        else:
+            _wake_all(wakes)
 
 
 @contextmanager

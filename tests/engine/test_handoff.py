@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from exloop.engine.errors import GenerationFailed
-from exloop.engine.handoff import ThreadedJob, wakes_deferred
+from exloop.engine.handoff import HeldWakes, ThreadedJob, Waker, wakes_deferred
 from exloop.engine.protocol import Delta, Finish, GenerationRequest, Started, TokenPrompt, Usage
 
 pytestmark = pytest.mark.anyio
@@ -92,6 +92,46 @@ async def test_a_batched_step_wakes_its_consumers_once_at_its_end() -> None:
         first = [await read for read in reads]
     thread.join()
     assert first == [Delta(text=str(i), token_ids=(i,)) for i in range(3)]
+    for stream in streams:
+        await stream.aclose()
+
+
+async def test_a_waker_thread_sends_a_held_step_s_wakes() -> None:
+    """The worker hands its step's wake-ups to the waker and goes on at once; they arrive
+    from the waker's thread, and closing the waker sends what was still queued."""
+    jobs = [_job() for _ in range(2)]
+    streams = [job.events() for job in jobs]
+    reads = [asyncio.ensure_future(anext(stream)) for stream in streams]
+    await asyncio.sleep(0)
+    waker = Waker("test-wake")
+    senders: list[str] = []
+    loop = asyncio.get_running_loop()
+    original = loop.call_soon_threadsafe
+
+    def recording(*args: object) -> object:
+        senders.append(threading.current_thread().name)
+        return original(*args)  # type: ignore[arg-type]
+
+    loop.call_soon_threadsafe = recording  # type: ignore[method-assign]
+    try:
+
+        def step() -> None:
+            held = HeldWakes(waker)
+            with held.holding():
+                for i, job in enumerate(jobs):
+                    job.emit(Delta(text=str(i), token_ids=(i,)))
+                held.release()
+            waker.close()
+
+        thread = threading.Thread(target=step, name="test-worker")
+        thread.start()
+        with anyio.fail_after(5):
+            first = [await read for read in reads]
+        thread.join()
+    finally:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+    assert first == [Delta(text=str(i), token_ids=(i,)) for i in range(2)]
+    assert senders == ["test-wake"]  # one wake for the loop, sent by the waker
     for stream in streams:
         await stream.aclose()
 
