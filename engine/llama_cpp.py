@@ -6,8 +6,9 @@ between steps, and finished or cancelled ones leave at once. Each job runs in a 
 KV cache (a sequence with its own stream of ``n_ctx`` cells, as llama-server's ``-np``
 slots); a slot keeps its last prompt and output, and a new prompt goes where the most of it is
 already evaluated, copied over from another slot when that saves enough work
-(:mod:`.prefix_cache`). Each job samples with its own native sampler chain
-(:mod:`.llama_sampler`) and, when it has one, its own llguidance constraint.
+(:mod:`.prefix_cache`). Each job samples with its own sampler (a native llama.cpp chain, or
+greedy selection read off the logits: :mod:`.llama_sampler`) and, when it has one, its own
+llguidance constraint.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .grammar_sandbox import CompileBudget
 from .handoff import ThreadedJob
 from .llama_batcher import Batcher, LlamaMemory
 from .llama_model import LlamaModel
-from .llama_sampler import DryStages, NativeSampler
+from .llama_sampler import DryStages, make_sampler
 from .llama_sequence import ReadyJob
 from .prefix_cache import PrefixCache
 from .protocol import Chat, EngineStats, GenerationRequest, ModelInfo, TokenPrompt
@@ -238,7 +239,7 @@ class LlamaCppEngine(QueuedEngine):
             if job.compiled_constraint is not None
             else None
         )
-        sampler = NativeSampler(self._dry_stages, self._model.n_vocab, self._n_ctx, params, tokens)
+        sampler = make_sampler(self._dry_stages, self._model.n_vocab, self._n_ctx, params, tokens)
         return ReadyJob(job, tokens, sampler, constraint, limit)
 
     def _check_fits(self, prompt_tokens: int) -> None:

@@ -1,11 +1,11 @@
 """One job inside the CPU backend's batch: what it still has to evaluate, and what it samples.
 
 A :class:`ReadyJob` is what the preparing thread makes of a job (its prompt's tokens, sampler
-chain and constraint, built only once the job's cancel check passed); once admitted, the job
-is a :class:`BatchSequence`: each step it hands over tokens to evaluate (a chunk of its
-prompt, later the token it sampled last) and, when the step computed its logits, samples the
-next token with its own native sampler chain (:mod:`.llama_sampler`), under its own
-llguidance mask, and turns the token into text (:mod:`.stop`) for its job.
+and constraint, built only once the job's cancel check passed); once admitted, the job is a
+:class:`BatchSequence`: each step it hands over tokens to evaluate (a chunk of its prompt,
+later the token it sampled last) and, when the step computed its logits, samples the next
+token with its own sampler (:mod:`.llama_sampler`), under its own llguidance mask, and turns
+the token into text (:mod:`.stop`) for its job.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy.typing as npt
 from .constraints import ConstraintState
 from .handoff import ThreadedJob
 from .llama_model import LlamaModel
-from .llama_sampler import NativeSampler
+from .llama_sampler import GreedySampler, NativeSampler
 from .prefix_cache import CachedSequence, shared_prefix
 from .protocol import Delta, Finish, FinishReason, TokenLogprob, TopLogprob, Usage
 from .stop import TextStream
@@ -32,7 +32,7 @@ class ReadyJob:
 
     job: ThreadedJob
     prompt: list[int]
-    sampler: NativeSampler
+    sampler: NativeSampler | GreedySampler
     constraint: ConstraintState | None
     #: Output tokens it may generate (max_tokens, and the context window).
     limit: int

@@ -14,19 +14,26 @@ cancels its scope).
 
 While the writer has nothing to send for ``keepalive`` seconds (prefill, a queue, a web
 search), the stream sends an SSE comment line, ``: keep-alive``, which clients ignore but
-which keeps proxies and load balancers from cutting an idle connection.
+which keeps proxies and load balancers from cutting an idle connection. A third child task
+does it, with one timer per quiet period: a timeout around every wait for the next chunk
+cost a cancel scope and a timer per token.
+
+A stream sends a token per chunk at up to a few hundred chunks a second, so the path is kept
+short: the writer hands a chunk over without a checkpoint when the buffer has room, and the
+generator joins the chunks that are ready into one socket write.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
-from anyio.abc import ObjectSendStream
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from blacksheep import Request, Response, StreamedContent
 from blacksheep.contents import ASGIContent
 
@@ -85,11 +92,14 @@ def event_stream(
     async def body() -> AsyncIterator[bytes]:
         send, receive = anyio.create_memory_object_stream[bytes](_BUFFER)
         writer_scope = anyio.CancelScope()
+        last = _LastChunk(time.monotonic())
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_write, chunks, send, writer_scope)
+            tg.start_soon(_write, chunks, send, writer_scope, last)
             tg.start_soon(_watch, request, on_disconnect, writer_scope)
+            if keepalive is not None:
+                tg.start_soon(_keep_alive, send, last, keepalive)
             async with receive:
-                while (chunk := await _next(receive, keepalive)) is not None:
+                while (chunk := await _next(receive)) is not None:
                     yield chunk
             tg.cancel_scope.cancel()
 
@@ -99,36 +109,70 @@ def event_stream(
     return response
 
 
-async def _next(receive: MemoryObjectReceiveStream[bytes], keepalive: float | None) -> bytes | None:
-    """The next chunk, :data:`KEEPALIVE` after ``keepalive`` idle seconds, None at the end."""
+@dataclass(slots=True)
+class _LastChunk:
+    """When the writer last sent a chunk (``time.monotonic()``)."""
+
+    at: float
+
+
+async def _next(receive: MemoryObjectReceiveStream[bytes]) -> bytes | None:
+    """The chunks sent since the last call, joined (at least one: waits for it), or None at
+    the end. After a step or a prefill several events are ready at once; they go out in one
+    write."""
     try:
         try:
-            return receive.receive_nowait()
+            first = receive.receive_nowait()
         except anyio.WouldBlock:
-            pass
-        if keepalive is None:
-            return await receive.receive()
-        with anyio.move_on_after(keepalive):
-            return await receive.receive()
-        return KEEPALIVE
+            first = await receive.receive()
     except anyio.EndOfStream:
         return None
+    ready: list[bytes] = []
+    while True:
+        try:
+            ready.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return first + b"".join(ready) if ready else first
 
 
 async def _write(
     chunks: AsyncGenerator[bytes, None],
-    send: ObjectSendStream[bytes],
+    send: MemoryObjectSendStream[bytes],
     scope: anyio.CancelScope,
+    last: _LastChunk,
 ) -> None:
     with scope:
         async with send, aclosing(chunks):
             try:
                 async for chunk in chunks:
-                    await send.send(chunk)
+                    try:
+                        # No checkpoint when there is room: following the events awaits
+                        # already, and a full buffer still waits below.
+                        send.send_nowait(chunk)
+                    except anyio.WouldBlock:
+                        await send.send(chunk)
+                    last.at = time.monotonic()
             except anyio.BrokenResourceError:
                 pass  # the reader is gone: the response ended
             except Exception:
                 log.exception("stream writer failed")
+
+
+async def _keep_alive(send: MemoryObjectSendStream[bytes], last: _LastChunk, every: float) -> None:
+    """Send :data:`KEEPALIVE` whenever ``every`` seconds pass without a chunk; ends with the
+    writer (its send stream closed)."""
+    while True:
+        await anyio.sleep(last.at + every - time.monotonic())
+        if time.monotonic() - last.at < every:
+            continue  # a chunk went out meanwhile
+        try:
+            send.send_nowait(KEEPALIVE)
+        except anyio.WouldBlock:
+            pass  # the client is not reading: a keep-alive would not reach it either
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return
+        last.at = time.monotonic()
 
 
 async def _watch(

@@ -38,7 +38,7 @@ import exloop.engine.llama_cpp as llama_backend
 from exloop.engine.handoff import ThreadedJob
 from exloop.engine.llama_batcher import GATHER_AFTER
 from exloop.engine.llama_cpp import CHUNK_TOKENS, LlamaCppEngine
-from exloop.engine.llama_sampler import NativeSampler
+from exloop.engine.llama_sampler import make_sampler
 from exloop.engine.llama_sequence import ReadyJob
 from exloop.engine.protocol import (
     Chat,
@@ -383,7 +383,7 @@ async def test_preparing_a_job_never_stalls_the_batch_and_a_cancelled_one_builds
     release = threading.Event()
     samplers: list[object] = []
     prepare = engine._batcher._prepare
-    sampler_class = NativeSampler
+    build_sampler = make_sampler
 
     def slow_prepare(job: ThreadedJob) -> ReadyJob | None:
         if job.request.prompt == user("Wait for me."):
@@ -392,10 +392,10 @@ async def test_preparing_a_job_never_stalls_the_batch_and_a_cancelled_one_builds
 
     def counting_sampler(*args: object) -> object:
         samplers.append(args)
-        return sampler_class(*args)  # type: ignore[arg-type]
+        return build_sampler(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(engine._batcher, "_prepare", slow_prepare)
-    monkeypatch.setattr(llama_backend, "NativeSampler", counting_sampler)
+    monkeypatch.setattr(llama_backend, "make_sampler", counting_sampler)
     talker, talking = await start_talking(engine)
     waiter = await engine.submit(
         GenerationRequest(user("Wait for me."), SamplingParams(max_tokens=4))

@@ -7,11 +7,19 @@ import math
 from dataclasses import replace
 
 import llama_cpp
+import numpy as np
 import pytest
 
 from exloop.engine.errors import InvalidParameter
-from exloop.engine.llama_cpp import LlamaCppEngine
-from exloop.engine.llama_sampler import DryStages
+from exloop.engine.llama_batch import TokenBatch
+from exloop.engine.llama_cpp import LlamaCppEngine, _new_context
+from exloop.engine.llama_sampler import (
+    DryStages,
+    GreedySampler,
+    NativeSampler,
+    make_sampler,
+    needs_chain,
+)
 from exloop.engine.protocol import GenerationRequest
 from exloop.engine.sampling import DrySettings, SamplingParams
 
@@ -239,3 +247,61 @@ def test_dry_stages_are_prepared_once_and_cloned_per_job(vocab_model: llama_cpp.
         assert len(stages._prepared) == 16  # the oldest settings were freed
     finally:
         stages.close()
+
+
+def test_greedy_sampler_picks_what_the_native_chain_picks(engine: LlamaCppEngine) -> None:
+    """On the same rows of real logits: no bias, the top token banned, a token lifted to the
+    top, a bias that changes nothing, and several at once."""
+    model = engine._model
+    ctx = _new_context(model, 4 * 64, 4, (1, 1), "auto")
+    dry = DryStages(model.vocab, 64)
+    try:
+        batch = TokenBatch(64)
+        prompts = [model.tokenize(text.encode(), add_bos=True) for text in (STORY, REPEAT)]
+        rows = [batch.add(seq, tokens, 0, logits=True) for seq, tokens in enumerate(prompts)]
+        assert batch.decode(ctx) == 0
+        views = [
+            np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, row), shape=(model.n_vocab,))
+            for row in rows
+        ]
+        originals = [view.copy() for view in views]
+        top = [int(view.argmax()) for view in views]
+        biases: list[dict[int, float]] = [
+            {},
+            {top[0]: -100.0, top[1]: -100.0},
+            {7: 100.0},
+            {top[0]: 0.5, 9: -3.0},
+            {top[0]: -100.0, top[1]: -100.0, 7: 2.0, 11: -1.0},
+        ]
+        for bias in biases:
+            params = SamplingParams(temperature=0.0, logit_bias=bias)
+            assert not needs_chain(params)
+            assert isinstance(make_sampler(dry, model.n_vocab, 64, params, []), GreedySampler)
+            native = NativeSampler(dry, model.n_vocab, 64, params, [])
+            try:
+                expected = [native.sample(ctx, row) for row in rows]
+            finally:
+                native.close()
+            assert [GreedySampler(model.n_vocab, params).sample(ctx, row) for row in rows] == (
+                expected
+            ), bias
+            for view, original in zip(views, originals, strict=True):
+                view[:] = original  # the greedy sampler biased them in place
+        assert expected[0] not in top and expected[1] not in top  # the last set banned both
+    finally:
+        dry.close()
+        llama_cpp.llama_free(ctx)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=0.0, repetition_penalty=1.1),
+        SamplingParams(temperature=0.0, frequency_penalty=0.5),
+        SamplingParams(temperature=0.0, presence_penalty=0.5),
+        SamplingParams(temperature=0.0, dry=DrySettings(multiplier=0.8)),
+    ],
+)
+def test_draws_and_penalties_keep_the_native_chain(params: SamplingParams) -> None:
+    assert needs_chain(params)
