@@ -7,7 +7,9 @@ size (exloop ``--threads T --parallel P --n-ctx C/P --cache-tokens C``, llama-se
 1. at 1, 4 and 16 concurrent streamed Chat Completions (greedy, end of turn banned so each
    stream generates exactly ``--tokens`` tokens, a different prompt per stream), for both
    servers in alternating rounds: aggregate tokens/s, median and max time to first token, and
-   the ratios exloop / llama-server (the quietest round of each side counts);
+   the ratios exloop / llama-server (the quietest round of each side counts); then the
+   tokens/s ratio round by round (each exloop round against the llama-server round right
+   after it, which saw the same drift of the machine's speed) and its median;
 2. one stream through exloop against llama-cpp-python called in this process
    (``create_chat_completion``, same threads), alternating;
 3. 16 streams under a strict JSON schema against 16 free streams, through exloop;
@@ -229,6 +231,17 @@ async def compare_servers(
                 print(f" {a.rate / b.rate:>11.2f} {a.max_ttft / b.max_ttft:>14.2f}")
             else:
                 print()
+        # Each exloop round against the llama-server round right after it: the machine's
+        # speed drifts over minutes, and neighbouring rounds see the same drift.
+        paired = [
+            ours_round.rate / their_round.rate
+            for ours_round, their_round in zip(
+                results["exloop"], results["llama-server"], strict=True
+            )
+        ]
+        shown = " ".join(f"{ratio:.2f}" for ratio in paired)
+        median = statistics.median(paired)
+        print(f"{'':>7} | tok/s ratio round by round: {shown} (median {median:.2f})")
 
 
 def direct_stream(llm: llama_cpp.Llama, tokens: int, ban: dict[str, float]) -> float:
