@@ -7,12 +7,14 @@ Two threads serve the CPU backend:
   otherwise stall everyone's decoding), then queues it for the batch;
 * the **decoding** thread owns the context. Every step it ends the jobs that were cancelled
   (freeing their cells at once), admits waiting jobs in arrival order while one of the
-  ``parallel`` slots is free, and runs one ``llama_decode`` over a batch that holds the last
-  sampled token of every generating job plus up to ``chunk`` tokens of prompts still being
-  read, so that a long prompt delays the others by one chunk at most. Then each job whose
-  logits were computed samples its next token with its own sampler chain, under its own
-  grammar mask (the batch's masks are computed together). What a step emits (tokens,
-  starts, ends) wakes its consumers once, as the next step's decode begins.
+  ``parallel`` slots is free (after an idle spell, the first step waits a moment for the jobs
+  the preparing thread has in hand, so that a burst starts together), and runs one
+  ``llama_decode`` over a batch that holds the last sampled token of every generating job
+  plus up to ``chunk`` tokens of prompts still being read, so that a long prompt delays the
+  others by one chunk at most. Then each job whose logits were computed samples its next
+  token with its own sampler, under its own grammar mask (the batch's masks are computed
+  together). What a step emits (tokens, starts, ends) wakes its consumers once, as the next
+  step's decode begins.
 
 Admission is strictly first come, first served. Slots and the prefixes they hold are tracked
 by :class:`~.prefix_cache.PrefixCache`, which also keeps the running jobs in consecutive slots
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -49,6 +52,10 @@ Mask = Callable[[npt.NDArray[np.float32]], None]
 #: was admitted: the jobs of a burst end a few steps apart, and moving one for its last
 #: steps costs a copy and the cached prefix of the slot it lands in.
 GATHER_AFTER = 16
+
+#: Seconds the first step after an idle spell waits for jobs the preparing thread has in hand
+#: (see :meth:`Batcher._collect`).
+GATHER_WAIT = 0.03
 
 
 class LlamaMemory:
@@ -138,22 +145,28 @@ class Batcher:
     def _prepare_jobs(self) -> None:
         while (job := self._inbox.get()) is not None:
             self._preparing = True
-            try:
-                ready = None
-                if not (self._stopping or job.cancel_requested):
-                    ready = self._prepare(job)
-                if ready is None:
-                    job.finish(Finish(reason="cancelled", usage=Usage(0, 0)))
-                else:
-                    self._ready.put(ready)
-            except EngineError as exc:
-                job.fail(exc)
-            except Exception as exc:
-                logger.exception("preparing a generation job failed")
-                job.fail(GenerationFailed(f"Cannot start the job: {exc}"))
-            finally:
-                self._preparing = False
+            ready = self._prepared(job)
+            # Cleared before the hand-over: the decoding thread, seeing it set, would wait
+            # for a job that is not coming (see _collect).
+            self._preparing = False
+            if ready is not None:
+                self._ready.put(ready)
         self._ready.put(None)
+
+    def _prepared(self, job: ThreadedJob) -> ReadyJob | None:
+        """``job`` made ready, or None when it ended here (cancelled, or it cannot run)."""
+        try:
+            if not (self._stopping or job.cancel_requested):
+                ready = self._prepare(job)
+                if ready is not None:
+                    return ready
+            job.finish(Finish(reason="cancelled", usage=Usage(0, 0)))
+        except EngineError as exc:
+            job.fail(exc)
+        except Exception as exc:
+            logger.exception("preparing a generation job failed")
+            job.fail(GenerationFailed(f"Cannot start the job: {exc}"))
+        return None
 
     # -- the decoding thread -----------------------------------------------------------------
 
@@ -162,15 +175,7 @@ class Batcher:
             block = not (self._running or self._waiting)
             if block:
                 self._wakes.release()  # no next step to wait for
-            stop = False
-            try:
-                while (ready := self._ready.get(block=block)) is not None:
-                    self._waiting.append(ready)
-                    block = False
-                stop = True
-            except queue.Empty:
-                pass
-            if stop:
+            if not self._collect(block):
                 self._wakes.release()
                 self._cancel_all()
                 return
@@ -184,6 +189,42 @@ class Batcher:
             except Exception as exc:  # noqa: BLE001  (one bad step must not end the server)
                 logger.exception("a decoding step failed")
                 self._fail_all(GenerationFailed(f"Generation failed: {exc}"))
+
+    def _collect(self, block: bool) -> bool:
+        """Move the prepared jobs to the waiting line (with ``block``, waiting for the first);
+        False once the batcher is to stop.
+
+        When nothing runs, a burst of requests (agents fanning out, a client's concurrent
+        calls) reaches the engine a few milliseconds apart. Starting the first alone would
+        cost a step of its own, after which the others read their prompts beside its first
+        token, in a step llama.cpp splits in two, and it ends a step before them. So while
+        nothing runs and the preparing thread still has submitted jobs, the first step waits
+        for them, :data:`GATHER_WAIT` seconds at most. A lone request never waits."""
+        timeout: float | None = None
+        deadline: float | None = None
+        while True:
+            try:
+                ready = self._ready.get(block=block, timeout=timeout)
+            except queue.Empty:
+                return True
+            if ready is None:
+                return False
+            self._waiting.append(ready)
+            if self._burst_arriving():
+                now = time.monotonic()
+                deadline = deadline or now + GATHER_WAIT
+                timeout = deadline - now
+                block = timeout > 0
+            else:
+                block, timeout = False, None
+
+    def _burst_arriving(self) -> bool:
+        """Nothing runs yet, a slot is free, and the preparing thread has jobs in hand."""
+        return (
+            not self._running
+            and len(self._waiting) < self.parallel
+            and (self._preparing or not self._inbox.empty())
+        )
 
     def _end_cancelled(self) -> None:
         for ready in [r for r in self._waiting if r.job.cancel_requested]:

@@ -24,6 +24,7 @@ once, by whole nats.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import replace
@@ -36,7 +37,7 @@ import pytest
 
 import exloop.engine.llama_cpp as llama_backend
 from exloop.engine.handoff import ThreadedJob
-from exloop.engine.llama_batcher import GATHER_AFTER
+from exloop.engine.llama_batcher import GATHER_AFTER, GATHER_WAIT
 from exloop.engine.llama_cpp import CHUNK_TOKENS, LlamaCppEngine
 from exloop.engine.llama_sampler import make_sampler
 from exloop.engine.llama_sequence import ReadyJob
@@ -414,3 +415,30 @@ async def test_preparing_a_job_never_stalls_the_batch_and_a_cancelled_one_builds
     assert len(samplers) == 1  # the talker's; the cancelled waiter built none
     talker.cancel()
     assert [type(event) async for event in talking][-1] is Finish
+
+
+async def test_a_burst_reaching_an_idle_engine_starts_in_one_step(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four jobs submitted together become ready one by one (the first only once all are
+    submitted, the others a few milliseconds apart, as a busy tokenizer would make them);
+    the first step still reads all four prompts, rather than the first job's alone."""
+    steps = record_steps(engine, monkeypatch)
+    prepare = engine._batcher._prepare
+    submitted = threading.Event()
+    stagger = GATHER_WAIT / 8
+
+    def staggered_prepare(job: ThreadedJob) -> ReadyJob | None:
+        if job.request.prompt == user("Burst 0."):
+            submitted.wait(5)
+        else:
+            time.sleep(stagger)
+        return prepare(job)
+
+    monkeypatch.setattr(engine._batcher, "_prepare", staggered_prepare)
+    params = SamplingParams(temperature=0.0, max_tokens=3)
+    jobs = [await engine.submit(GenerationRequest(user(f"Burst {i}."), params)) for i in range(4)]
+    submitted.set()
+    for job in jobs:
+        assert [type(event) async for event in job.events()][-1] is Finish
+    assert len(set(steps[0])) == 4
