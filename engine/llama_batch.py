@@ -56,6 +56,15 @@ class TokenBatch:
         begin, end = self.size, self.size + count
         if count == 0 or end > self.capacity:
             raise ValueError(f"cannot add {count} tokens to a batch with room for {self.room}")
+        if count == 1:
+            # A generating job's next token, the common case: four element writes cost a
+            # fifth of four slice writes and an arange.
+            self._tokens[begin] = tokens[0]
+            self._positions[begin] = start
+            self._seq_ids[begin] = seq_id
+            self._outputs[begin] = logits
+            self.size = end
+            return begin
         self._tokens[begin:end] = tokens
         self._positions[begin:end] = np.arange(start, start + count, dtype=np.int32)
         self._seq_ids[begin:end] = seq_id
