@@ -90,7 +90,7 @@ from .store import ResponseStore, Stored
 from .telemetry import NoTelemetry, RunMeter, Telemetry
 from .tool_defs import ToolSearchTool
 from .tool_search import ToolSearch
-from .toolset import TOOL_SEARCH, Entry, ToolCatalog, entries, loaded_entries
+from .toolset import TOOL_SEARCH, Entry, ToolCatalog, entries, grammar_field, loaded_entries
 
 log = logging.getLogger("exloop.orchestrator")
 
@@ -500,6 +500,7 @@ class Orchestrator:
         All of a request's grammars share one deadline."""
         stage = "grammar"  # the engine's name for the output constraint
         catalog: ToolCatalog | None = None
+        conversation = [*loaded_entries(context, None), *loaded_entries(inputs)]
         with anyio.move_on_after(self._grammar_timeout) as deadline:
             await self._engine.check(
                 GenerationRequest(
@@ -507,10 +508,11 @@ class Orchestrator:
                 )
             )
             stage = "tools"
-            conversation = [*loaded_entries(context, None), *loaded_entries(inputs)]
             checking = self._call_grammar_error if spec.tools.mode != "none" else None
             catalog = await ToolCatalog.build(spec.tools.tools, conversation, checking)
         if deadline.cancelled_caught or catalog is None:
+            if stage == "tools":
+                stage = grammar_field(spec.tools.tools, conversation)
             raise GrammarTooComplex(
                 f"The request's schemas are too complex: compiling them took longer than "
                 f"{self._grammar_timeout:g} s. Simplify them or send fewer tools.",

@@ -14,7 +14,8 @@ Every definition a response may meet is checked once, when the response is creat
 fails is each compiled alone, to find the culprits. A strict function whose schema llguidance
 cannot compile, or a custom tool whose grammar does not compile, is a 400 naming the field; a
 non-strict function whose schema does not compile is still offered, its arguments then any
-JSON object.
+JSON object. A grammar too complex to compile (past the compile budget) is a 400 naming its
+definition's field when it is found (or is the only one), else ``tools``.
 """
 
 from __future__ import annotations
@@ -195,43 +196,26 @@ class ToolCatalog:
         compile budget.
         """
         request = list(entries(tools, "tools"))
-        unique: dict[str, Entry] = {}
-        for entry in (*request, *conversation):
-            unique.setdefault(_key(entry.spec), entry)
+        unique = _checked(request, conversation)
         if check is None or not unique:
             return cls(request)
         together = await check(tuple(entry.spec for entry in unique.values()))
         if together is None:
             return cls(request)
-        if isinstance(together, GrammarTooComplex):
-            raise GrammarTooComplex(
-                f"The tools are too complex to enforce: {together.message}", param="tools"
-            )
+        # One definition's error is its own: no need to compile it again.
+        lone = len(unique) == 1
         unguided: set[str] = set()
         for key, entry in unique.items():
-            error = await check((entry.spec,))
-            if error is None:
-                continue
-            field = "format.definition" if entry.spec.freeform is not None else "parameters"
-            param = f"{entry.param}.{field}" if entry.param else "tools"
-            if isinstance(error, GrammarTooComplex):
-                raise GrammarTooComplex(
-                    f"Tool '{entry.spec.name}' is too complex to enforce: {error.message}",
-                    param=param,
-                )
-            if entry.spec.freeform is not None:
-                raise InvalidGrammar(
-                    f"The grammar of custom tool '{entry.spec.name}' does not compile: "
-                    f"{error.message}",
-                    param=param,
-                )
-            if entry.spec.strict:
-                raise InvalidGrammar(
-                    f"The parameters of tool '{entry.spec.name}' cannot be enforced: "
-                    f"{error.message}",
-                    param=param,
-                )
-            unguided.add(key)
+            error = together if lone else await check((entry.spec,))
+            if error is not None:
+                _refuse(entry, error)
+                unguided.add(key)
+        if isinstance(together, GrammarTooComplex):
+            # Each compiles alone (or the request's deadline ends the search first).
+            raise GrammarTooComplex(
+                f"The tools are too complex to enforce together: {together.message}",
+                param="tools",
+            )
         if not unguided:
             raise InvalidGrammar(
                 f"The tools cannot be enforced together: {together.message}", param="tools"
@@ -269,6 +253,50 @@ class ToolCatalog:
         if self._unguided and _key(spec) in self._unguided:
             return replace(spec, guided=False)
         return spec
+
+
+def grammar_field(tools: Sequence[ClientTool], conversation: Sequence[Entry]) -> str:
+    """The field a verdict on all the call grammars of a request's tools (and the
+    ``conversation``'s) names: the definition's own when there is just one, else ``tools``."""
+    unique = _checked(list(entries(tools, "tools")), conversation)
+    if len(unique) == 1:
+        (entry,) = unique.values()
+        return _field(entry)
+    return "tools"
+
+
+def _checked(request: Sequence[Entry], conversation: Sequence[Entry]) -> dict[str, Entry]:
+    """The distinct definitions whose call grammar a request checks."""
+    unique: dict[str, Entry] = {}
+    for entry in (*request, *conversation):
+        unique.setdefault(_key(entry.spec), entry)
+    return unique
+
+
+def _field(entry: Entry) -> str:
+    """The request field of the definition's grammar (``tools`` for earlier turns')."""
+    field = "format.definition" if entry.spec.freeform is not None else "parameters"
+    return f"{entry.param}.{field}" if entry.param else "tools"
+
+
+def _refuse(entry: Entry, error: InvalidGrammar) -> None:
+    """Raise the 400 for ``entry``, whose call grammar gave ``error`` compiled alone; return
+    when it may still be offered unguided (a non-strict function)."""
+    name, param = entry.spec.name, _field(entry)
+    if isinstance(error, GrammarTooComplex):
+        raise GrammarTooComplex(
+            f"Tool '{name}' is too complex to enforce: {error.message}", param=param
+        )
+    if entry.spec.freeform is not None:
+        raise InvalidGrammar(
+            f"The grammar of custom tool '{name}' does not compile: {error.message}",
+            param=param,
+        )
+    if entry.spec.strict:
+        raise InvalidGrammar(
+            f"The parameters of tool '{name}' cannot be enforced: {error.message}",
+            param=param,
+        )
 
 
 def _key(spec: ToolSpec) -> str:

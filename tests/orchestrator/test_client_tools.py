@@ -5,6 +5,7 @@ additional_tools items, and schema-guided non-strict functions."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ from exloop.orchestrator.tool_defs import (
     NamespaceTool,
     ToolSearchTool,
 )
-from exloop.orchestrator.toolset import ToolCatalog, entries
+from exloop.orchestrator.toolset import ToolCatalog, entries, grammar_field, loaded_entries
 
 from .scripted import ScriptedEngine, say
 
@@ -247,13 +248,47 @@ async def test_tool_grammars_compile_together_and_one_by_one_only_on_failure() -
     assert not specs["loose"].guided and specs["lookup"].guided
 
 
-async def test_too_complex_tool_grammars_name_the_tools() -> None:
-    async def check(specs: tuple[ToolSpec, ...]) -> InvalidGrammar | None:
-        return GrammarTooComplex("too slow", param="grammar")
+def too_complex_with(
+    culprit: str | None, checked: list[int]
+) -> Callable[[tuple[ToolSpec, ...]], Awaitable[InvalidGrammar | None]]:
+    """A grammar check that finds any set of several tools too complex, and a set holding the
+    tool named ``culprit`` too."""
 
+    async def check(specs: tuple[ToolSpec, ...]) -> InvalidGrammar | None:
+        checked.append(len(specs))
+        if len(specs) > 1 or any(spec.name == culprit for spec in specs):
+            return GrammarTooComplex("too slow", param="grammar")
+        return None
+
+    return check
+
+
+@pytest.mark.parametrize(
+    ("tools", "culprit", "param", "checked"),
+    [
+        # The only definition: its own field, compiled once.
+        ((LOOKUP,), "lookup", "tools[0].parameters", [1]),
+        # Found among several by compiling each alone.
+        ((LOOKUP, CRM), "crm.calc", "tools[1].tools[1].format.definition", [3, 1, 1, 1]),
+        # Each compiles alone: only the set is too complex.
+        ((LOOKUP, CRM), None, "tools", [3, 1, 1, 1]),
+    ],
+)
+async def test_too_complex_tool_grammars_name_the_tool_when_one_is_found(
+    tools: tuple[ClientTool, ...], culprit: str | None, param: str, checked: list[int]
+) -> None:
+    compiled: list[int] = []
     with pytest.raises(GrammarTooComplex) as caught:
-        await ToolCatalog.build((LOOKUP,), (), check)
-    assert caught.value.param == "tools"
+        await ToolCatalog.build(tools, (), too_complex_with(culprit, compiled))
+    assert caught.value.param == param
+    assert compiled == checked
+
+
+def test_the_field_a_verdict_on_all_tool_grammars_names() -> None:
+    assert grammar_field((CALC,), ()) == "tools[0].format.definition"
+    assert grammar_field((CRM,), ()) == "tools"
+    loaded = list(loaded_entries([AdditionalTools([CALC])]))
+    assert grammar_field((), loaded) == "input[0].tools[0].format.definition"
 
 
 @pytest.mark.parametrize(
