@@ -14,12 +14,14 @@ from typing import Any, TypeVar
 import msgspec
 import numpy as np
 
-from .errors import ApiError, invalid_request
+from .errors import ApiError, excerpt, invalid_request
 
 T = TypeVar("T")
 
 _AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
+#: msgspec quotes a value outside a ``Literal`` whole, however long the client made it.
+_ENUM_VALUE = re.compile(r"^Invalid enum value '(?P<value>.*)'$", re.DOTALL)
 
 
 def field_path(json_path: str, prefix: str | None = None) -> str | None:
@@ -38,6 +40,8 @@ def validation_error(exc: msgspec.ValidationError, prefix: str | None = None) ->
     if (at := _AT_PATH.search(text)) is not None:
         path = at["path"]
         text = text[: at.start()]
+    if (enum := _ENUM_VALUE.match(text)) is not None:
+        text = f"Invalid enum value {excerpt(enum['value'])}"
     if (missing := _MISSING.match(text)) is not None:
         # The missing field is the one at fault, not the object that lacks it.
         path = f"{path}.{missing['field']}"

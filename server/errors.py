@@ -84,6 +84,19 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     return ApiError(400, message, "invalid_request_error", param, code)
 
 
+#: Characters of a client's text an error message quotes at most.
+EXCERPT_CHARS = 40
+
+
+def excerpt(text: str) -> str:
+    """``text`` quoted for an error message, cut to :data:`EXCERPT_CHARS` characters: the
+    ``param`` names the field, so a message needs only enough to recognise the value, and an
+    answer (and a log line) never echoes the megabytes a client sent."""
+    if len(text) <= EXCERPT_CHARS:
+        return repr(text)
+    return f"{text[:EXCERPT_CHARS]!r}… ({len(text)} characters)"
+
+
 def to_api_error(exc: BaseException) -> ApiError:
     """The error answer for any exception a handler raised (the only such mapping)."""
     match exc:

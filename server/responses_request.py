@@ -33,7 +33,7 @@ from exloop.orchestrator.sealing import MAX_SEALED_CHARS
 from exloop.orchestrator.spec import CompactionPolicy, Echo, ReasoningOptions, RunSpec
 
 from .decode import convert, decode_json
-from .errors import invalid_request
+from .errors import excerpt, invalid_request
 from .fields import CommonFields, check_unsupported, request_tools, sampling_params
 from .format_fields import (
     format_constraint,
@@ -153,10 +153,7 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
     items = input_items(request.input, budget)
     if not items and request.previous_response_id is None:
         raise invalid_request("input must hold at least one item.", "input")
-    include = tuple(request.include or ())
-    for i, value in enumerate(include):
-        if value not in INCLUDABLE:
-            raise invalid_request(f"Unknown include value {value!r}.", f"include[{i}]")
+    include = include_values(request.include)
     check_client_metadata(request.client_metadata)
     compaction = compaction_policy(request.context_management)
     reasoning = request.reasoning or ReasoningConfig()
@@ -220,13 +217,23 @@ def parse_responses_request(body: bytes, *, served_model: str, limits: Limits) -
     return ResponsesCall(spec, bool(request.stream), constraint.param if constraint else None)
 
 
+def include_values(values: list[str] | None) -> tuple[str, ...]:
+    """``include``, each value one OpenAI defines; kept once each, in the order given, so
+    what the response keeps is a handful of values however many the body repeats."""
+    for i, value in enumerate(values or ()):
+        if value not in INCLUDABLE:
+            raise invalid_request(f"Unknown include value {excerpt(value)}.", f"include[{i}]")
+    return tuple(dict.fromkeys(values or ()))
+
+
 def compaction_policy(entries: list[ContextManagementField] | None) -> CompactionPolicy | None:
     """``context_management`` as the orchestrator's policy (None: no compaction)."""
     policy = None
     for i, entry in enumerate(entries or ()):
         if entry.type != "compaction":
             raise invalid_request(
-                f"Unknown context_management type {entry.type!r}; 'compaction' is supported.",
+                f"Unknown context_management type {excerpt(entry.type)}; 'compaction' is "
+                "supported.",
                 f"context_management[{i}].type",
                 "unsupported_value",
             )
