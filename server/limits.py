@@ -42,6 +42,9 @@ class Limits:
     max_pattern_repeat: Annotated[int, Help("n, m of a {n,m} repetition in a pattern")] = 1_000
     max_tools: Annotated[int, Help("tools in one request (a namespace's tools counted)")] = 128
     max_grammar_chars: Annotated[int, Help("characters in one custom tool's grammar")] = 65_536
+    max_description_chars: Annotated[
+        int, Help("characters in one tool's or namespace's description")
+    ] = 16_384
     max_stop_sequences: Annotated[int, Help("stop sequences in one request")] = 16
     max_stop_length: Annotated[int, Help("characters in one stop sequence")] = 256
     max_dry_breakers: Annotated[int, Help("dry_sequence_breakers in one request")] = 8

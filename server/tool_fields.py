@@ -13,8 +13,10 @@ request searches). Remote MCP servers come as ``mcp`` tools (Responses only; see
 
 Every field is bounded (:class:`~.limits.Limits`): at most ``max_tools`` tool definitions in
 one request or item (a namespace's tools counted), schemas within the request's schema budget,
-a grammar of at most ``max_grammar_chars`` characters, names as OpenAI allows them; what passes
-a bound is a 400 naming the field.
+a grammar of at most ``max_grammar_chars`` characters (a regex's repetitions within
+``max_pattern_repeat``), descriptions of at most ``max_description_chars`` (a namespace's is
+repeated in each of its tools' descriptions), names as OpenAI allows them; what passes a bound
+is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ from exloop.orchestrator.tool_defs import (
     WebSearchTool,
 )
 
-from .errors import invalid_request
+from .errors import excerpt, invalid_request
 from .format_fields import check_json_schema
 from .mcp_fields import MAX_MCP_SERVERS, McpToolField, mcp_tool
-from .schema_bounds import SchemaBudget
+from .schema_bounds import SchemaBudget, check_pattern
 
 ContextSize: TypeAlias = Literal["low", "medium", "high"]
 
@@ -322,9 +324,21 @@ def _client_tool(
 def _name(name: str, param: str) -> str:
     if not _NAME.match(name):
         raise invalid_request(
-            f"Invalid name {name!r}: use 1 to 64 letters, digits, '_' or '-'.", param
+            f"Invalid name {excerpt(name)}: use 1 to 64 letters, digits, '_' or '-'.", param
         )
     return name
+
+
+def _description(text: str | None, param: str, budget: SchemaBudget) -> None:
+    """Refuse a description past ``max_description_chars``: it is prompt text, and a
+    namespace's is repeated in the description of each of its tools."""
+    limit = budget.limits.max_description_chars
+    if text is not None and len(text) > limit:
+        raise invalid_request(
+            f"A description may hold at most {limit} characters, got {len(text)}.",
+            param,
+            "string_above_max_length",
+        )
 
 
 def _function_tool(tool: FunctionToolField, param: str, budget: SchemaBudget) -> FunctionTool:
@@ -347,6 +361,7 @@ def _function_tool(tool: FunctionToolField, param: str, budget: SchemaBudget) ->
             "A function tool needs a name.", f"{param}.name", "missing_required_parameter"
         )
     _name(name, f"{prefix}.name")
+    _description(description, f"{prefix}.description", budget)
     if parameters is not None:
         _object_schema(parameters, f"{prefix}.parameters", f"function '{name}'", budget)
     return FunctionTool(name, parameters, strict, description, defer)
@@ -382,6 +397,7 @@ def _custom_tool(tool: CustomToolField, param: str, budget: SchemaBudget) -> Cus
             "A custom tool needs a name.", f"{param}.name", "missing_required_parameter"
         )
     _name(name, f"{prefix}.name")
+    _description(description, f"{prefix}.description", budget)
     form_param = f"{prefix}.format"
     return CustomTool(name, description, _custom_format(form, form_param, budget), defer)
 
@@ -412,11 +428,15 @@ def _custom_format(
             f"{where}.definition",
             "grammar_too_large",
         )
+    if grammar.syntax == "regex":
+        # As for a regex ``grammar``: a huge repetition count makes a huge automaton.
+        check_pattern(grammar.definition, f"{where}.definition", budget.limits)
     return CustomGrammar(grammar.syntax, grammar.definition)
 
 
 def _namespace(tool: NamespaceToolField, param: str, names: _Names) -> NamespaceTool:
     space = _name(tool.name, f"{param}.name")
+    _description(tool.description, f"{param}.description", names.budget)
     if space in names.namespaces:
         raise invalid_request(f"Duplicate namespace {space!r}.", f"{param}.name")
     if not tool.tools:
@@ -438,6 +458,7 @@ def _namespace(tool: NamespaceToolField, param: str, names: _Names) -> Namespace
 
 
 def _tool_search(tool: ToolSearchToolField, param: str, budget: SchemaBudget) -> ToolSearchTool:
+    _description(tool.description, f"{param}.description", budget)
     if tool.parameters is not None:
         _object_schema(tool.parameters, f"{param}.parameters", "the tool_search tool", budget)
     return ToolSearchTool(tool.execution, tool.description, tool.parameters)
