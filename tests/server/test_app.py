@@ -32,8 +32,11 @@ async def running_app(
     api_key: str | None = None,
     limits: Limits | None = None,
     builtins: BuiltinFactory | None = None,
+    grammar_timeout: float | None = None,
 ) -> AsyncIterator[Application]:
-    async with Orchestrator(engine, model_name="served", builtins=builtins) as orchestrator:
+    async with Orchestrator(
+        engine, model_name="served", builtins=builtins, grammar_timeout=grammar_timeout
+    ) as orchestrator:
         keys = ApiKeys([api_key] if api_key else [])
         app = build_app(
             orchestrator, AppSettings("served", api_keys=keys, limits=limits or Limits())
@@ -52,9 +55,12 @@ async def http_client(
     api_key: str | None = None,
     delay: float = 0.0,
     limits: Limits | None = None,
+    engine: ScriptedEngine | None = None,
+    grammar_timeout: float | None = None,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    engine = ScriptedEngine([say(script)], token_delay=delay)
-    async with running_app(engine, api_key, limits) as app:
+    """A client of the app over ``engine`` (by default one that says ``script``)."""
+    engine = engine or ScriptedEngine([say(script)], token_delay=delay)
+    async with running_app(engine, api_key, limits, grammar_timeout=grammar_timeout) as app:
         transport = httpx.ASGITransport(app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://exloop") as client:
             yield client
