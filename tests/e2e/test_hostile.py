@@ -462,6 +462,46 @@ def test_cancelling_an_incomplete_response(http: httpx.Client) -> None:
     assert error["message"] == "Cannot cancel an incomplete response."
 
 
+# -- custom tool grammars, field by field --------------------------------------------------------
+
+#: The pattern bomb in Lark: a token that intersects 150 patterns.
+LARK_BOMB = "start: X\nX: " + " & ".join(f"/.*{i}.*/" for i in range(150))
+
+
+def custom_tool(definition: str, syntax: str = "lark") -> dict[str, Any]:
+    grammar = {"type": "grammar", "syntax": syntax, "definition": definition}
+    return {"type": "custom", "name": "c", "format": grammar}
+
+
+def test_custom_tool_grammars_past_their_bounds_name_their_field(http: httpx.Client) -> None:
+    bomb = {"input": "Hi", "tools": [custom_tool(LARK_BOMB)]}
+    response = beside_one_token(http, lambda: post(http, "/v1/responses", bomb))
+    error = refused(response, param="tools[0].format.definition")
+    assert "too complex" in error["message"]
+    space = {"type": "namespace", "name": "ns", "description": "Tools.", "tools": bomb["tools"]}
+    error = refused(
+        post(http, "/v1/responses", {"input": "Hi", "tools": [space]}),
+        param="tools[0].tools[0].format.definition",
+    )
+    assert "too complex" in error["message"]
+    # Refused before any compile: a repetition past the limit, nesting past llguidance's.
+    refused(
+        post(
+            http, "/v1/responses", {"input": "Hi", "tools": [custom_tool("[0-9]{99999}", "regex")]}
+        ),
+        param="tools[0].format.definition",
+        code="pattern_too_large",
+    )
+    deep = "start: " + "(" * 3000 + '"a"' + ")" * 3000
+    refused(
+        post(http, "/v1/responses", {"input": "Hi", "tools": [custom_tool(deep)]}),
+        param="tools[0].format.definition",
+    )
+    # A grammar within the bounds still compiles and runs.
+    fine = {"input": "Hi", "max_output_tokens": 1, "tools": [custom_tool('start: "add " /[0-9]+/')]}
+    assert post(http, "/v1/responses", fine).status_code == 200
+
+
 # -- throughout ---------------------------------------------------------------------------------
 
 
