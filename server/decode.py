@@ -20,8 +20,9 @@ T = TypeVar("T")
 
 _AT_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
-#: msgspec quotes a value outside a ``Literal`` whole, however long the client made it.
-_ENUM_VALUE = re.compile(r"^Invalid enum value '(?P<value>.*)'$", re.DOTALL)
+#: msgspec quotes a value outside a ``Literal`` (or a union's tags) whole, however long the
+#: client made it.
+_ENUM_VALUE = re.compile(r"^Invalid (?P<what>enum value|value) '(?P<value>.*)'$", re.DOTALL)
 
 
 def field_path(json_path: str, prefix: str | None = None) -> str | None:
@@ -41,7 +42,7 @@ def validation_error(exc: msgspec.ValidationError, prefix: str | None = None) ->
         path = at["path"]
         text = text[: at.start()]
     if (enum := _ENUM_VALUE.match(text)) is not None:
-        text = f"Invalid enum value {excerpt(enum['value'])}"
+        text = f"Invalid {enum['what']} {excerpt(enum['value'])}"
     if (missing := _MISSING.match(text)) is not None:
         # The missing field is the one at fault, not the object that lacks it.
         path = f"{path}.{missing['field']}"

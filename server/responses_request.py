@@ -292,7 +292,7 @@ def _item(raw: Any, param: str, budget: SchemaBudget) -> Item:
         raw = {**raw, "type": kind}
     if kind not in _ITEM_TYPES:
         raise invalid_request(
-            f"Input items of type {kind!r} are not supported by this server.",
+            f"Input items of type {excerpt(str(kind))} are not supported by this server.",
             f"{param}.type",
             "unsupported_value",
         )

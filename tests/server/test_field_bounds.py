@@ -101,6 +101,7 @@ TOOLS: list[tuple[list[dict[str, Any]], str, str | None]] = [
     ([custom("a", name=LONG)], "tools[0].name", None),
     ([custom("a") | {"description": LONG}], "tools[0].description", "string_above_max_length"),
     ([custom("a") | {"defer_loading": "yes"}], "tools[0].defer_loading", "invalid_type"),
+    ([{"type": LONG}], "tools[0].type", "invalid_value"),
     # -- namespaces
     ([namespace(namespace(function()))], "tools[0].tools[0].type", "invalid_value"),
     ([namespace(*functions(LIMITS.max_tools + 1))], "tools", "too_many_tools"),
@@ -187,9 +188,10 @@ async def test_tool_fields_past_their_bounds(
             "input[0].tools[0].description",
             "string_above_max_length",
         ),
+        ({"type": LONG}, "input[0].type", "unsupported_value"),
     ],
 )
-async def test_tools_loaded_by_items_past_their_bounds(
+async def test_input_items_and_the_tools_they_load_past_their_bounds(
     item: dict[str, Any], param: str, code: str | None
 ) -> None:
     error = await refused({"input": [item]})
