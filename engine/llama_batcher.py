@@ -173,8 +173,10 @@ class Batcher:
     def _decode_jobs(self) -> None:
         while True:
             block = not (self._running or self._waiting)
-            if block:
-                self._wakes.release()  # no next step to wait for
+            if not self._running:
+                # No decode is about to start, and _collect may wait (for the first job, or
+                # up to GATHER_WAIT for a burst): what the last step emitted goes out now.
+                self._wakes.release()
             if not self._collect(block):
                 self._wakes.release()
                 self._cancel_all()
