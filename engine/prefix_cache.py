@@ -20,9 +20,9 @@ all the weights: 16 jobs in scattered slots decode at about half the speed of 16
 0-15. So among slots that offer as much of a prompt, a new job takes one next to the running
 jobs; and when the running jobs still end up in several runs (a job's cached prefix lay
 apart, a job in the middle ended), :meth:`PrefixCache.compact` (which the batcher calls when
-it admits jobs, or once a gap has lasted) moves the ones outside the
-best-placed block into its idle slots (a stream copy each, a few milliseconds here, against
-a pass over the weights at every later step). A moved job's old slot stays cached.
+it admits jobs, or once a gap has lasted) moves the ones outside the best-placed block into
+its idle slots (a stream copy each, a few milliseconds here, against a pass over the weights
+at every later step). A moved job's old slot stays cached.
 
 This module keeps the bookkeeping llama.cpp does not expose: the tokens behind every slot's
 cells, and which slots are busy.
