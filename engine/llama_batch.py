@@ -4,6 +4,10 @@
 own pointer and can only be set element by element through ctypes. Here the arrays belong to
 numpy and the per-token pointers are fixed once, so filling a 512-token chunk of a prompt is a
 few slice assignments.
+
+After the decode, :meth:`TokenBatch.logits` is the step's logits as one numpy view: a view per
+row through ``llama_get_logits_ith`` costs a native call and a ``ctypes`` array type, about
+20 µs a row measured between two decodes (caches cold), which at 16 rows is 0.3 ms a step.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Sequence
 
 import llama_cpp
 import numpy as np
+import numpy.typing as npt
 
 
 class TokenBatch:
@@ -41,6 +46,9 @@ class TokenBatch:
             logits=self._outputs.ctypes.data_as(ctypes.POINTER(ctypes.c_int8)),
         )
         self.size = 0
+        #: Tokens added with ``logits``: the rows of :meth:`logits`.
+        self.outputs = 0
+        self._view: tuple[int | None, tuple[int, int], npt.NDArray[np.float32]] | None = None
 
     @property
     def room(self) -> int:
@@ -48,6 +56,7 @@ class TokenBatch:
 
     def clear(self) -> None:
         self.size = 0
+        self.outputs = 0
 
     def add(self, seq_id: int, tokens: Sequence[int], start: int, *, logits: bool) -> int:
         """Append ``tokens`` of sequence ``seq_id`` at positions ``start, start + 1, ...``;
@@ -64,6 +73,7 @@ class TokenBatch:
             self._seq_ids[begin] = seq_id
             self._outputs[begin] = logits
             self.size = end
+            self.outputs += logits
             return begin
         self._tokens[begin:end] = tokens
         self._positions[begin:end] = np.arange(start, start + count, dtype=np.int32)
@@ -71,9 +81,24 @@ class TokenBatch:
         self._outputs[begin:end] = 0
         self._outputs[end - 1] = int(logits)
         self.size = end
+        self.outputs += logits
         return end - 1
 
     def decode(self, ctx: llama_cpp.llama_context_p) -> int:
         """Run the batch through the model; llama_decode's status (0 on success)."""
         self._batch.n_tokens = self.size
         return int(llama_cpp.llama_decode(ctx, self._batch))
+
+    def logits(self, ctx: llama_cpp.llama_context_p, n_vocab: int) -> npt.NDArray[np.float32]:
+        """The logits of the last decode of this batch: a row per token added with
+        ``logits``, in the order they were added (llama.cpp's order for
+        ``llama_get_logits``). A view of llama.cpp's buffer, valid until the next decode;
+        the view is kept while the buffer stays where it is."""
+        pointer = llama_cpp.llama_get_logits(ctx)
+        if not pointer:
+            raise ValueError("the context holds no logits")
+        address = ctypes.cast(pointer, ctypes.c_void_p).value
+        shape = (self.outputs, n_vocab)
+        if self._view is None or self._view[:2] != (address, shape):
+            self._view = (address, shape, np.ctypeslib.as_array(pointer, shape=shape))
+        return self._view[2]

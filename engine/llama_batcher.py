@@ -318,10 +318,14 @@ class Batcher:
             self._cache.extend(seq.cells, tokens)
             seq.evaluated(len(tokens))
         sampling = [(seq, row) for seq, _, row in planned if row is not None]
+        if not sampling:
+            return
         masks = self._fill_masks([seq for seq, _ in sampling])
-        for seq, row in sampling:
+        # One row per job that samples, in batch order, as ``sampling`` is.
+        rows = batch.logits(self._ctx, self._model.n_vocab)
+        for (seq, row), logits in zip(sampling, rows, strict=True):
             try:
-                reason = seq.sample(self._ctx, row, masks.get(seq))
+                reason = seq.sample(self._ctx, row, logits, masks.get(seq))
             except EngineError as exc:
                 self._fail(seq, exc)
                 continue

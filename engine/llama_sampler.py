@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import llama_cpp
 import numpy as np
+import numpy.typing as npt
 
 from .sampling import DrySettings, SamplingParams
 
@@ -171,9 +172,11 @@ class NativeSampler:
             llama_cpp.llama_sampler_accept(stage, token_id)
         llama_cpp.llama_sampler_chain_add(self._chain, stage)
 
-    def sample(self, ctx: llama_cpp.llama_context_p, row: int = -1) -> int:
-        """Draw the next token from the logits of batch row ``row`` (default: the last
-        evaluated one), and record it."""
+    def sample(
+        self, ctx: llama_cpp.llama_context_p, row: int, logits: npt.NDArray[np.float32]
+    ) -> int:
+        """Draw the next token from the logits of batch row ``row`` (``logits``, a view of
+        them, is not needed: the chain reads them from ``ctx``), and record it."""
         return int(llama_cpp.llama_sampler_sample(self._chain, ctx, row))
 
     def close(self) -> None:
@@ -186,21 +189,18 @@ class GreedySampler:
     """Greedy selection after logit biases, read straight off the logits (see the module
     doc): for parameters with no penalty, no DRY and temperature 0 (:func:`needs_chain`)."""
 
-    def __init__(self, n_vocab: int, params: SamplingParams) -> None:
-        self._n_vocab = n_vocab
+    def __init__(self, params: SamplingParams) -> None:
         bias = params.logit_bias
         self._tokens = np.fromiter(bias.keys(), dtype=np.intp, count=len(bias))
         self._biases = np.array(
             [-math.inf if b <= BAN_BIAS else b for b in bias.values()], dtype=np.float32
         )
 
-    def sample(self, ctx: llama_cpp.llama_context_p, row: int = -1) -> int:
-        """The first highest biased logit of batch row ``row`` (biased in place, as the
-        chain's stage does it in its copy)."""
-        pointer = llama_cpp.llama_get_logits_ith(ctx, row)
-        if not pointer:
-            raise ValueError(f"batch row {row} has no logits")
-        logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+    def sample(
+        self, ctx: llama_cpp.llama_context_p, row: int, logits: npt.NDArray[np.float32]
+    ) -> int:
+        """The first highest of ``logits`` (batch row ``row``'s) after the biases, which
+        are added in place (as the chain's stage does it in its copy)."""
         if self._tokens.size:
             logits[self._tokens] += self._biases
         return int(logits.argmax())
@@ -230,4 +230,4 @@ def make_sampler(
     """The sampler for one job: the native chain when :func:`needs_chain`, else greedy."""
     if needs_chain(params):
         return NativeSampler(dry_stages, n_vocab, n_ctx, params, prompt_tokens)
-    return GreedySampler(n_vocab, params)
+    return GreedySampler(params)

@@ -78,19 +78,18 @@ class BatchSequence:
         self,
         ctx: llama_cpp.llama_context_p,
         row: int,
+        logits: npt.NDArray[np.float32],
         mask: Callable[[npt.NDArray[np.float32]], None] | None,
     ) -> FinishReason | None:
-        """Sample the next token from batch row ``row``'s logits (``mask`` forbids what the
-        constraint does, in place); emits its text. Returns why the job ends, if it does."""
+        """Sample the next token from batch row ``row``'s logits, ``logits`` (a view of
+        them: ``mask`` forbids what the constraint does, in place); emits its text. Returns
+        why the job ends, if it does."""
         logprob_of: Callable[[int], TokenLogprob] | None = None
-        if mask is not None or self._top_logprobs >= 0:
-            pointer = llama_cpp.llama_get_logits_ith(ctx, row)
-            logits = np.ctypeslib.as_array(pointer, shape=(self._model.n_vocab,))
-            if self._top_logprobs >= 0:
-                logprob_of = self._logprobs(logits, self._top_logprobs)
-            if mask is not None:
-                mask(logits)
-        token_id = self._ready.sampler.sample(ctx, row)
+        if self._top_logprobs >= 0:
+            logprob_of = self._logprobs(logits, self._top_logprobs)
+        if mask is not None:
+            mask(logits)
+        token_id = self._ready.sampler.sample(ctx, row, logits)
         if token_id in self._model.eog:
             return "eos"
         constraint = self._ready.constraint

@@ -90,7 +90,10 @@ class CachedSequence:
             grown = np.empty(max(end, 2 * self._tokens.shape[0]), dtype=np.int32)
             grown[: self.length] = self._tokens[: self.length]
             self._tokens = grown
-        self._tokens[self.length : end] = tokens
+        if end - self.length == 1:
+            self._tokens[self.length] = tokens[0]  # a generating job's token: no conversion
+        else:
+            self._tokens[self.length : end] = tokens
         self.length = end
 
 

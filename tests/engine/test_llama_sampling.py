@@ -265,6 +265,8 @@ def test_greedy_sampler_picks_what_the_native_chain_picks(engine: LlamaCppEngine
             for row in rows
         ]
         originals = [view.copy() for view in views]
+        # The step's logits in one view: the same rows, in the order they were added.
+        np.testing.assert_array_equal(batch.logits(ctx, model.n_vocab), np.stack(originals))
         top = [int(view.argmax()) for view in views]
         biases: list[dict[int, float]] = [
             {},
@@ -279,10 +281,12 @@ def test_greedy_sampler_picks_what_the_native_chain_picks(engine: LlamaCppEngine
             assert isinstance(make_sampler(dry, model.n_vocab, 64, params, []), GreedySampler)
             native = NativeSampler(dry, model.n_vocab, 64, params, [])
             try:
-                expected = [native.sample(ctx, row) for row in rows]
+                expected = [native.sample(ctx, row, views[i]) for i, row in enumerate(rows)]
             finally:
                 native.close()
-            assert [GreedySampler(model.n_vocab, params).sample(ctx, row) for row in rows] == (
+            greedy = GreedySampler(params)
+            logits = batch.logits(ctx, model.n_vocab)
+            assert [greedy.sample(ctx, row, logits[i]) for i, row in enumerate(rows)] == (
                 expected
             ), bias
             for view, original in zip(views, originals, strict=True):
