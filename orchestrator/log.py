@@ -23,7 +23,9 @@ class EventLog:
     def __init__(self, start: int = 0) -> None:
         self._start = start
         self._events: list[StreamEvent] = []
-        self._grew = anyio.Event()
+        #: What waiting followers wait on; made by the first of them (most appends have none
+        #: waiting: a response nobody streams, or several events of one step).
+        self._grew: anyio.Event | None = None
 
     @property
     def next_sequence_number(self) -> int:
@@ -46,9 +48,10 @@ class EventLog:
         if self.closed:
             raise ValueError("the event log is closed")
         self._events.append(event)
-        # Wake every follower; each new wait gets a fresh Event.
-        self._grew.set()
-        self._grew = anyio.Event()
+        # Wake every waiting follower; the next wait makes a fresh Event.
+        if self._grew is not None:
+            self._grew.set()
+            self._grew = None
 
     async def follow(self, starting_after: int | None = None) -> AsyncIterator[StreamEvent]:
         """Every event after ``starting_after`` (all of them when None), live, up to and
@@ -63,4 +66,6 @@ class EventLog:
                     return
             if self.closed:
                 return
+            if self._grew is None:
+                self._grew = anyio.Event()
             await self._grew.wait()
