@@ -148,6 +148,23 @@ class ThreadedJob:
             _wake_all([_Wake(self, *waiter)])
 
 
+class Arrivals:
+    """How many requests are on their way to an engine (:meth:`Engine.arriving`): counted
+    on the event loop, read by a worker thread deciding whether to wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextmanager
+    def coming(self) -> Iterator[None]:
+        """One more on its way while the block runs."""
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
+
+
 @dataclass(frozen=True, slots=True)
 class _Wake:
     job: ThreadedJob

@@ -8,7 +8,8 @@ Two threads serve the CPU backend:
 * the **decoding** thread owns the context. Every step it ends the jobs that were cancelled
   (freeing their cells at once), admits waiting jobs in arrival order while one of the
   ``parallel`` slots is free (after an idle spell, the first step waits a moment for the jobs
-  the preparing thread has in hand, so that a burst starts together), and runs one
+  the preparing thread has in hand and for requests still on their way to the engine, so
+  that a burst starts together), and runs one
   ``llama_decode`` over a batch that holds the last sampled token of every generating job
   plus up to ``chunk`` tokens of prompts still being read, so that a long prompt delays the
   others by one chunk at most. Then each job whose logits were computed samples its next
@@ -37,7 +38,7 @@ import numpy.typing as npt
 
 from .constraints import BatchMasks
 from .errors import EngineError, GenerationFailed
-from .handoff import HeldWakes, ThreadedJob, Waker
+from .handoff import Arrivals, HeldWakes, ThreadedJob, Waker
 from .llama_batch import TokenBatch
 from .llama_model import LlamaModel
 from .llama_sequence import BatchSequence, ReadyJob
@@ -53,9 +54,13 @@ Mask = Callable[[npt.NDArray[np.float32]], None]
 #: steps costs a copy and the cached prefix of the slot it lands in.
 GATHER_AFTER = 16
 
-#: Seconds the first step after an idle spell waits for jobs the preparing thread has in hand
-#: (see :meth:`Batcher._collect`).
+#: Seconds the first step after an idle spell waits at most for the rest of a burst (see
+#: :meth:`Batcher._collect`).
 GATHER_WAIT = 0.03
+
+#: Seconds between two looks at the requests on their way while the first step waits: one
+#: that is refused never reaches the engine, and nothing else would say it is not coming.
+_ARRIVAL_POLL = 0.002
 
 
 class LlamaMemory:
@@ -80,7 +85,8 @@ class Batcher:
     """Runs jobs on one llama.cpp context with continuous batching (see the module doc).
 
     ``prepare(job)`` makes a job ready for the batch, or returns None when it was cancelled
-    meanwhile; it raises :class:`EngineError` for a job that cannot run.
+    meanwhile; it raises :class:`EngineError` for a job that cannot run. ``arrivals`` counts
+    the requests on their way to :meth:`submit`.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class Batcher:
         memory: LlamaMemory,
         cache: PrefixCache,
         prepare: Callable[[ThreadedJob], ReadyJob | None],
+        arrivals: Arrivals,
         *,
         parallel: int,
         chunk: int,
@@ -102,6 +109,7 @@ class Batcher:
         self._cache = cache
         self._memory = memory
         self._prepare = prepare
+        self._arrivals = arrivals
         self.parallel = parallel
         self._batch = TokenBatch(chunk)
         self._masks = BatchMasks(model.n_vocab, threads=mask_threads)
@@ -113,7 +121,11 @@ class Batcher:
         self._wakes = HeldWakes(self._waker)
         #: Steps the running jobs have been split into several runs of slots.
         self._split_steps = 0
-        self._preparing = False
+        #: Jobs submitted, and jobs the preparing thread is done with (handed over or
+        #: ended). Each is written by one thread only, so their difference, the jobs not yet
+        #: ready, needs no lock.
+        self._submitted = 0
+        self._handed_over = 0
         self._stopping = False
         self._threads = [
             threading.Thread(target=self._prepare_jobs, name="exloop-llama-prepare", daemon=True),
@@ -123,13 +135,13 @@ class Batcher:
             thread.start()
 
     def submit(self, job: ThreadedJob) -> None:
+        """Queue ``job``; call it from one thread (the event loop's)."""
+        self._submitted += 1
         self._inbox.put(job)
 
     def counts(self) -> tuple[int, int]:
         """Jobs (running, queued), read without locking: a snapshot for monitoring."""
-        queued = (
-            self._inbox.qsize() + self._ready.qsize() + len(self._waiting) + int(self._preparing)
-        )
+        queued = self._unready() + self._ready.qsize() + len(self._waiting)
         return len(self._running), queued
 
     def close(self) -> None:
@@ -144,14 +156,17 @@ class Batcher:
 
     def _prepare_jobs(self) -> None:
         while (job := self._inbox.get()) is not None:
-            self._preparing = True
             ready = self._prepared(job)
-            # Cleared before the hand-over: the decoding thread, seeing it set, would wait
-            # for a job that is not coming (see _collect).
-            self._preparing = False
             if ready is not None:
                 self._ready.put(ready)
+            # Counted after the hand-over, so that a job is never out of sight of _collect
+            # (which at worst looks again a moment later for one it already has).
+            self._handed_over += 1
         self._ready.put(None)
+
+    def _unready(self) -> int:
+        """Jobs submitted that the preparing thread is not done with."""
+        return self._submitted - self._handed_over
 
     def _prepared(self, job: ThreadedJob) -> ReadyJob | None:
         """``job`` made ready, or None when it ended here (cancelled, or it cannot run)."""
@@ -197,35 +212,46 @@ class Batcher:
         False once the batcher is to stop.
 
         When nothing runs, a burst of requests (agents fanning out, a client's concurrent
-        calls) reaches the engine a few milliseconds apart. Starting the first alone would
-        cost a step of its own, after which the others read their prompts beside its first
-        token, in a step llama.cpp splits in two, and it ends a step before them. So while
-        nothing runs and the preparing thread still has submitted jobs, the first step waits
-        for them, :data:`GATHER_WAIT` seconds at most. A lone request never waits."""
-        timeout: float | None = None
+        calls) reaches the engine over a few tens of milliseconds: the server checks and
+        tokenizes them one after the other, more slowly still once llama.cpp's threads hold
+        the cores for a step. Starting the first job alone would cost a step of its own,
+        after which the others read their prompts beside its first token, and it ends a step
+        before them. So while nothing runs and requests are on their way (being checked and
+        tokenized by the server, or prepared by the preparing thread), the first step waits
+        for them, :data:`GATHER_WAIT` seconds at most. A lone request does not wait: its
+        arrival ends as its job is submitted, before the job is prepared."""
         deadline: float | None = None
         while True:
+            timeout: float | None = None
+            if block and deadline is not None:
+                timeout = min(deadline - time.monotonic(), _ARRIVAL_POLL)
+                if timeout <= 0:
+                    return True
             try:
                 ready = self._ready.get(block=block, timeout=timeout)
             except queue.Empty:
-                return True
+                if not block:
+                    return True
+                # Still coming: wait on. Else take what came since the wait ended (a job is
+                # counted as ready only once it is in the queue) without waiting.
+                block = self._burst_arriving()
+                continue
             if ready is None:
                 return False
             self._waiting.append(ready)
             if self._burst_arriving():
-                now = time.monotonic()
-                deadline = deadline or now + GATHER_WAIT
-                timeout = deadline - now
-                block = timeout > 0
+                deadline = deadline or time.monotonic() + GATHER_WAIT
+                block = True
             else:
-                block, timeout = False, None
+                block = False
 
     def _burst_arriving(self) -> bool:
-        """Nothing runs yet, a slot is free, and the preparing thread has jobs in hand."""
+        """Nothing runs yet, a slot is free, and requests are on their way: in the server,
+        or in the preparing thread's hands."""
         return (
             not self._running
             and len(self._waiting) < self.parallel
-            and (self._preparing or not self._inbox.empty())
+            and (self._unready() > 0 or self._arrivals.count > 0)
         )
 
     def _end_cancelled(self) -> None:

@@ -14,7 +14,7 @@ llguidance constraint.
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 from typing import Literal, TypeAlias
 
@@ -26,7 +26,7 @@ from .constraints import GrammarCompiler
 from .cpu_features import amx_granted_by_kernel, machine_flags, unsupported_in_build
 from .errors import ContextLengthExceeded, EngineError, UnsupportedBuild
 from .grammar_sandbox import CompileBudget
-from .handoff import ThreadedJob
+from .handoff import Arrivals, ThreadedJob
 from .llama_batcher import Batcher, LlamaMemory
 from .llama_model import LlamaModel
 from .llama_sampler import DryStages, make_sampler
@@ -127,12 +127,14 @@ class LlamaCppEngine(QueuedEngine):
             self._cache = PrefixCache(
                 memory, slots=parallel, slot_size=slot, share=not model.recurrent
             )
+            self._arrivals = Arrivals()
             self._batcher = Batcher(
                 self._ctx,
                 model,
                 memory,
                 self._cache,
                 self._prepare,
+                self._arrivals,
                 parallel=parallel,
                 chunk=max(CHUNK_TOKENS, parallel),
                 mask_threads=n_threads,
@@ -193,6 +195,11 @@ class LlamaCppEngine(QueuedEngine):
             cache_used=self._cache.used,
             cache_size=self._cache.size,
         )
+
+    def arriving(self) -> AbstractContextManager[None]:
+        """Counted: the batcher's first step after an idle spell waits for requests on their
+        way (see :meth:`Batcher._collect`)."""
+        return self._arrivals.coming()
 
     def _enqueue(self, job: ThreadedJob) -> None:
         self._batcher.submit(job)

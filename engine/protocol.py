@@ -10,6 +10,7 @@ Nothing here knows about responses, HTTP or tools beyond their definitions.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
 
@@ -265,6 +266,13 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats:
         """How busy the engine is (bookkeeping only; safe to call from the event loop)."""
+        ...
+
+    def arriving(self) -> AbstractContextManager[None]:
+        """Note a job on its way: entered as its request's checks begin, left as soon as
+        the job is submitted (or the request is refused). A backend that batches may wait
+        a moment for such jobs before it starts a burst. Bookkeeping only; enter and leave
+        it on the event loop."""
         ...
 
     async def check(self, request: GenerationRequest) -> None:

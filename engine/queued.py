@@ -12,6 +12,7 @@ what else a backend refuses differ.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager, nullcontext
 
 import anyio
 
@@ -71,6 +72,10 @@ class QueuedEngine(ABC):
 
     @abstractmethod
     def stats(self) -> EngineStats: ...
+
+    def arriving(self) -> AbstractContextManager[None]:
+        """Nothing to note, unless the backend waits for arrivals (it then overrides this)."""
+        return nullcontext()
 
     @abstractmethod
     async def aclose(self) -> None: ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,9 @@ class ResponseRecord:
     #: Set once the final state is in the store (at once for unstored responses), so that a
     #: client who saw the end can chain or fetch it from any replica.
     persisted: anyio.Event = live(anyio.Event)
+    #: The engine's note that this response's first job is on its way
+    #: (:meth:`~exloop.engine.protocol.Engine.arriving`): closed once the job is submitted.
+    arrival: ExitStack = live(ExitStack)
 
     @property
     def status(self) -> str:

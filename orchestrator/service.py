@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TypeAlias
@@ -350,19 +350,15 @@ class Orchestrator:
 
         Everything that can be refused is refused here, before any event exists.
         """
-        meter = RunMeter(self._telemetry)
-        record, loop, view = await self._prepare(spec, owner)
-        await self._start(record, loop.run, view, meter)
+        record, _ = await self._begin(spec, owner, lambda loop: loop.run)
         return RunHandle(record)
 
     async def compact(self, spec: RunSpec, *, owner: str | None = None) -> CompactionRun:
         """Validate ``spec`` and start compacting its conversation (``/v1/responses/compact``)
         for ``owner``: the run's output is the compaction item; the user messages it follows
         come along."""
-        meter = RunMeter(self._telemetry)
         compacting = replace(spec, compaction=CompactionPolicy())
-        record, loop, view = await self._prepare(compacting, owner)
-        await self._start(record, loop.compact, view, meter)
+        record, view = await self._begin(compacting, owner, lambda loop: loop.compact)
         kept = tuple(
             item for item in view.items if isinstance(item, Message) and item.role == "user"
         )
@@ -376,6 +372,26 @@ class Orchestrator:
         conversation = (*checked.context, *checked.inputs)
         chat = checked.loop.first_chat(spec, checked.view, conversation)
         return await self._engine.count_tokens(chat)
+
+    async def _begin(
+        self, spec: RunSpec, owner: str | None, work: Callable[[ToolLoop], _Work]
+    ) -> tuple[ResponseRecord, ModelView]:
+        """Check ``spec`` and start its run doing ``work``.
+
+        From the start of the checks until the run submits its first job (or ends), the
+        engine knows that a job is on its way (:meth:`Engine.arriving`), so that a burst of
+        requests starts generating together rather than behind the first one's prompt."""
+        meter = RunMeter(self._telemetry)
+        with ExitStack() as arriving:
+            arriving.enter_context(self._engine.arriving())
+            record, loop, view = await self._prepare(spec, owner)
+            record.arrival.push(arriving.pop_all())
+        try:
+            await self._start(record, work(loop), view, meter)
+        except BaseException:
+            record.arrival.close()
+            raise
+        return record, view
 
     async def _prepare(
         self, spec: RunSpec, owner: str | None
@@ -580,6 +596,7 @@ class Orchestrator:
                     writer.close_all("incomplete")
                     record.fail("server_error", "The model failed while generating the response.")
         finally:
+            record.arrival.close()  # a run that ends before its first job
             if not record.done:
                 # Cancelled by /cancel, DELETE, a disconnect, another replica or the server
                 # shutting down.

@@ -269,6 +269,7 @@ class ModelStep:
         job = await self._engine.submit(
             GenerationRequest(prompt=chat, sampling=sampling, constraint=constraint)
         )
+        self._record.arrival.close()  # the engine has the job: no longer on its way
         meter = self._writer.meter
         meter.job_started()
         counted = 0

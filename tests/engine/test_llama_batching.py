@@ -441,4 +441,40 @@ async def test_a_burst_reaching_an_idle_engine_starts_in_one_step(
     submitted.set()
     for job in jobs:
         assert [type(event) async for event in job.events()][-1] is Finish
-    assert len(set(steps[0])) == 4
+    assert len(set(steps[0])) == 4, [sorted(Counter(s).items()) for s in steps[:4]]
+
+
+async def test_the_first_step_waits_for_requests_still_on_their_way(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four requests reach an idle engine together, but the server checks them one after the
+    other (here: 0, 1, 2 and 3 times a sixth of GATHER_WAIT), so the first job is ready
+    while the others are still on their way: the first step still reads all four prompts."""
+    steps = record_steps(engine, monkeypatch)
+    params = SamplingParams(temperature=0.0, max_tokens=3)
+    ends: list[JobEvent] = []
+
+    async def request(i: int) -> None:
+        with engine.arriving():
+            await anyio.sleep(i * GATHER_WAIT / 6)  # being checked and tokenized
+        job = await engine.submit(GenerationRequest(user(f"Arrival {i}."), params))
+        ends.append([event async for event in job.events()][-1])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(request, i)
+    assert all(isinstance(end, Finish) for end in ends)
+    assert len(set(steps[0])) == 4, [sorted(Counter(s).items()) for s in steps[:4]]
+
+
+async def test_a_request_that_never_comes_holds_the_first_step_back_only_a_moment(
+    engine: LlamaCppEngine,
+) -> None:
+    """A request on its way that is then refused (or checked for long) never reaches the
+    engine: a job submitted meanwhile still runs to its end, while that one is still
+    arriving."""
+    params = SamplingParams(temperature=0.0, max_tokens=3)
+    with engine.arriving():
+        job = await engine.submit(GenerationRequest(user("Alone."), params))
+        events = [event async for event in job.events()]
+    assert isinstance(events[-1], Finish) and events[-1].reason == "length"

@@ -10,7 +10,8 @@ cancelled) that tests wait on instead of sleeping.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -144,6 +145,11 @@ class ScriptedEngine:
     thinking: ThinkingSyntax | None = None
     jobs: list[ScriptedJob] = field(default_factory=list)
     submitted: int = 0
+    #: Requests on their way (:meth:`arriving`) now, when each chat was counted, and when
+    #: each job was submitted.
+    arriving_now: int = 0
+    arriving_when_counted: list[int] = field(default_factory=list)
+    arriving_when_submitted: list[int] = field(default_factory=list)
     _new_job: anyio.Event | None = None
 
     async def job(self, index: int = 0) -> ScriptedJob:
@@ -173,7 +179,16 @@ class ScriptedEngine:
         return "\n".join([*tools, *turns]) + chat.assistant_prefix
 
     async def count_tokens(self, chat: Chat) -> int:
+        self.arriving_when_counted.append(self.arriving_now)
         return len(self.render(chat)) // 4 + 1
+
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        self.arriving_now += 1
+        try:
+            yield
+        finally:
+            self.arriving_now -= 1
 
     async def check(self, request: GenerationRequest) -> None:
         request.sampling.validate()
@@ -185,6 +200,7 @@ class ScriptedEngine:
             raise ContextLengthExceeded("The prompt does not fit in the context window.")
         script = self.scripts[min(self.submitted, len(self.scripts) - 1)]
         self.submitted += 1
+        self.arriving_when_submitted.append(self.arriving_now)
         job = ScriptedJob(request, script(request), self.token_delay, self.hold, self.admit)
         self.jobs.append(job)
         if self._new_job is not None:

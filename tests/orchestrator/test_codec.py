@@ -68,7 +68,7 @@ async def test_every_field_but_the_live_ones_is_stored() -> None:
     record = finished_record()
     state = msgspec.json.decode(codec.encode(record))
     fixed = msgspec.json.decode(codec.encode_fixed(record))
-    live = {"log", "cancel_scope", "finished", "persisted"}
+    live = {"log", "cancel_scope", "finished", "persisted", "arrival"}
     assert set(state) | set(fixed) == {f.name for f in dataclasses.fields(ResponseRecord)} - live
     assert set(fixed) == {"spec", "context", "input_items"}
 

@@ -284,6 +284,26 @@ async def test_max_tool_rounds_caps_builtin_rounds_and_still_answers() -> None:
     assert response.usage.output_tokens == sum(j.emitted_tokens for j in engine.jobs)
 
 
+async def test_a_request_is_arriving_until_its_first_job_is_submitted() -> None:
+    """The engine hears of a request from the start of its checks until its run submits the
+    first job (so a batching engine can wait for a burst), then no longer (so a lone
+    request never waits for itself): not during its later rounds, nor after a refusal."""
+    engine = ScriptedEngine([tool_or_answer])
+    tools: list[BuiltinTool] = [Lookup()]
+    async with Orchestrator(
+        engine, model_name="m", max_tool_rounds=1, builtins=lambda _spec: tools
+    ) as orch:
+        await (await orch.create(spec())).wait()
+        assert engine.arriving_now == 0
+        with pytest.raises(ResponseNotFound):
+            await orch.create(spec(previous_response_id="resp_missing"))
+    assert engine.arriving_when_counted[0] == 1
+    assert engine.submitted > 1 and engine.arriving_when_submitted == [1] + [0] * (
+        engine.submitted - 1
+    )
+    assert engine.arriving_now == 0
+
+
 async def test_client_function_call_ends_the_response_with_its_item() -> None:
     engine = ScriptedEngine([tool_or_answer])
     policy = ToolPolicy(tools=(FunctionTool("lookup", {"type": "object"}, None, None),))
