@@ -10,13 +10,14 @@ cancelled) that tests wait on instead of sleeping.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import anyio
 
 from exloop.engine.errors import ContextLengthExceeded
+from exloop.engine.handoff import Arrivals
 from exloop.engine.protocol import (
     Chat,
     Delta,
@@ -147,7 +148,7 @@ class ScriptedEngine:
     submitted: int = 0
     #: Requests on their way (:meth:`arriving`) now, when each chat was counted, and when
     #: each job was submitted.
-    arriving_now: int = 0
+    arrivals: Arrivals = field(default_factory=Arrivals)
     arriving_when_counted: list[int] = field(default_factory=list)
     arriving_when_submitted: list[int] = field(default_factory=list)
     _new_job: anyio.Event | None = None
@@ -179,16 +180,11 @@ class ScriptedEngine:
         return "\n".join([*tools, *turns]) + chat.assistant_prefix
 
     async def count_tokens(self, chat: Chat) -> int:
-        self.arriving_when_counted.append(self.arriving_now)
+        self.arriving_when_counted.append(self.arrivals.count)
         return len(self.render(chat)) // 4 + 1
 
-    @contextmanager
-    def arriving(self) -> Iterator[None]:
-        self.arriving_now += 1
-        try:
-            yield
-        finally:
-            self.arriving_now -= 1
+    def arriving(self) -> AbstractContextManager[None]:
+        return self.arrivals.coming()
 
     async def check(self, request: GenerationRequest) -> None:
         request.sampling.validate()
@@ -200,7 +196,7 @@ class ScriptedEngine:
             raise ContextLengthExceeded("The prompt does not fit in the context window.")
         script = self.scripts[min(self.submitted, len(self.scripts) - 1)]
         self.submitted += 1
-        self.arriving_when_submitted.append(self.arriving_now)
+        self.arriving_when_submitted.append(self.arrivals.count)
         job = ScriptedJob(request, script(request), self.token_delay, self.hold, self.admit)
         self.jobs.append(job)
         if self._new_job is not None:

@@ -294,14 +294,14 @@ async def test_a_request_is_arriving_until_its_first_job_is_submitted() -> None:
         engine, model_name="m", max_tool_rounds=1, builtins=lambda _spec: tools
     ) as orch:
         await (await orch.create(spec())).wait()
-        assert engine.arriving_now == 0
+        assert engine.arrivals.count == 0
         with pytest.raises(ResponseNotFound):
             await orch.create(spec(previous_response_id="resp_missing"))
     assert engine.arriving_when_counted[0] == 1
     assert engine.submitted > 1 and engine.arriving_when_submitted == [1] + [0] * (
         engine.submitted - 1
     )
-    assert engine.arriving_now == 0
+    assert engine.arrivals.count == 0
 
 
 async def test_client_function_call_ends_the_response_with_its_item() -> None:
