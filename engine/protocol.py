@@ -270,9 +270,9 @@ class Engine(Protocol):
 
     def arriving(self) -> AbstractContextManager[None]:
         """Note a job on its way: entered as its request's checks begin, left as soon as
-        the job is submitted (or the request is refused). A backend that batches may wait
-        a moment for such jobs before it starts a burst. Bookkeeping only; enter and leave
-        it on the event loop."""
+        the job is submitted (or the request is refused, or its run ends before it). A
+        backend that batches may wait a moment for such jobs before it starts a burst.
+        Bookkeeping only; enter and leave it on the event loop."""
         ...
 
     async def check(self, request: GenerationRequest) -> None:
