@@ -45,13 +45,13 @@ def slow_web() -> Iterator[WebFixture]:
 
 @pytest.fixture(scope="module")
 def ops(slow_web: WebFixture) -> Iterator[ServerProcess]:
-    """Two keys, JSON logs, one CORS origin, quick keep-alives, and a search engine that takes
-    three seconds to answer."""
+    """Two keys, JSON logs, one CORS origin, quick keep-alives, a search engine that takes
+    three seconds to answer, and asyncio's own event loop (the shared server runs uvloop)."""
     with ServerProcess(
         "--api-key", ALPHA, "--api-key", BETA, "--log-format", "json",
         "--cors-origins", ORIGIN, "--sse-keepalive", "0.25", "--max-tool-rounds", "1",
         "--search-provider", "searxng", "--searxng-url", slow_web.url("/delay/3/searxng"),
-        "--fetch-allow-private",
+        "--fetch-allow-private", "--loop", "asyncio",
     ) as server:  # fmt: skip
         yield server
 
@@ -275,6 +275,13 @@ def test_no_cors_by_default(server: ServerProcess) -> None:
 def test_an_open_server_says_so_at_start(server: ServerProcess, ops: ServerProcess) -> None:
     assert "no API key set" in server.log()
     assert "no API key set" not in ops.log()
+
+
+def test_the_event_loop_is_uvloop_unless_asked_otherwise(
+    server: ServerProcess, ops: ServerProcess
+) -> None:
+    assert "event loop: uvloop" in server.log()
+    assert "event loop: asyncio" in [entry["event"] for entry in log_entries(ops)]
 
 
 # -- SSE keep-alive -----------------------------------------------------------------------

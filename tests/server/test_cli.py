@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import re
+import sys
 from pathlib import Path
 
 import pytest
+import uvloop
 
-from exloop.server.cli import ServeSettings, build_parser, main, parse_serve
-from exloop.server.config import settings_actions
+from exloop.server.cli import ServeSettings, build_parser, loop_options, main, parse_serve
+from exloop.server.config import ConfigError, settings_actions
 
 FLAGS = [
     "--model",
@@ -30,6 +32,7 @@ FLAGS = [
     "--sse-keepalive",
     "--log-format",
     "--log-requests",
+    "--loop",
     "--config",
     "--search-provider",
     "--searxng-url",
@@ -126,6 +129,7 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         "SSE_KEEPALIVE": "2.5",
         "LOG_FORMAT": "json",
         "LOG_REQUESTS": "true",
+        "LOOP": "asyncio",
         "SEARCH_PROVIDER": "searxng",
         "SEARXNG_URL": "http://searx",
         "FETCH_ALLOW_PRIVATE": "1",
@@ -190,10 +194,21 @@ def test_every_flag_has_an_environment_variable(monkeypatch: pytest.MonkeyPatch)
         chat_template=Path("/t.jinja"),
         data_dir=Path("/var/lib/exloop"),
         encryption_key="s" * 32,
+        loop="asyncio",
     )
     # A flag on the command line wins over its variable; a repeated one replaces its list.
     assert settings("--port", "9000", "--max-tool-rounds", "1").port == 9000
     assert settings("--api-key", "x", "--api-key", "y").api_keys == ("x", "y")
+
+
+def test_the_event_loop_is_uvloop_unless_asked_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loop_options("auto") == loop_options("uvloop") == {"loop_factory": uvloop.new_event_loop}
+    assert loop_options("asyncio") == {}
+    # Where uvloop is missing (Windows), auto falls back and asking for it stops the start.
+    monkeypatch.setitem(sys.modules, "uvloop", None)
+    assert loop_options("auto") == {}
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        loop_options("uvloop")
 
 
 def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,6 +239,7 @@ def test_help_explains_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
         ["--shutdown-grace", "-1"],
         ["--replica-timeout", "0.1"],
         ["--log-format", "xml"],
+        ["--loop", "trio"],
         ["--sse-keepalive", "-1"],
         ["--port8080"],
     ],
