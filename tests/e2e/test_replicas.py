@@ -32,7 +32,9 @@ def test_a_response_on_one_replica_is_served_by_the_other(
     a, b = replicas(start_server, redis_server)
     on_a, on_b = sdk(a), sdk(b)
     running = endless(on_a)
-    wait_for_text(on_a, running.id)
+    # A writes what it generates to the store every 50 ms: B sees text that A showed a moment
+    # before once that write is in.
+    wait_for_text(on_b, running.id)
     partial = on_b.responses.retrieve(running.id)
     assert partial.status == "in_progress" and partial.output_text
     assert on_b.responses.input_items.list(running.id).data == (
