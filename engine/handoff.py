@@ -15,11 +15,14 @@ Each ``call_soon_threadsafe`` writes to the loop's self-pipe and wakes its threa
 wake-ups back (:class:`HeldWakes`, :func:`wakes_deferred`), so that a step wakes each loop
 once, not once per job, and at a moment of its choosing.
 
-That write releases the GIL, and the loop it wakes takes it at once and keeps it while it
-handles the tokens, so the worker stalls there before its next native call. A worker whose
-next step is a long native call (``llama_decode``) hands its wake-ups to a :class:`Waker`
-thread instead: that thread needs the GIL to send them, gets it when the worker releases it
-for the native call, and the loop then runs while the worker computes.
+On asyncio's own loop that write releases the GIL, and the loop it wakes takes it at once and
+keeps it while it handles the tokens, so the worker stalls there before its next native call.
+A worker whose next step is a long native call (``llama_decode``) hands its wake-ups to a
+:class:`Waker` thread instead: that thread needs the GIL to send them, gets it when the worker
+releases it for the native call, and the loop then runs while the worker computes. uvloop
+signals its loop from C without releasing the GIL, so the worker wakes it itself, and the loop
+waits for the GIL until that native call: the same order without the thread's hop (its
+wake-up, its turn with the GIL) on cores that llama.cpp's threads fill.
 """
 
 from __future__ import annotations
@@ -222,9 +225,10 @@ class HeldWakes:
         self._wakes.append(wake)
 
     def release(self) -> None:
-        """Wake every held consumer, in the order they were held, each event loop once."""
+        """Wake every held consumer, in the order they were held, each event loop once (the
+        waker sends them unless every loop keeps the GIL while it is woken)."""
         wakes, self._wakes = self._wakes, []
-        if self._waker is not None:
+        if self._waker is not None and not all(_wakes_keeping_gil(w.loop) for w in wakes):
             self._waker.send(wakes)
         else:
             _wake_all(wakes)
@@ -253,6 +257,12 @@ def _wake_all(wakes: list[_Wake]) -> None:
             # The consumers' loop is closed; nobody is left to read these jobs.
             for wake in waking:
                 wake.job.cancel()
+
+
+def _wakes_keeping_gil(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop.call_soon_threadsafe`` returns without releasing the GIL: uvloop's does
+    (it signals the loop from C), asyncio's writes to a socket, which releases it."""
+    return type(loop).__module__ == "uvloop"
 
 
 def _set_all(futures: list[asyncio.Future[None]]) -> None:

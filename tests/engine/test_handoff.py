@@ -96,9 +96,18 @@ async def test_a_batched_step_wakes_its_consumers_once_at_its_end() -> None:
         await stream.aclose()
 
 
-async def test_a_waker_thread_sends_a_held_step_s_wakes() -> None:
-    """The worker hands its step's wake-ups to the waker and goes on at once; they arrive
-    from the waker's thread, and closing the waker sends what was still queued."""
+@pytest.mark.parametrize(
+    ("anyio_backend", "sender"),
+    [
+        pytest.param("asyncio", "test-wake", id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), "test-worker", id="uvloop"),
+    ],
+)
+async def test_a_waker_thread_sends_a_held_step_s_wakes(sender: str) -> None:
+    """On asyncio's loop the worker hands its step's wake-ups to the waker and goes on at
+    once; they arrive from the waker's thread, and closing the waker sends what was still
+    queued. uvloop's loop is woken without the GIL changing hands, so the worker sends them
+    itself."""
     jobs = [_job() for _ in range(2)]
     streams = [job.events() for job in jobs]
     reads = [asyncio.ensure_future(anext(stream)) for stream in streams]
@@ -131,7 +140,7 @@ async def test_a_waker_thread_sends_a_held_step_s_wakes() -> None:
     finally:
         loop.call_soon_threadsafe = original  # type: ignore[method-assign]
     assert first == [Delta(text=str(i), token_ids=(i,)) for i in range(2)]
-    assert senders == ["test-wake"]  # one wake for the loop, sent by the waker
+    assert senders == [sender]  # one wake for the loop
     for stream in streams:
         await stream.aclose()
 
