@@ -215,9 +215,13 @@ async def _keep_alive(pipe: _Pipe, last: _LastChunk, every: float) -> None:
     """Send :data:`KEEPALIVE` whenever ``every`` seconds pass without a chunk; ends with the
     writer or the reader."""
     while pipe.open:
-        await anyio.sleep(last.at + every - time.monotonic())
-        if time.monotonic() - last.at < every:
-            continue  # a chunk went out meanwhile
+        # One reading of the clock decides both whether to wait and how long: timers may fire
+        # a little early (uvloop's run on a clock cached once per loop pass), and a second
+        # reading taken after the GIL changed hands could be past the time the first was not.
+        quiet = time.monotonic() - last.at
+        if quiet < every:
+            await anyio.sleep(every - quiet)  # a chunk may go out meanwhile
+            continue
         # When the client is not reading (no room), a keep-alive would not reach it either.
         pipe.offer(KEEPALIVE)
         last.at = time.monotonic()

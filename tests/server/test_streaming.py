@@ -6,7 +6,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from exloop.server.streaming import KEEPALIVE, _Pipe
+from exloop.server import streaming
+from exloop.server.streaming import KEEPALIVE, _keep_alive, _LastChunk, _Pipe
 
 pytestmark = pytest.mark.anyio
 
@@ -81,3 +82,35 @@ async def test_a_writer_held_back_stops_when_the_reader_leaves() -> None:
             pipe.leave()
     assert put == [False]
     assert not pipe.open and not pipe.offer(KEEPALIVE)
+
+
+class _Clock:
+    """A monotonic clock that moves on by ``step`` seconds each time it is read: time passing
+    between two readings, as it does when a thread waits for the GIL in between."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def monotonic(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+async def test_keep_alives_go_out_however_the_clock_moves_between_readings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keep-alive loop that read the clock once to decide to wait on and again to say how
+    long asked for a negative sleep (anyio refuses it, and the stream broke: uvloop's early
+    timers made that common). The clock here crosses the deadline between two readings."""
+    clock = _Clock(step=1e-4)
+    monkeypatch.setattr(streaming, "time", clock)
+    pipe = _Pipe(8)
+    sent = b""
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_keep_alive, pipe, _LastChunk(0.0), 1.05e-3)
+            while sent.count(KEEPALIVE) < 3:
+                sent += await pipe.take() or b""
+            pipe.close()
+    assert sent == KEEPALIVE * sent.count(KEEPALIVE)
