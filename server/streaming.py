@@ -148,9 +148,7 @@ class _Pipe:
         if not self.open or len(self._ready) >= self._room:
             return False
         self._ready.append(chunk)
-        if self._more is not None:
-            self._more.set()
-            self._more = None
+        self._wake_reader()
         return True
 
     async def put(self, chunk: bytes) -> bool:
@@ -164,14 +162,20 @@ class _Pipe:
     def close(self) -> None:
         """The writer is done: the reader takes what is ready, then the end."""
         self._closed = True
-        if self._more is not None:
-            self._more.set()
-            self._more = None
+        self._wake_reader()
 
     def leave(self) -> None:
         """The reader is gone: a waiting writer stops waiting, and nothing more goes in."""
         self._left = True
         self._ready.clear()
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        if self._more is not None:
+            self._more.set()
+            self._more = None
+
+    def _wake_writer(self) -> None:
         if self._space is not None:
             self._space.set()
             self._space = None
@@ -186,9 +190,7 @@ class _Pipe:
             await self._more.wait()
         ready = self._ready
         self._ready = []
-        if self._space is not None:
-            self._space.set()
-            self._space = None
+        self._wake_writer()
         return ready[0] if len(ready) == 1 else b"".join(ready)
 
 
