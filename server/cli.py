@@ -988,7 +988,23 @@ def parse_serve(argv: Sequence[str], environ: dict[str, str] | None = None) -> S
             source=str(source),
         )
         args = parser.parse_args(["serve", *extra, *argv])
+    _check_choices(_serve_parser(parser), args)
     return ServeSettings.from_args(args)
+
+
+def _check_choices(serve: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Raise :class:`ConfigError` for a flag whose value is not one of its choices. argparse
+    checks choices only for values on the command line (the configuration file's become
+    arguments too), not for a default, so a value from the environment gets here unchecked."""
+    for action in serve._actions:  # argparse keeps its actions here (stable since 2.7)
+        value = getattr(args, action.dest, None)
+        if action.choices is None or value is None or value in action.choices:
+            continue
+        flag = next(option for option in action.option_strings if option.startswith("--"))
+        variable = "EXLOOP_" + flag.removeprefix("--").upper().replace("-", "_")
+        raise ConfigError(
+            f"{variable}={value!r}: {flag} is one of {', '.join(map(str, action.choices))}"
+        )
 
 
 def loop_options(loop: str) -> dict[str, Any]:

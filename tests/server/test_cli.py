@@ -285,6 +285,37 @@ def test_an_unknown_tool_call_format_is_a_usage_error(
     assert "Traceback" not in error
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "flag", "choice"),
+    [
+        ("LOOP", "trio", "--loop", "asyncio"),
+        ("LOG_LEVEL", "verbose", "--log-level", "debug"),
+        ("LOG_FORMAT", "xml", "--log-format", "json"),
+        ("BACKEND", "tpu", "--backend", "llama.cpp"),
+        ("SEARCH_PROVIDER", "bing", "--search-provider", "searxng"),
+        ("FLASH_ATTN", "maybe", "--flash-attn", "off"),
+        ("CACHE_MODE", "q2", "--cache-mode", "q8"),
+    ],
+)
+def test_a_variable_outside_its_flag_s_choices_stops_start_up(
+    variable: str,
+    value: str,
+    flag: str,
+    choice: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """argparse checks choices only on the command line: a value from the environment is
+    checked with the settings, before anything starts (an unknown log level used to end in
+    a traceback, an unknown loop to serve on uvloop). ``main`` prints the ConfigError and
+    exits with 2."""
+    monkeypatch.setenv(f"EXLOOP_{variable}", value)
+    with pytest.raises(ConfigError) as info:
+        parse_serve([])
+    assert f"EXLOOP_{variable}='{value}'" in str(info.value) and flag in str(info.value)
+    # The flag on the command line still wins over its variable.
+    assert getattr(parse_serve([flag, choice]), variable.lower()) == choice
+
+
 # -- the configuration file -----------------------------------------------------------------
 
 
